@@ -1,0 +1,1 @@
+"""Networks, training loop and decoding. Imports neither DVC nor Prefect."""

@@ -1,0 +1,1 @@
+"""The user-facing layer: the `velocity` command, Prefect flows and schedules."""

@@ -1,0 +1,58 @@
+"""Read one params.yaml section into a frozen dataclass.
+
+A missing or unknown key is an error that names the key, so a typo in params.yaml
+fails loudly instead of silently falling back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing a section or key, or has one we do not know."""
+
+
+def read_params(path: Path | str = PARAMS_FILE) -> dict[str, Any]:
+    """The whole params file as a dict."""
+    path = Path(path)
+    try:
+        params = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: no such params file") from None
+    if not isinstance(params, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(params).__name__}")
+    return params
+
+
+def section(cls: type[T], name: str, params: dict[str, Any]) -> T:
+    """Build dataclass `cls` from section `name` of `params`, checking every key."""
+    values = params.get(name)
+    if not isinstance(values, dict):
+        raise ParamsError(f"params.yaml: missing section '{name}'")
+    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ParamsError(f"params.yaml: unknown key '{name}.{unknown[0]}'")
+    required = {
+        f.name
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    missing = sorted(required - set(values))
+    if missing:
+        raise ParamsError(f"params.yaml: missing key '{name}.{missing[0]}'")
+    return cls(**values)
+
+
+def load(cls: type[T], name: str, path: Path | str = PARAMS_FILE) -> T:
+    """Section `name` of the params file at `path` as a `cls`."""
+    return section(cls, name, read_params(path))

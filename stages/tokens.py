@@ -1,0 +1,100 @@
+"""Quantize notes into source and target tokens.
+
+Shared by the windows stage and `velocity predict`, so training data and new files are quantized
+identically. Token ids 0, 1, 2 are the specials in both vocabularies; target id = velocity + 3.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+PAD, START, END = 0, 1, 2
+SPECIALS = ["<pad>", "<s>", "</s>"]
+PIANO_PITCHES = range(21, 109)  # the 88 keys, A0..C8
+VELOCITIES = range(128)
+
+
+def bin_index(values: np.ndarray | Sequence[float], edges: Sequence[float]) -> np.ndarray:
+    """Bin of each value, as `KBinsDiscretizer.transform` gives it: values outside the edges
+    fall into the first or last bin."""
+    edges = np.asarray(edges, dtype=np.float64)
+    inner = edges[1:-1]
+    return np.searchsorted(inner, np.asarray(values, dtype=np.float64), side="right").astype(np.int64)
+
+
+def n_bins(edges: Sequence[float]) -> int:
+    return len(edges) - 1
+
+
+def src_token_name(pitch: int, dstart_bin: int, duration_bin: int, velocity_bin: int | None = None) -> str:
+    name = f"p{pitch}_d{dstart_bin}_l{duration_bin}"
+    return name if velocity_bin is None else f"{name}_v{velocity_bin}"
+
+
+def tgt_token_name(velocity: int) -> str:
+    return f"v{velocity}"
+
+
+def velocity_to_id(velocity: np.ndarray) -> np.ndarray:
+    return np.asarray(velocity, dtype=np.int64) + len(SPECIALS)
+
+
+def id_to_velocity(token_id: np.ndarray) -> np.ndarray:
+    """Velocity of each target id; specials (which a decoder should never emit for a note) map to 0."""
+    return np.clip(np.asarray(token_id, dtype=np.int64) - len(SPECIALS), 0, 127)
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """Source and target token lists; index = token id."""
+
+    src: list[str]
+    tgt: list[str]
+    src_index: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "src_index", {tok: i for i, tok in enumerate(self.src)})
+
+    @property
+    def velocity_hint(self) -> bool:
+        return self.src[len(SPECIALS)].count("_") == 3
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {"src": list(self.src), "tgt": list(self.tgt)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, list[str]]) -> "Vocab":
+        return cls(src=list(d["src"]), tgt=list(d["tgt"]))
+
+    @classmethod
+    def load(cls, path: Path | str) -> "Vocab":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def tokenize(notes: pd.DataFrame, bins: dict, vocab: Vocab) -> tuple[np.ndarray, np.ndarray | None]:
+    """Source ids (and target ids when `notes` has velocities) of one piece's notes, in row order.
+
+    `notes` needs columns pitch, dstart, duration (and velocity for targets or a velocity hint).
+    """
+    dstart_bin = bin_index(notes["dstart"].to_numpy(), bins["dstart"])
+    duration_bin = bin_index(notes["duration"].to_numpy(), bins["duration"])
+    pitch = notes["pitch"].to_numpy()
+    if not np.all((pitch >= PIANO_PITCHES.start) & (pitch < PIANO_PITCHES.stop)):
+        raise ValueError("tokenize: pitches outside the piano range 21..108")
+    has_velocity = "velocity" in notes
+    if vocab.velocity_hint:
+        if not has_velocity:
+            raise ValueError("tokenize: this vocabulary's source tokens carry the velocity bin, but the notes have no velocity")
+        velocity_bin = bin_index(notes["velocity"].to_numpy(), bins["velocity"])
+        names = [src_token_name(p, d, l, v) for p, d, l, v in zip(pitch, dstart_bin, duration_bin, velocity_bin)]
+    else:
+        names = [src_token_name(p, d, l) for p, d, l in zip(pitch, dstart_bin, duration_bin)]
+    src = np.fromiter((vocab.src_index[n] for n in names), dtype=np.int64, count=len(names))
+    tgt = velocity_to_id(notes["velocity"].to_numpy()) if has_velocity else None
+    return src, tgt

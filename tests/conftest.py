@@ -1,0 +1,96 @@
+"""Shared fixtures: paths to the shared MAESTRO archives and throwaway copies of the project."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+FULL_ZIP = SHARED_DATA / "maestro-v3.0.0-asap-midi.zip"
+TINY_ZIP = SHARED_DATA / "maestro-v3.0.0-asap-tiny-midi.zip"
+
+# What a throwaway project copy needs: the code and the pipeline definition, never data.
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", "stages", "model", "pipeline"]
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} not found: the shared MAESTRO archives sit in ../shared/data beside the repo (CI has them)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_zip() -> Path:
+    """The 10-performance MAESTRO archive in ../shared/data."""
+    return _require(TINY_ZIP)
+
+
+@pytest.fixture(scope="session")
+def full_zip() -> Path:
+    """The 460-performance MAESTRO archive in ../shared/data."""
+    return _require(FULL_ZIP)
+
+
+def deep_update(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def make_project(dest: Path, params: dict[str, Any] | None = None) -> Path:
+    """Copy the project's code into `dest`, `git init` + `dvc init` it, and apply param overrides."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dest / name)
+    if params:
+        set_params(dest, params)
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=dest, check=True, env=env)
+    subprocess.run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], cwd=dest, check=True, env=env)
+    return dest
+
+
+def set_params(project: Path, overrides: dict[str, Any]) -> None:
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump(deep_update(params, overrides), sort_keys=False))
+
+
+def project_env(project: Path) -> dict[str, str]:
+    """Environment for commands run inside a project copy: its own code first, this venv's `python`."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(project), "PATH": path}
+
+
+def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run a real `dvc` command in `project`; fail the test with its output if it fails."""
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=project_env(project), capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"dvc {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+# A demo corpus small enough for tests: a few seconds per stage on 2 cores.
+SMALL_DEMO = {"data": {"source": "demo", "demo_pieces": 20}}
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A fresh copy of the project on a small demo corpus."""
+    return make_project(tmp_path / "project", SMALL_DEMO)
