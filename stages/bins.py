@@ -1,0 +1,97 @@
+"""Stage `bins`: quantile bin edges for dstart, duration and velocity, learned on the train split.
+
+Edges are exactly what scikit-learn's `KBinsDiscretizer(strategy="quantile").bin_edges_` gives, so
+`stages.tokens.bin_index` (its `transform`) puts a value in the same bin as scikit-learn would.
+Fixed edges in params override learning, e.g. to reproduce the seed's published edges.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.preprocessing import KBinsDiscretizer
+
+from stages import params as params_lib
+from stages.io import write_json
+from stages.tokens import bin_index
+
+log = logging.getLogger(__name__)
+
+FEATURES = ("dstart", "duration", "velocity")
+
+
+@dataclass(frozen=True)
+class BinsParams:
+    dstart: int
+    duration: int
+    velocity: int
+    fixed_edges: dict[str, list[float]] | None = None
+
+
+def quantile_edges(values: np.ndarray, n_bins: int) -> list[float]:
+    """The n_bins+1 quantile edges of `values`, as KBinsDiscretizer learns them."""
+    if len(values) == 0:
+        raise ValueError("cannot learn bin edges from an empty train split")
+    # subsample=None: exact quantiles of every note (the default samples 200k notes at random).
+    discretizer = KBinsDiscretizer(
+        n_bins=n_bins, encode="ordinal", strategy="quantile", quantile_method="linear", subsample=None
+    )
+    discretizer.fit(np.asarray(values, dtype=np.float64).reshape(-1, 1))
+    edges = discretizer.bin_edges_[0]
+    if len(edges) != n_bins + 1:
+        # KBinsDiscretizer drops duplicate edges (with a warning) when a feature has few distinct
+        # values; every token would then shift meaning, so we refuse instead.
+        raise ValueError(f"only {len(edges) - 1} distinct quantile bins exist for {n_bins} requested")
+    return [float(e) for e in edges]
+
+
+def learn_bins(train_notes: pd.DataFrame, params: BinsParams) -> dict:
+    """Edges per feature (fixed ones from params win) and the share of train notes per bin."""
+    fixed = params.fixed_edges or {}
+    unknown = set(fixed) - set(FEATURES)
+    if unknown:
+        raise ValueError(f"bins.fixed_edges: unknown feature '{sorted(unknown)[0]}'")
+    result: dict = {}
+    for name in FEATURES:
+        values = train_notes[name].to_numpy(dtype=np.float64)
+        if name in fixed:
+            edges = [float(e) for e in fixed[name]]
+            if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
+                raise ValueError(f"bins.fixed_edges.{name}: need at least 2 strictly increasing edges, got {edges}")
+        else:
+            try:
+                edges = quantile_edges(values, getattr(params, name))
+            except ValueError as err:
+                raise ValueError(f"bins.{name}: {err}") from None
+        result[name] = edges
+    counts = {
+        name: np.bincount(bin_index(train_notes[name].to_numpy(), result[name]), minlength=len(result[name]) - 1)
+        for name in FEATURES
+    }
+    result["share"] = {name: [round(float(c) / max(1, len(train_notes)), 6) for c in counts[name]] for name in FEATURES}
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("train_notes", type=Path, help="data/notes/train.parquet")
+    parser.add_argument("out", type=Path, help="data/bins.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    params = params_lib.load(BinsParams, "bins")
+    notes = pd.read_parquet(args.train_notes, columns=list(FEATURES))
+    bins = learn_bins(notes, params)
+    write_json(args.out, bins)
+    for name in FEATURES:
+        log.info("%s edges %s, share %s", name, np.round(bins[name], 4).tolist(), bins["share"][name])
+    log.info("wrote %s (learned on %d train notes)", args.out, len(notes))
+
+
+if __name__ == "__main__":
+    main()
