@@ -18,7 +18,7 @@ FULL_ZIP = SHARED_DATA / "maestro-v3.0.0-asap-midi.zip"
 TINY_ZIP = SHARED_DATA / "maestro-v3.0.0-asap-tiny-midi.zip"
 
 # What a throwaway project copy needs: the code and the pipeline definition, never data.
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", "stages", "model", "pipeline"]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", "downloads.lock.json", "stages", "model", "pipeline"]
 
 
 def _require(path: Path) -> Path:

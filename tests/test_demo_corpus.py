@@ -1,0 +1,180 @@
+"""The demo corpus: deterministic, in MAESTRO's layout, real MIDI, and velocities with structure."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import mido
+import numpy as np
+import pandas as pd
+import pretty_midi
+import pytest
+
+from stages.demo_corpus import (
+    COLUMNS,
+    CSV_NAME,
+    INNER,
+    MAESTRO_DIR,
+    MELODY,
+    TICKS_PER_SECOND,
+    assign_splits,
+    generate_corpus,
+    generate_piece,
+)
+
+
+def corpus_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def pieces() -> list:
+    """The first 30 pieces of the default corpus (seed 0)."""
+    return [generate_piece(0, i) for i in range(30)]
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
+    first = corpus_files(generate_corpus(tmp_path / "a", n_pieces=6, seed=3))
+    second = corpus_files(generate_corpus(tmp_path / "b", n_pieces=6, seed=3))
+    other = corpus_files(generate_corpus(tmp_path / "c", n_pieces=6, seed=4))
+    assert first == second
+    assert len(first) == 6 + 3  # MIDI files, csv, json, README
+    midi_first = {k: v for k, v in first.items() if k.endswith(".midi")}
+    midi_other = {k: v for k, v in other.items() if k.endswith(".midi")}
+    assert not set(midi_first.values()) & set(midi_other.values())
+
+
+def test_piece_depends_only_on_seed_and_index(tmp_path):
+    small = generate_corpus(tmp_path / "small", n_pieces=4, seed=0)
+    large = generate_corpus(tmp_path / "large", n_pieces=7, seed=0)
+    small_rows = pd.read_csv(small / CSV_NAME)
+    large_rows = pd.read_csv(large / CSV_NAME)
+    for name in small_rows["midi_filename"]:
+        assert (small / name).read_bytes() == (large / name).read_bytes()
+    assert list(large_rows["midi_filename"][:4]) == list(small_rows["midi_filename"])
+
+
+def test_layout_csv_and_splits(tmp_path):
+    root = generate_corpus(tmp_path, n_pieces=20, seed=0)
+    assert root == tmp_path / MAESTRO_DIR
+    table = pd.read_csv(root / CSV_NAME)
+    assert list(table.columns) == COLUMNS
+    assert table["split"].value_counts().to_dict() == {"train": 16, "validation": 2, "test": 2}
+    assert table["midi_filename"].is_unique
+    for row in table.itertuples():
+        path = root / row.midi_filename
+        assert path.is_file()
+        assert path.parent.name == str(row.year)  # MIDI files sit in year folders, as in MAESTRO
+        assert row.audio_filename.endswith(".wav")
+        assert row.canonical_composer.startswith("Demo ")
+    json_table = pd.read_json(root / "maestro-v3.0.0.json")
+    assert list(json_table["midi_filename"]) == list(table["midi_filename"])
+
+
+def test_splits_keep_one_piece_each_and_refuse_too_few():
+    assert sorted(assign_splits(3, seed=0)) == ["test", "train", "validation"]
+    counts = pd.Series(assign_splits(200, seed=0)).value_counts().to_dict()
+    assert counts == {"train": 160, "validation": 20, "test": 20}
+    with pytest.raises(ValueError, match="at least 3 pieces"):
+        assign_splits(2, seed=0)
+
+
+def test_files_are_two_track_midi_that_pretty_midi_reads_back(tmp_path):
+    root = generate_corpus(tmp_path, n_pieces=5, seed=0)
+    table = pd.read_csv(root / CSV_NAME)
+    for index, row in enumerate(table.itertuples()):
+        piece = generate_piece(0, index)
+        midi = mido.MidiFile(root / row.midi_filename)
+        assert (midi.type, len(midi.tracks), midi.ticks_per_beat) == (1, 2, 480)
+        assert [m.type for m in midi.tracks[0]] == ["set_tempo", "time_signature", "end_of_track"]
+        # Note-offs are velocity-0 note-ons; every note-on has its note-off.
+        note_ons = [m for m in midi.tracks[1] if m.type == "note_on"]
+        assert sum(m.velocity > 0 for m in note_ons) == sum(m.velocity == 0 for m in note_ons) == len(piece.pitch)
+
+        pm = pretty_midi.PrettyMIDI(str(root / row.midi_filename))
+        assert len(pm.instruments) == 1 and pm.instruments[0].program == 0
+        notes = sorted(pm.instruments[0].notes, key=lambda n: (n.start, n.pitch))
+        np.testing.assert_allclose([n.start for n in notes], piece.start, atol=1e-9)
+        np.testing.assert_allclose([n.end for n in notes], piece.end, atol=1e-9)
+        assert [n.pitch for n in notes] == piece.pitch.tolist()
+        assert [n.velocity for n in notes] == piece.velocity.tolist()
+        assert all(n.end > n.start for n in notes)
+        assert row.duration == pytest.approx(pm.get_end_time(), abs=1 / TICKS_PER_SECOND)
+        assert 21 <= piece.pitch.min() and piece.pitch.max() <= 108
+
+
+def test_pedal_is_continuous_in_pedalled_pieces(pieces):
+    values = []
+    for piece in pieces:
+        pm = pretty_midi.PrettyMIDI(io.BytesIO(piece.midi))
+        values += [cc.value for cc in pm.instruments[0].control_changes if cc.number == 64]
+    values = np.array(values)
+    assert len(values) > 1000
+    assert np.mean((values > 0) & (values < 127)) > 0.8  # like MAESTRO: mostly neither 0 nor 127
+    assert (values >= 64).any() and (values < 64).any()
+
+
+def test_pieces_vary_in_meter_tempo_size_and_style(pieces):
+    assert {p.beats_per_bar for p in pieces} == {3, 4}
+    bpm = [p.bpm for p in pieces]
+    assert max(bpm) - min(bpm) > 40
+    sizes = [len(p.pitch) for p in pieces]
+    assert min(sizes) >= 250 and max(sizes) <= 1000 and np.median(sizes) > 400
+    assert len({p.composer for p in pieces}) == 5
+
+
+def test_notes_have_length_and_a_key_is_released_before_it_is_struck_again(pieces):
+    for piece in pieces:
+        assert np.all(piece.end - piece.start >= 0.02)
+        for q in np.unique(piece.pitch):
+            on_key = piece.pitch == q
+            start, end = piece.start[on_key], piece.end[on_key]  # sorted by start
+            assert np.all(end[:-1] < start[1:])
+
+
+def test_velocities_follow_the_expressive_model_not_pitch(pieces):
+    velocity = np.concatenate([p.velocity for p in pieces]).astype(float)
+    expected = np.concatenate([p.expected_velocity for p in pieces])
+    pitch = np.concatenate([p.pitch for p in pieces])
+    role = np.concatenate([p.role for p in pieces])
+
+    model_mae = np.abs(velocity - expected).mean()  # only the noise is left
+    # Baselines fitted in-sample on these very notes, which flatters them.
+    pitch_means = {q: velocity[pitch == q].mean() for q in np.unique(pitch)}
+    per_pitch_mae = np.abs(velocity - np.array([pitch_means[q] for q in pitch])).mean()
+    flat_mae = np.abs(velocity - np.median(velocity)).mean()
+    assert model_mae < 3.5
+    assert per_pitch_mae > 2.5 * model_mae
+    assert flat_mae > per_pitch_mae
+
+    # One pitch in both roles: the melody note is clearly louder than the same key in the chords.
+    gaps = []
+    for q in np.unique(pitch):
+        melody, inner = velocity[(pitch == q) & (role == MELODY)], velocity[(pitch == q) & (role == INNER)]
+        if len(melody) >= 30 and len(inner) >= 30:
+            gaps.append(melody.mean() - inner.mean())
+    assert len(gaps) >= 8
+    assert np.mean(gaps) > 10
+
+    assert 40 < velocity.mean() < 90 and 8 < velocity.std() < 25
+
+
+def test_phrases_swell_toward_their_peak(pieces):
+    """Within a phrase, notes around 45-80% of its length are louder than those at its edges."""
+    swells = []
+    for piece in pieces:
+        for k in np.unique(piece.phrase):
+            in_phrase = piece.phrase == k
+            start = piece.start[in_phrase]
+            u = (start - start.min()) / max(start.max() - start.min(), 1e-9)
+            # Compare notes of one role only, so the texture cannot fake a swell.
+            for role in (MELODY, INNER):
+                v = piece.velocity[in_phrase][piece.role[in_phrase] == role].astype(float)
+                r = u[piece.role[in_phrase] == role]
+                middle, edges = v[(r > 0.45) & (r < 0.8)], v[(r < 0.15) | (r > 0.95)]
+                if len(middle) >= 3 and len(edges) >= 3:
+                    swells.append(middle.mean() - edges.mean())
+    assert len(swells) > 100
+    assert np.mean(swells) > 4
+    assert np.mean(np.array(swells) > 0) > 0.75
