@@ -19,6 +19,9 @@ def save_checkpoint(path: Path | str, state: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; a checkpoint should read like any new file
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
