@@ -1,0 +1,309 @@
+"""Stage `evaluate`: the trained model on the test split, against baselines and an untrained twin.
+
+Metrics (metrics/evaluate.json):
+- teacher-forced, on the test windows of the windows stage (the seed's numbers): `loss` (the
+  label-smoothed KL per token the model was trained on), `cross_entropy` (nats per token) and
+  `velocity_mae_teacher_forced` (the seed's "average distance": |argmax target id - true id|);
+- free-running, on whole test pieces (every note exactly once, windows stitched by
+  model/pieces.py exactly as `velocity predict` does): `velocity_mae`, `bin_distance` (|velocity
+  bin of the prediction - bin of the truth| with the learned edges in data/bins.json);
+- baselines on the same notes: `velocity_mae_flat64` (every note 64) and
+  `velocity_mae_per_pitch_mean` (each pitch's mean velocity in the train split; pitches never seen
+  in train take the train split's global mean);
+- `untrained_loss`, `untrained_velocity_mae`: the same architecture built from the same seed as the
+  trained model, before any training;
+- `notes`, `pieces`, `windows`: what was scored.
+
+Figures (plots/evaluate/): predicted vs true velocity (hexbin), confusion matrix of velocity bins,
+and piano rolls of a few test segments, original and predicted (colour = velocity). The same
+segments go to samples/evaluate/ as MIDI files, original and predicted, to listen to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from stages import params as params_lib
+from stages.io import atomic_path, write_json
+from stages.tokens import PAD, bin_index, n_bins
+
+if TYPE_CHECKING:
+    from model.pieces import VelocityModel
+
+log = logging.getLogger(__name__)
+
+FLAT_VELOCITY = 64
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    batch_windows: int = 256  # windows decoded (or teacher-forced) at once
+    segments: int = 3  # test segments drawn as piano rolls and written as MIDI
+    segment_notes: int = 128  # notes per segment
+
+    def __post_init__(self) -> None:
+        for name in ("batch_windows", "segment_notes"):
+            if getattr(self, name) < 1:
+                raise params_lib.ParamsError(f"evaluate.{name} must be positive, got {getattr(self, name)}")
+        if self.segments < 0:
+            raise params_lib.ParamsError(f"evaluate.segments must be >= 0, got {self.segments}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Baselines and scores
+
+
+def per_pitch_means(train_notes: pd.DataFrame) -> np.ndarray:
+    """(128,) mean train velocity of each pitch; pitches absent from train get the global mean."""
+    velocity = train_notes["velocity"].to_numpy(dtype=np.float64)
+    if len(velocity) == 0:
+        raise ValueError("the train split has no notes: no per-pitch baseline")
+    pitch = train_notes["pitch"].to_numpy(dtype=np.int64)
+    sums = np.bincount(pitch, weights=velocity, minlength=128)
+    counts = np.bincount(pitch, minlength=128)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), velocity.mean())
+
+
+def mae(predicted: np.ndarray, true: np.ndarray) -> float:
+    return float(np.mean(np.abs(np.asarray(predicted, dtype=np.float64) - np.asarray(true, dtype=np.float64))))
+
+
+def bin_distance(predicted: np.ndarray, true: np.ndarray, velocity_edges: list[float]) -> float:
+    """Mean |bin(predicted) - bin(true)| under the velocity bin edges."""
+    return float(np.mean(np.abs(bin_index(predicted, velocity_edges) - bin_index(true, velocity_edges))))
+
+
+def teacher_forced(model, src: np.ndarray, tgt: np.ndarray, smoothing: float, batch_windows: int) -> dict[str, float]:
+    """Per-token label-smoothed loss, cross-entropy and |argmax velocity id - true id| over the
+    non-pad targets of (W, L) windows, the decoder reading the true previous velocities."""
+    import torch
+    import torch.nn.functional as F
+
+    from model.loss import abs_error_sum, label_smoothed_kl
+    from model.transformer import decoder_input
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    loss_sum = ce_sum = abs_sum = 0.0
+    tokens = 0
+    try:
+        with torch.no_grad():
+            for begin in range(0, len(src), batch_windows):
+                s = torch.as_tensor(np.asarray(src[begin : begin + batch_windows], dtype=np.int64), device=device)
+                t = torch.as_tensor(np.asarray(tgt[begin : begin + batch_windows], dtype=np.int64), device=device)
+                logits = model(s, decoder_input(t)).float()  # (B, L, tgt_vocab)
+                loss, n = label_smoothed_kl(logits, t, smoothing)
+                err, _ = abs_error_sum(logits, t)
+                ce_sum += float(F.cross_entropy(logits.flatten(0, 1), t.flatten(), ignore_index=PAD, reduction="sum"))
+                loss_sum, abs_sum, tokens = loss_sum + float(loss), abs_sum + float(err), tokens + n
+    finally:
+        model.train(was_training)
+    if tokens == 0:
+        raise ValueError("no test tokens to evaluate")
+    return {"loss": loss_sum / tokens, "cross_entropy": ce_sum / tokens, "velocity_mae_teacher_forced": abs_sum / tokens}
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures and listening samples
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_predicted_vs_true(true: np.ndarray, predicted: np.ndarray, path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    hb = ax.hexbin(true, predicted, gridsize=40, extent=(0, 127, 0, 127), bins="log", mincnt=1, cmap="viridis")
+    ax.plot([0, 127], [0, 127], color="grey", linewidth=0.8, linestyle="--")  # perfect prediction
+    ax.set(xlabel="true velocity", ylabel="predicted velocity", title=f"test notes ({len(true):,})", xlim=(0, 127), ylim=(0, 127))
+    fig.colorbar(hb, ax=ax, label="notes (log)")
+    _save(fig, path)
+
+
+def plot_bin_confusion(true: np.ndarray, predicted: np.ndarray, velocity_edges: list[float], path: Path) -> None:
+    """Rows: true velocity bin; columns: predicted bin; cells: share of the row's notes."""
+    plt = _pyplot()
+    k = n_bins(velocity_edges)
+    counts = np.zeros((k, k), dtype=np.int64)
+    np.add.at(counts, (bin_index(true, velocity_edges), bin_index(predicted, velocity_edges)), 1)
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    labels = [f"{velocity_edges[i]:g}-{velocity_edges[i + 1]:g}" for i in range(k)]
+    fig, ax = plt.subplots(figsize=(1.2 * k + 2.5, 1.1 * k + 1.8))
+    im = ax.imshow(share, vmin=0, vmax=1, cmap="Blues")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{share[i, j]:.2f}\n({counts[i, j]:,})", ha="center", va="center", fontsize=8,
+                    color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xticks(range(k), labels, rotation=45, ha="right")
+    ax.set_yticks(range(k), labels)
+    ax.set(xlabel="predicted velocity bin", ylabel="true velocity bin", title="velocity bins (row shares)")
+    fig.colorbar(im, ax=ax)
+    _save(fig, path)
+
+
+def plot_piano_rolls(segment: pd.DataFrame, predicted: np.ndarray, title: str, path: Path) -> None:
+    """Original and predicted piano rolls side by side; colour = velocity on one shared scale."""
+    from matplotlib.collections import PolyCollection
+
+    plt = _pyplot()
+    start = segment["start"].to_numpy() - segment["start"].min()
+    end = segment["end"].to_numpy() - segment["start"].min()
+    pitch = segment["pitch"].to_numpy()
+    boxes = [[(s, p - 0.4), (e, p - 0.4), (e, p + 0.4), (s, p + 0.4)] for s, e, p in zip(start, end, pitch)]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+    for ax, velocity, name in zip(axes, (segment["velocity"].to_numpy(), predicted), ("original", "predicted")):
+        bars = PolyCollection(boxes, array=np.asarray(velocity, dtype=float), cmap="plasma", clim=(0, 127), edgecolors="none")
+        ax.add_collection(bars)
+        ax.set(xlim=(0, end.max()), ylim=(pitch.min() - 2, pitch.max() + 2), xlabel="seconds", title=name)
+    axes[0].set_ylabel("pitch")
+    fig.suptitle(title, fontsize=9)
+    fig.colorbar(bars, ax=axes, label="velocity")
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    plt = _pyplot()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def write_segment_midi(segment: pd.DataFrame, velocity: np.ndarray, path: Path) -> None:
+    """The segment as a one-piano MIDI file starting at 0 s, with the given velocities."""
+    import pretty_midi
+
+    midi = pretty_midi.PrettyMIDI(resolution=480, initial_tempo=120.0)
+    piano = pretty_midi.Instrument(program=0, name="piano")
+    offset = float(segment["start"].min())
+    for p, s, e, v in zip(segment["pitch"], segment["start"], segment["end"], velocity):
+        # A note-on of velocity 0 would be a note-off: keep every note audible.
+        piano.notes.append(pretty_midi.Note(velocity=int(np.clip(v, 1, 127)), pitch=int(p), start=float(s) - offset, end=float(e) - offset))
+    midi.instruments.append(piano)
+    with atomic_path(path) as tmp:
+        midi.write(str(tmp))
+
+
+def pick_segments(test_notes: pd.DataFrame, count: int, notes: int) -> list[np.ndarray]:
+    """Row indices of `count` segments of `notes` consecutive notes: the middle of the first
+    `count` test pieces (deterministic, so the figures only change when the model does)."""
+    segments = []
+    for _, rows in test_notes.groupby("piece_id", sort=False).indices.items():
+        if len(segments) == count:
+            break
+        begin = max(0, (len(rows) - notes) // 2)
+        segments.append(np.asarray(rows[begin : begin + notes]))
+    return segments
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:60] or "piece"
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+def evaluate(
+    model: "VelocityModel",
+    test_notes: pd.DataFrame,
+    train_notes: pd.DataFrame,
+    test_src: np.ndarray,
+    test_tgt: np.ndarray,
+    velocity_edges: list[float],
+    params: EvaluateParams,
+) -> tuple[dict[str, float | int], np.ndarray]:
+    """Metrics of the trained model, its untrained twin and the baselines, and the predicted
+    velocity of every test note (row order of `test_notes`)."""
+    from model.pieces import predict_notes, untrained_twin
+
+    true = test_notes["velocity"].to_numpy(dtype=np.int64)
+    smoothing = float(model.train_params.get("label_smoothing", 0.1))
+    log.info("teacher-forced scores on %d test windows", len(test_src))
+    metrics: dict[str, float | int] = dict(teacher_forced(model.model, test_src, test_tgt, smoothing, params.batch_windows))
+    log.info("free-running greedy decoding of %d test notes", len(true))
+    predicted = predict_notes(model, test_notes, batch_windows=params.batch_windows, progress=True)
+    metrics["velocity_mae"] = mae(predicted, true)
+    metrics["bin_distance"] = bin_distance(predicted, true, velocity_edges)
+    metrics["velocity_mae_flat64"] = mae(np.full_like(true, FLAT_VELOCITY), true)
+    metrics["velocity_mae_per_pitch_mean"] = mae(per_pitch_means(train_notes)[test_notes["pitch"].to_numpy()], true)
+
+    log.info("the untrained twin")
+    untrained = untrained_twin(model)
+    metrics["untrained_loss"] = teacher_forced(untrained.model, test_src, test_tgt, smoothing, params.batch_windows)["loss"]
+    metrics["untrained_velocity_mae"] = mae(predict_notes(untrained, test_notes, batch_windows=params.batch_windows), true)
+    metrics["notes"] = int(len(true))
+    metrics["pieces"] = int(test_notes["piece_id"].nunique())
+    metrics["windows"] = int(len(test_src))
+    return metrics, predicted
+
+
+def write_figures(
+    test_notes: pd.DataFrame,
+    predicted: np.ndarray,
+    velocity_edges: list[float],
+    params: EvaluateParams,
+    plots_dir: Path,
+    samples_dir: Path,
+) -> None:
+    true = test_notes["velocity"].to_numpy()
+    plot_predicted_vs_true(true, predicted, plots_dir / "predicted_vs_true.png")
+    plot_bin_confusion(true, predicted, velocity_edges, plots_dir / "velocity_bins_confusion.png")
+    for k, rows in enumerate(pick_segments(test_notes, params.segments, params.segment_notes)):
+        segment = test_notes.iloc[rows]
+        piece = str(segment["piece_id"].iloc[0])
+        name = f"segment{k}_{slug(Path(piece).stem)}"
+        title = f"{segment['composer'].iloc[0]}: {segment['title'].iloc[0]} (notes {rows[0]}..{rows[-1]} of the test split)"
+        plot_piano_rolls(segment, predicted[rows], title, plots_dir / f"{name}.png")
+        write_segment_midi(segment, segment["velocity"].to_numpy(), samples_dir / f"{name}_original.mid")
+        write_segment_midi(segment, predicted[rows], samples_dir / f"{name}_predicted.mid")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path, help="models/velocity.pt")
+    parser.add_argument("notes_dir", type=Path, help="data/notes (train.parquet for baselines, test.parquet)")
+    parser.add_argument("bins", type=Path, help="data/bins.json (velocity edges for bin_distance)")
+    parser.add_argument("windows_dir", type=Path, help="data/windows (test windows for teacher-forced scores)")
+    parser.add_argument("metrics", type=Path, help="metrics/evaluate.json")
+    parser.add_argument("plots_dir", type=Path, help="plots/evaluate")
+    parser.add_argument("samples_dir", type=Path, help="samples/evaluate")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    from model.pieces import load_velocity_model
+
+    params = params_lib.load(EvaluateParams, "evaluate")
+    model = load_velocity_model(args.model)
+    velocity_edges = json.loads(args.bins.read_text())["velocity"]
+    test_notes = pd.read_parquet(args.notes_dir / "test.parquet")
+    train_notes = pd.read_parquet(args.notes_dir / "train.parquet", columns=["pitch", "velocity"])
+    test_src = np.load(args.windows_dir / "test_src.npy", mmap_mode="r")
+    test_tgt = np.load(args.windows_dir / "test_tgt.npy", mmap_mode="r")
+
+    metrics, predicted = evaluate(model, test_notes, train_notes, test_src, test_tgt, velocity_edges, params)
+    write_json(args.metrics, metrics)
+    write_figures(test_notes, predicted, velocity_edges, params, args.plots_dir, args.samples_dir)
+    log.info("velocity MAE %.2f (flat 64: %.2f, per-pitch mean: %.2f, untrained: %.2f) on %d test notes",
+             metrics["velocity_mae"], metrics["velocity_mae_flat64"], metrics["velocity_mae_per_pitch_mean"],
+             metrics["untrained_velocity_mae"], metrics["notes"])
+    log.info("wrote %s, figures in %s, MIDI samples in %s", args.metrics, args.plots_dir, args.samples_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""`velocity predict`: new velocities for real and hand-built MIDI files, everything else untouched."""
+
+from __future__ import annotations
+
+import json
+import logging
+import zipfile
+from pathlib import Path
+
+import mido
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.cli import main as velocity
+from stages.extract import read_notes
+
+TEST_PIECE = "maestro-v3.0.0/2008/MIDI-Unprocessed_13_R1_2008_01-04_ORIG_MID--AUDIO_13_R1_2008_wav--1__Prelude_bwv_862.midi"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models decode fastest on one thread; two spin against each other on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_archive(tmp_path_factory, tiny_zip) -> Path:
+    root = tmp_path_factory.mktemp("tiny_archive")
+    with zipfile.ZipFile(tiny_zip) as archive:
+        archive.extractall(root)
+    return root / "maestro-v3.0.0"
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory, tiny_archive) -> Path:
+    """A tiny Velocity Transformer trained for a few steps on the tiny MAESTRO archive, through the
+    same stage functions `dvc repro train` runs."""
+    from model.training import TrainConfig
+    from stages.bins import BinsParams, learn_bins
+    from stages.extract import extract_notes
+    from stages.io import write_json
+    from stages.train import ModelParams, run_training
+    from stages.vocab import build_vocab
+    from stages.windows import WindowsParams, make_windows, save_npy
+
+    root = tmp_path_factory.mktemp("tiny_model")
+    extract_notes(tiny_archive, root / "notes", sustain=False, workers=1)
+    bins = learn_bins(pd.read_parquet(root / "notes/train.parquet"), BinsParams(dstart=3, duration=3, velocity=3))
+    vocab = build_vocab(bins, velocity_hint=False)
+    write_json(root / "bins.json", bins)
+    write_json(root / "vocab.json", vocab.to_dict())
+    windows_params = WindowsParams(length=32, step=16)
+    for split in ("train", "validation"):
+        windows = make_windows(pd.read_parquet(root / f"notes/{split}.parquet"), bins, vocab, windows_params)
+        save_npy(root / f"windows/{split}_src.npy", windows.src)
+        save_npy(root / f"windows/{split}_tgt.npy", windows.tgt)
+    write_json(root / "windows/stats.json", {"length": 32, "step": 16, "tail": "last", "short": "pad"})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a session fixture may run before the module's one-thread fixture
+    try:
+        run_training(
+            root / "windows", root / "vocab.json", root / "bins.json", root / "models",
+            ModelParams(layers=1, heads=2, d_model=32, d_ff=64, dropout=0.0),
+            TrainConfig(batch_size=16, warmup=10, lr_factor=2.0, max_steps=20, eval_every=20, checkpoint_every=20, device="cpu", eval_windows=16),
+            live_dir=None,
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    return root / "models/velocity.pt"
+
+
+def predict(*args: str | Path) -> int:
+    return velocity(["predict", *map(str, args)])
+
+
+def assert_only_note_on_velocities_differ(original: Path, predicted: Path) -> int:
+    """Every message equal except the velocity of non-drum note-ons; returns how many changed."""
+    assert len(original.read_bytes()) == len(predicted.read_bytes())
+    a, b = mido.MidiFile(original), mido.MidiFile(predicted)
+    assert (a.type, a.ticks_per_beat, len(a.tracks)) == (b.type, b.ticks_per_beat, len(b.tracks))
+    changed = 0
+    for track_a, track_b in zip(a.tracks, b.tracks):
+        assert len(track_a) == len(track_b)
+        for ma, mb in zip(track_a, track_b):
+            if ma.type == "note_on" and ma.velocity > 0 and ma.channel != 9:
+                assert ma.copy(velocity=1) == mb.copy(velocity=1)  # same note, channel and delta time
+                assert 1 <= mb.velocity <= 127  # still a note-on, never a note-off
+                changed += ma.velocity != mb.velocity
+            else:
+                assert ma == mb
+    return changed
+
+
+# ---------------------------------------------------------------------------------------------
+# A real MAESTRO performance
+
+
+def test_real_file_gets_the_models_velocities_and_nothing_else_changes(trained_model, tiny_archive, tmp_path):
+    from model.pieces import load_velocity_model, predict_notes
+
+    source = tiny_archive.parent / TEST_PIECE
+    out = tmp_path / "out.mid"
+    assert predict(source, "-o", out, "--model", trained_model) == 0
+
+    changed = assert_only_note_on_velocities_differ(source, out)
+    before, after = read_notes(source), read_notes(out)
+    assert changed > len(before) // 2
+    pd.testing.assert_frame_equal(before.drop(columns="velocity"), after.drop(columns="velocity"))
+    # The new velocities are the model's stitched prediction on the notes exactly as extract reads them.
+    expected = predict_notes(load_velocity_model(trained_model), before)
+    np.testing.assert_array_equal(after["velocity"].to_numpy(), np.clip(expected, 1, 127))
+
+
+def test_strength_zero_keeps_and_half_blends_the_original_velocities(trained_model, tiny_archive, tmp_path):
+    source = tiny_archive.parent / TEST_PIECE
+    full, half, none = tmp_path / "full.mid", tmp_path / "half.mid", tmp_path / "none.mid"
+    assert predict(source, "-o", full, "--model", trained_model) == 0
+    assert predict(source, "-o", half, "--model", trained_model, "--strength", "0.5") == 0
+    assert predict(source, "-o", none, "--model", trained_model, "--strength", "0") == 0
+
+    assert none.read_bytes() == source.read_bytes()  # strength 0: the very same file
+    original = read_notes(source)["velocity"].to_numpy()
+    predicted = read_notes(full)["velocity"].to_numpy()
+    blended = read_notes(half)["velocity"].to_numpy()
+    np.testing.assert_array_equal(blended, np.floor((original + predicted) / 2 + 0.5))
+
+
+def test_strength_outside_zero_to_one_is_refused(trained_model, tiny_archive, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        predict(tiny_archive.parent / TEST_PIECE, "-o", tmp_path / "out.mid", "--model", trained_model, "--strength", "1.5")
+    assert exit_info.value.code == 2
+    assert not (tmp_path / "out.mid").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Hand-built files: several tracks, drums, pedals, tempo changes, odd events
+
+
+def build_midi(path: Path, tracks: list[list[mido.Message | mido.MetaMessage]], ticks_per_beat: int = 480) -> Path:
+    midi = mido.MidiFile(type=1, ticks_per_beat=ticks_per_beat)
+    for messages in tracks:
+        midi.tracks.append(mido.MidiTrack(messages))
+    midi.save(str(path))
+    return path
+
+
+def notes_track(channel: int, pitches: list[int], velocity: int, step: int = 120) -> list[mido.Message]:
+    """One note per pitch, each `step` ticks long, back to back; note ends as velocity-0 note-ons."""
+    messages: list[mido.Message] = []
+    for pitch in pitches:
+        messages.append(mido.Message("note_on", channel=channel, note=pitch, velocity=velocity, time=0))
+        messages.append(mido.Message("note_on", channel=channel, note=pitch, velocity=0, time=step))
+    return messages
+
+
+def test_multi_track_file_with_drums_pedals_and_out_of_range_notes(trained_model, tmp_path, caplog):
+    conductor = [
+        mido.MetaMessage("set_tempo", tempo=500000, time=0),
+        mido.MetaMessage("time_signature", numerator=3, denominator=4, time=0),
+        mido.MetaMessage("set_tempo", tempo=400000, time=960),  # a tempo change mid-piece
+        mido.MetaMessage("text", text="conductor", time=10),
+    ]
+    right = [mido.MetaMessage("track_name", name="right hand", time=0), mido.Message("program_change", program=0, time=0),
+             mido.Message("sysex", data=[0x7E, 0x7F, 0x09, 0x01], time=0),
+             mido.Message("control_change", control=64, value=100, time=0)]  # fmt: skip
+    right += notes_track(0, [60, 64, 67, 72, 76, 79, 84, 88] * 5, velocity=50)
+    right += [mido.Message("control_change", control=64, value=0, time=5), mido.Message("note_off", note=15, time=0)]
+    left = notes_track(1, [36, 43, 48, 15] * 6, velocity=70, step=200)  # pitch 15 lies below the piano's A0
+    left += [mido.Message("polytouch", channel=1, note=36, value=20, time=3)]
+    drums = notes_track(9, [36, 38, 42] * 4, velocity=100, step=100)
+    source = build_midi(tmp_path / "in.mid", [conductor, right, left, drums])
+    out = tmp_path / "out.mid"
+
+    with caplog.at_level(logging.INFO):
+        assert predict(source, "-o", out, "--model", trained_model) == 0
+    assert "6 of 64 notes lie outside the piano range 21..108" in caplog.text
+
+    changed = assert_only_note_on_velocities_differ(source, out)
+    assert changed > 30
+    a, b = mido.MidiFile(source), mido.MidiFile(out)
+    for ma, mb in zip(a.tracks[2], b.tracks[2]):
+        if ma.type == "note_on" and ma.note == 15:
+            assert mb.velocity == ma.velocity  # out of range: kept
+    assert list(a.tracks[3]) == list(b.tracks[3])  # drums untouched
+    # Both piano tracks form one piece: both get new velocities.
+    assert any(mb.velocity != 50 for mb in b.tracks[1] if mb.type == "note_on" and mb.velocity)
+    assert any(mb.velocity != 70 for mb in b.tracks[2] if mb.type == "note_on" and mb.velocity and mb.note != 15)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: a clear message naming the file, exit code 1, nothing written
+
+
+def test_bad_inputs_fail_clearly_without_output(trained_model, tiny_archive, tmp_path, caplog):
+    tempo_only = build_midi(tmp_path / "tempo_only.mid", [[mido.MetaMessage("set_tempo", tempo=500000, time=0)]])
+    drums_only = build_midi(tmp_path / "drums_only.mid", [notes_track(9, [36, 38], velocity=90)])
+    below_piano = build_midi(tmp_path / "below_piano.mid", [notes_track(0, [10, 12], velocity=90)])
+    garbage = tmp_path / "garbage.mid"
+    garbage.write_bytes(b"this is not a MIDI file at all")
+    truncated = tmp_path / "truncated.mid"
+    truncated.write_bytes((tiny_archive.parent / TEST_PIECE).read_bytes()[:200])
+    cases = {
+        tempo_only: "no notes",
+        drums_only: "no notes",
+        below_piano: "none of its 2 notes lies in the piano range",
+        garbage: "not a readable MIDI file",
+        truncated: "not a readable MIDI file",
+        tmp_path / "missing.mid": "cannot read file",
+    }
+    for source, reason in cases.items():
+        out = tmp_path / f"{source.stem}.out.mid"
+        caplog.clear()
+        assert predict(source, "-o", out, "--model", trained_model) == 1, source
+        assert f"{source}: {reason}" in caplog.text
+        assert not out.exists()
+    assert not list(tmp_path.glob(".*.tmp"))  # no half-written temporary files either
+
+
+def test_missing_or_foreign_model_fails_clearly(tiny_archive, tmp_path, caplog):
+    source = tiny_archive.parent / TEST_PIECE
+    foreign = tmp_path / "foreign.pt"
+    foreign.write_text(json.dumps({"not": "a checkpoint"}))
+    for model in (tmp_path / "missing.pt", foreign):
+        caplog.clear()
+        assert predict(source, "-o", tmp_path / "out.mid", "--model", model) == 1
+        assert str(model) in caplog.text
+    assert not (tmp_path / "out.mid").exists()
+
+
+def test_note_on_scan_follows_running_status_across_meta_events(tmp_path):
+    """Raw bytes as real files write them: running status (also across a meta event), a note-on of
+    velocity 0 as note end, system exclusive, the drum channel. Only sounding non-drum note-ons count."""
+    import struct
+
+    from pipeline.predict import PredictError, read_midi, scan_note_ons
+
+    events = bytes([
+        0x00, 0x90, 60, 50,               # note-on C4 velocity 50
+        0x00, 0xFF, 0x01, 0x01, 0x41,     # text meta event; running status survives it
+        0x00, 62, 60,                     # running status: note-on D4 velocity 60
+        0x60, 60, 0,                      # running status: C4 velocity 0 = note end
+        0x00, 62, 0,
+        0x00, 0xF0, 0x02, 0x01, 0xF7,     # system exclusive
+        0x00, 0x99, 36, 100,              # drum channel note-on
+        0x10, 0x89, 36, 0,
+        0x00, 0x91, 64, 70,               # channel 2 note-on E4
+        0x20, 0x81, 64, 0,
+        0x00, 0xFF, 0x2F, 0x00,           # end of track
+    ])  # fmt: skip
+    data = b"MThd" + struct.pack(">IHHH", 6, 0, 1, 480) + b"MTrk" + struct.pack(">I", len(events)) + events
+    found = scan_note_ons(data)
+    assert sorted(found) == [(0, 60, 50), (0, 62, 60), (0x70, 64, 70)]
+    for (_, _, velocity), offsets in found.items():
+        assert [data[o] for o in offsets] == [velocity]
+
+    path = tmp_path / "running.mid"
+    path.write_bytes(data)
+    piece = read_midi(path)  # symusic's notes tie to those bytes
+    assert sorted(zip(piece.notes["pitch"], piece.notes["start_tick"], piece.notes["end_tick"])) == [(60, 0, 96), (62, 0, 96), (64, 112, 144)]
+
+    cut = data[:-6]  # the last event loses its bytes but the chunk length still claims them
+    with pytest.raises(PredictError, match="not a readable MIDI file"):
+        scan_note_ons(cut, "cut.mid")
