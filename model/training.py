@@ -1,0 +1,394 @@
+"""Training the Velocity Transformer: data streaming, one optimizer step, evaluation, the loop.
+
+The seed's recipe: label-smoothed KL loss divided by the number of target tokens, Adam(0.9, 0.98,
+eps 1e-9) driven by the Noam schedule, gradient accumulation. The loop checkpoints atomically every
+`checkpoint_every` steps (model, optimizer, step, RNG states) and resumes from that exactly: the
+data order is a pure function of (seed, epoch), so the step number alone says where in the data
+the run stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from model.loss import abs_error_sum, label_smoothed_kl
+from model.runtime import autocast, pick_device, seed_everything
+from model.schedule import lr_at
+from model.transformer import N_SPECIALS, EncoderDecoder, ModelConfig, build_model, decoder_input
+
+log = logging.getLogger(__name__)
+
+LAST, BEST = "last.pt", "best.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The `train:` section of params.yaml."""
+
+    batch_size: int = 16  # windows per micro-batch
+    accum: int = 1  # micro-batches per optimizer step (the seed: 10)
+    warmup: int = 4000  # Noam warmup, optimizer steps
+    lr_factor: float = 1.0  # Noam factor
+    epochs: int = 5
+    max_steps: int | None = None  # optimizer steps; None: as many as `epochs` give
+    label_smoothing: float = 0.1
+    seed: int = 0
+    device: str = "auto"  # auto: CUDA when present, else CPU
+    eval_every: int = 100  # optimizer steps between validation passes
+    checkpoint_every: int = 100  # optimizer steps between resumable checkpoints
+    eval_windows: int | None = None  # validate on the first N windows only; None: all
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "accum", "warmup", "epochs", "eval_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"train.max_steps must be at least 1 or null, got {self.max_steps}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+# The seed's configuration (blog post and original code), as overrides of params.yaml's sections.
+SEED_PRESET: dict[str, dict[str, Any]] = {
+    "model": {"layers": 6, "heads": 8, "d_model": 512, "d_ff": 2048, "dropout": 0.1},
+    "train": {"batch_size": 16, "accum": 10, "warmup": 4000, "lr_factor": 1.0, "epochs": 5, "max_steps": None, "label_smoothing": 0.1},
+}
+
+
+def dvc_set_args(preset: dict[str, dict[str, Any]] = SEED_PRESET) -> str:
+    """`-S section.key=value ...` for `dvc exp run`, e.g. to train the seed's configuration."""
+    def value(v: Any) -> str:
+        return "null" if v is None else str(v)
+
+    return " ".join(f"-S {section}.{key}={value(v)}" for section, keys in preset.items() for key, v in keys.items())
+
+
+class WindowsError(ValueError):
+    """A windows array is missing, or not the (n_windows, length) integer array we expect."""
+
+
+class Windows:
+    """One split's source and target windows (n_windows, length), memory-mapped from .npy files."""
+
+    def __init__(self, src: np.ndarray, tgt: np.ndarray, name: str = "windows") -> None:
+        if src.ndim != 2 or src.shape != tgt.shape:
+            raise WindowsError(f"{name}: source {src.shape} and target {tgt.shape} must be equal (n_windows, length) arrays")
+        if not (np.issubdtype(src.dtype, np.integer) and np.issubdtype(tgt.dtype, np.integer)):
+            raise WindowsError(f"{name}: expected integer token ids, got {src.dtype} and {tgt.dtype}")
+        self.src, self.tgt, self.name = src, tgt, name
+
+    @classmethod
+    def load(cls, folder: Path | str, split: str) -> "Windows":
+        """`{folder}/{split}_src.npy` and `_tgt.npy`, memory-mapped (only the batches read are loaded)."""
+        arrays = []
+        for kind in ("src", "tgt"):
+            path = Path(folder) / f"{split}_{kind}.npy"
+            if not path.is_file():
+                raise WindowsError(f"{path}: no such file (run the windows stage first)")
+            try:
+                arrays.append(np.load(path, mmap_mode="r"))
+            except ValueError as err:
+                raise WindowsError(f"{path}: not a readable .npy array ({err})") from err
+        return cls(*arrays, name=f"{Path(folder) / split}_{{src,tgt}}.npy")
+
+    def __len__(self) -> int:
+        return self.src.shape[0]
+
+    @property
+    def length(self) -> int:
+        return self.src.shape[1]
+
+    def batch(self, index: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T) source and target ids as int64 tensors on `device`."""
+        index = np.sort(index)  # ascending reads from the memory map
+        src = torch.from_numpy(np.asarray(self.src[index], dtype=np.int64))
+        tgt = torch.from_numpy(np.asarray(self.tgt[index], dtype=np.int64))
+        return src.to(device, non_blocking=True), tgt.to(device, non_blocking=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data order: a pure function of (seed, epoch), so a resumed run reads exactly what it would have
+
+
+def epoch_order(n_windows: int, seed: int, epoch: int) -> np.ndarray:
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n_windows, generator=generator).numpy()
+
+
+class BatchStream:
+    """Micro-batches of window indices, epoch after epoch; micro-batch k is always the same."""
+
+    def __init__(self, n_windows: int, batch_size: int, seed: int) -> None:
+        if n_windows == 0:
+            raise WindowsError("no training windows: the train split is empty")
+        self.n_windows, self.batch_size, self.seed = n_windows, batch_size, seed
+        self.batches_per_epoch = math.ceil(n_windows / batch_size)
+        self._order: tuple[int, np.ndarray] | None = None
+
+    def position(self, micro_batch: int) -> tuple[int, int]:
+        """(epoch, batch within the epoch) of the k-th micro-batch."""
+        return divmod(micro_batch, self.batches_per_epoch)
+
+    def indices(self, micro_batch: int) -> np.ndarray:
+        epoch, b = self.position(micro_batch)
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, epoch_order(self.n_windows, self.seed, epoch))
+        return self._order[1][b * self.batch_size : (b + 1) * self.batch_size]
+
+
+def total_steps(cfg: TrainConfig, n_train_windows: int) -> int:
+    """Optimizer steps of the whole run: `max_steps`, else what `epochs` of micro-batches give."""
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    return max(1, cfg.epochs * math.ceil(n_train_windows / cfg.batch_size) // cfg.accum)
+
+
+# ---------------------------------------------------------------------------------------------
+# One step, one evaluation
+
+
+def make_optimizer(model: EncoderDecoder) -> torch.optim.Adam:
+    # lr is set before every step from the Noam schedule.
+    return torch.optim.Adam(model.parameters(), lr=0.0, betas=(0.9, 0.98), eps=1e-9)
+
+
+def train_step(
+    model: EncoderDecoder,
+    optimizer: torch.optim.Optimizer,
+    micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
+    lr: float,
+    smoothing: float,
+    device: torch.device,
+) -> tuple[float, int]:
+    """One optimizer step over `micro_batches` (gradient accumulation); returns (loss sum, tokens).
+
+    Each micro-batch's loss is divided by its own token count, as the seed did, and by the number of
+    micro-batches so the step size does not grow with accumulation.
+    """
+    model.train()
+    loss_sum, n_tokens = 0.0, 0
+    for src, tgt in micro_batches:
+        with autocast(device):
+            logits = model(src, decoder_input(tgt))  # (B, T, V)
+        batch_loss, batch_tokens = label_smoothed_kl(logits, tgt, smoothing)
+        (batch_loss / max(batch_tokens, 1) / len(micro_batches)).backward()
+        loss_sum += batch_loss.item()
+        n_tokens += batch_tokens
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum, n_tokens
+
+
+@torch.no_grad()
+def evaluate(
+    model: EncoderDecoder,
+    windows: Windows,
+    device: torch.device,
+    smoothing: float = 0.1,
+    batch_size: int = 64,
+    max_windows: int | None = None,
+) -> dict[str, float]:
+    """Teacher-forced validation: loss per token (the training criterion) and velocity MAE."""
+    was_training = model.training
+    model.eval()
+    n = len(windows) if max_windows is None else min(len(windows), max_windows)
+    loss_sum, err_sum, n_tokens = 0.0, 0.0, 0
+    for start in range(0, n, batch_size):
+        src, tgt = windows.batch(np.arange(start, min(start + batch_size, n)), device)
+        with autocast(device):
+            logits = model(src, decoder_input(tgt))
+        batch_loss, batch_tokens = label_smoothed_kl(logits, tgt, smoothing)
+        batch_err, _ = abs_error_sum(logits.float(), tgt)
+        loss_sum += batch_loss.item()
+        err_sum += batch_err.item()
+        n_tokens += batch_tokens
+    model.train(was_training)
+    if n_tokens == 0:
+        raise WindowsError(f"{windows.name}: no notes to validate on")
+    return {"loss": loss_sum / n_tokens, "mae": err_sum / n_tokens}
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints and resuming
+
+
+def fingerprint(*parts: Any, files: list[Path] = ()) -> str:
+    """sha256 over JSON-able `parts` and the bytes of `files`: what a checkpoint was trained on."""
+    h = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
+    for path in files:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def find_resumable(checkpoint_dir: Path | str, expected_fingerprint: str) -> dict[str, Any] | None:
+    """The last checkpoint in `checkpoint_dir` when it belongs to this very run, else None.
+
+    A checkpoint of other params or data (a stale one) or an unreadable one is ignored, so the run
+    starts over instead of continuing someone else's training.
+    """
+    path = Path(checkpoint_dir) / LAST
+    if not path.exists():
+        return None
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as err:
+        log.warning("ignoring %s", err)
+        return None
+    if state.get("fingerprint") != expected_fingerprint:
+        log.info("%s was trained with other params or data: starting over", path)
+        return None
+    return state
+
+
+@dataclass
+class TrainResult:
+    start_step: int  # 0 for a fresh run, else the step it resumed from
+    step: int  # optimizer steps done
+    best_step: int
+    best_val_loss: float
+    best_val_mae: float
+    best_model: dict[str, torch.Tensor]  # state dict of the best validation loss
+
+
+def train(
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    train_windows: Windows,
+    val_windows: Windows,
+    checkpoint_dir: Path | str,
+    run_fingerprint: str = "",
+    resume: dict[str, Any] | None = None,
+    log_metrics: Callable[[int, dict[str, float]], None] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train from scratch, or continue from `resume` (a checkpoint from `find_resumable`).
+
+    Writes `checkpoint_dir/last.pt` every `checkpoint_every` steps and at the end, and
+    `checkpoint_dir/best.pt` whenever the validation loss improves. `log_metrics(step, metrics)`
+    receives train_loss, val_loss, val_mae and lr after every evaluation.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    device = pick_device(cfg.device)
+    seed_everything(cfg.seed)
+    model = build_model(model_cfg).to(device)
+    optimizer = make_optimizer(model)
+    stream = BatchStream(len(train_windows), cfg.batch_size, cfg.seed)
+    n_steps = total_steps(cfg, len(train_windows))
+
+    step, best = 0, {"step": 0, "val_loss": math.inf, "val_mae": math.inf}
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        step, best = int(resume["step"]), dict(resume["best"])
+        set_rng_state(resume["rng"])
+        log.info("resuming from step %d of %d (%s)", step, n_steps, checkpoint_dir / LAST)
+    else:
+        for name in (LAST, BEST):  # stale files of another run must not be mistaken for ours
+            (checkpoint_dir / name).unlink(missing_ok=True)
+    start_step = step
+    log.info(
+        "training %s parameters on %s for %d steps (%d windows, %d micro-batches/epoch, accum %d)",
+        f"{model.num_params():,}", device, n_steps, len(train_windows), stream.batches_per_epoch, cfg.accum,
+    )
+
+    def save_last() -> None:
+        epoch, batch = stream.position(step * cfg.accum)
+        save_checkpoint(checkpoint_dir / LAST, {
+            "fingerprint": run_fingerprint,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "epoch": epoch,  # where the next micro-batch comes from (informative; derived from step)
+            "batch_in_epoch": batch,
+            "dvclive_step": step,  # metrics are logged with the optimizer step as their x
+            "best": best,
+            "rng": rng_state(),
+        })
+
+    window_loss, window_tokens = 0.0, 0
+    bar = tqdm(total=n_steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    while step < n_steps:
+        first = step * cfg.accum
+        micro_batches = [train_windows.batch(stream.indices(k), device) for k in range(first, first + cfg.accum)]
+        lr = lr_at(step + 1, model_cfg.d_model, cfg.warmup, cfg.lr_factor)
+        loss_sum, n_tokens = train_step(model, optimizer, micro_batches, lr, cfg.label_smoothing, device)
+        step += 1
+        window_loss, window_tokens = window_loss + loss_sum, window_tokens + n_tokens
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_sum / max(n_tokens, 1):.3f}", lr=f"{lr:.2e}")
+
+        if step % cfg.eval_every == 0 or step == n_steps:
+            val = evaluate(model, val_windows, device, cfg.label_smoothing, max(cfg.batch_size, 64), cfg.eval_windows)
+            metrics = {"train_loss": window_loss / max(window_tokens, 1), "val_loss": val["loss"], "val_mae": val["mae"], "lr": lr}
+            window_loss, window_tokens = 0.0, 0
+            if val["loss"] < best["val_loss"]:
+                best = {"step": step, "val_loss": val["loss"], "val_mae": val["mae"]}
+                save_checkpoint(checkpoint_dir / BEST, {"fingerprint": run_fingerprint, "model": model.state_dict(), **best})
+            if log_metrics is not None:
+                log_metrics(step, metrics)
+            bar.write(f"step {step}: train loss {metrics['train_loss']:.4f}, val loss {val['loss']:.4f}, val MAE {val['mae']:.2f}")
+        if step % cfg.checkpoint_every == 0 or step == n_steps:
+            save_last()
+    bar.close()
+
+    best_state = load_checkpoint(checkpoint_dir / BEST)
+    if best_state.get("fingerprint") != run_fingerprint:
+        raise CheckpointError(f"{checkpoint_dir / BEST}: belongs to another run")
+    return TrainResult(
+        start_step=start_step,
+        step=step,
+        best_step=int(best["step"]),
+        best_val_loss=float(best["val_loss"]),
+        best_val_mae=float(best["val_mae"]),
+        best_model=best_state["model"],
+    )
+
+
+def export_model(path: Path | str, result: TrainResult, model_cfg: ModelConfig, cfg: TrainConfig, **extra: Any) -> None:
+    """Write the self-contained `velocity.pt`: best weights plus all `velocity predict` needs."""
+    save_checkpoint(path, {
+        "kind": "velocity-transformer",
+        "model": result.best_model,
+        "model_config": model_cfg.to_dict(),
+        "train": asdict(cfg),
+        "step": result.best_step,
+        "steps_trained": result.step,
+        "best_val_loss": result.best_val_loss,
+        "val_mae": result.best_val_mae,
+        **extra,  # vocab, bins, windows
+    })
+
+
+__all__ = [
+    "TrainConfig", "Windows", "WindowsError", "BatchStream", "train", "train_step", "evaluate",
+    "find_resumable", "fingerprint", "export_model", "total_steps", "SEED_PRESET", "dvc_set_args",
+]

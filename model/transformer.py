@@ -1,0 +1,369 @@
+"""The seed's encoder-decoder Transformer, as in The Annotated Transformer.
+
+Source tokens (pitch, dstart bin, duration bin) go through the encoder; the decoder reads `<s>`
+followed by the previous notes' velocity tokens and predicts each note's velocity token. Names follow
+the paper: `d_model`, `d_ff`, `heads`, `layers`. Masks are boolean, True = may attend, and broadcast
+to the attention scores' shape (B, h, T_query, T_key).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PAD, START, END = 0, 1, 2
+N_SPECIALS = 3  # <pad>, <s>, </s>: ids 0..2 in both vocabularies; target id = velocity + 3
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the network. The seed's: layers=6, heads=8, d_model=512, d_ff=2048."""
+
+    src_vocab: int
+    tgt_vocab: int
+    layers: int = 2
+    heads: int = 4
+    d_model: int = 128
+    d_ff: int = 512
+    dropout: float = 0.1
+    max_len: int = 128  # longest sequence the positional table covers (the window length)
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.heads:
+            raise ValueError(f"ModelConfig: d_model {self.d_model} is not divisible by heads {self.heads}")
+        if self.tgt_vocab <= N_SPECIALS:
+            raise ValueError(f"ModelConfig: tgt_vocab {self.tgt_vocab} has no velocity tokens")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        return cls(**d)
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks
+
+
+def src_key_mask(src: torch.Tensor) -> torch.Tensor:
+    """(B, S) source ids -> (B, 1, 1, S) mask hiding padded source positions from every query."""
+    return (src != PAD)[:, None, None, :]
+
+
+def causal_mask(size: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """(1, 1, T, T) mask letting position i see positions <= i only ("subsequent_mask")."""
+    return torch.ones(size, size, dtype=torch.bool, device=device).tril()[None, None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks
+
+
+class KVCache:
+    """Keys and values of one attention layer, so a decoding step only projects the new token.
+
+    Self-attention appends one position per step into buffers preallocated for `max_len` steps
+    (growing with torch.cat would copy the whole cache every step); cross-attention projects the
+    encoder memory once and keeps it.
+    """
+
+    def __init__(self, max_len: int) -> None:
+        self.max_len = max_len
+        self.length = 0
+        self.k: torch.Tensor | None = None  # (B, h, max_len, d_k)
+        self.v: torch.Tensor | None = None
+        self.memory_kv: tuple[torch.Tensor, torch.Tensor] | None = None  # cross-attention's (k, v)
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add (B, h, t, d_k) keys/values; return all of them so far."""
+        B, h, t, d_k = k.shape
+        if self.k is None:
+            self.k = k.new_empty(B, h, self.max_len, d_k)
+            self.v = v.new_empty(B, h, self.max_len, d_k)
+        if self.length + t > self.max_len:
+            raise ValueError(f"KVCache: {self.length + t} positions exceed max_len {self.max_len}")
+        self.k[:, :, self.length : self.length + t] = k
+        self.v[:, :, self.length : self.length + t] = v
+        self.length += t
+        return self.k[:, :, : self.length], self.v[:, :, : self.length]
+
+
+class MultiHeadAttention(nn.Module):
+    """h heads of scaled dot-product attention over d_k = d_model / h dimensions each."""
+
+    def __init__(self, heads: int, d_model: int, dropout: float) -> None:
+        super().__init__()
+        self.heads, self.d_k = heads, d_model // heads
+        self.w_q = nn.Linear(d_model, d_model)
+        self.w_k = nn.Linear(d_model, d_model)
+        self.w_v = nn.Linear(d_model, d_model)
+        self.w_o = nn.Linear(d_model, d_model)
+        self.dropout = dropout
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        return x.view(B, T, self.heads, self.d_k).transpose(1, 2)  # (B, h, T, d_k)
+
+    def forward(
+        self,
+        query: torch.Tensor,  # (B, T_q, d_model)
+        key_value: torch.Tensor,  # (B, T_k, d_model)
+        mask: torch.Tensor | None = None,  # broadcasts to (B, h, T_q, T_k)
+        cache: KVCache | None = None,
+        cross: bool = False,  # key_value is the encoder memory: with a cache, project it only once
+    ) -> torch.Tensor:
+        B, T_q, d_model = query.shape
+        q = self.split_heads(self.w_q(query))  # (B, h, T_q, d_k)
+        if cache is not None and cross and cache.memory_kv is not None:
+            k, v = cache.memory_kv
+        else:
+            k = self.split_heads(self.w_k(key_value))  # (B, h, T_k, d_k)
+            v = self.split_heads(self.w_v(key_value))
+            if cache is not None:
+                if cross:
+                    cache.memory_kv = (k, v)
+                else:
+                    k, v = cache.append(k, v)  # (B, h, T_past + T_q, d_k)
+        if mask is not None and mask.dim() == 3:  # The Annotated Transformer's (B, T_q, T_k) masks
+            mask = mask.unsqueeze(1)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, h, T_q, d_k)
+        y = y.transpose(1, 2).reshape(B, T_q, d_model)  # heads side by side again
+        return self.w_o(y)
+
+
+class FeedForward(nn.Module):
+    """Position-wise feed-forward: d_model -> d_ff -> d_model with a ReLU."""
+
+    def __init__(self, d_model: int, d_ff: int, dropout: float) -> None:
+        super().__init__()
+        self.w_1 = nn.Linear(d_model, d_ff)
+        self.w_2 = nn.Linear(d_ff, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w_2(self.dropout(F.relu(self.w_1(x))))
+
+
+class Embeddings(nn.Module):
+    """Token embeddings scaled by sqrt(d_model), plus fixed sinusoidal positions, then dropout."""
+
+    def __init__(self, vocab: int, d_model: int, max_len: int, dropout: float) -> None:
+        super().__init__()
+        self.lut = nn.Embedding(vocab, d_model)
+        self.d_model = d_model
+        self.dropout = nn.Dropout(dropout)
+        position = torch.arange(max_len, dtype=torch.float32)[:, None]  # (max_len, 1)
+        div_term = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * -(math.log(10000.0) / d_model))
+        pe = torch.zeros(max_len, d_model)
+        pe[:, 0::2] = torch.sin(position * div_term)
+        pe[:, 1::2] = torch.cos(position * div_term)
+        # Not part of the state dict: it is a function of the shape, not learned.
+        self.register_buffer("pe", pe, persistent=False)  # (max_len, d_model)
+
+    def forward(self, tokens: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        T = tokens.shape[1]
+        if offset + T > self.pe.shape[0]:
+            raise ValueError(f"sequence of {offset + T} tokens is longer than the model's max_len {self.pe.shape[0]}")
+        x = self.lut(tokens) * math.sqrt(self.d_model)  # (B, T, d_model)
+        return self.dropout(x + self.pe[offset : offset + T])
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention then feed-forward, each as x + dropout(sublayer(norm(x)))."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.self_attn = MultiHeadAttention(cfg.heads, cfg.d_model, cfg.dropout)
+        self.feed_forward = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout)
+        self.norm_1, self.norm_2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, src_mask: torch.Tensor | None) -> torch.Tensor:
+        h = self.norm_1(x)
+        x = x + self.dropout(self.self_attn(h, h, src_mask))
+        return x + self.dropout(self.feed_forward(self.norm_2(x)))
+
+
+class DecoderLayer(nn.Module):
+    """Masked self-attention, attention over the encoder memory, then feed-forward."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.self_attn = MultiHeadAttention(cfg.heads, cfg.d_model, cfg.dropout)
+        self.src_attn = MultiHeadAttention(cfg.heads, cfg.d_model, cfg.dropout)
+        self.feed_forward = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout)
+        self.norm_1, self.norm_2, self.norm_3 = (nn.LayerNorm(cfg.d_model) for _ in range(3))
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, T, d_model)
+        memory: torch.Tensor,  # (B, S, d_model)
+        src_mask: torch.Tensor | None,
+        tgt_mask: torch.Tensor | None,
+        self_cache: KVCache | None = None,
+        src_cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        h = self.norm_1(x)
+        x = x + self.dropout(self.self_attn(h, h, tgt_mask, cache=self_cache))
+        x = x + self.dropout(self.src_attn(self.norm_2(x), memory, src_mask, cache=src_cache, cross=True))
+        return x + self.dropout(self.feed_forward(self.norm_3(x)))
+
+
+class Generator(nn.Module):
+    """Decoder states -> target-vocabulary logits (log_softmax is left to the loss)."""
+
+    def __init__(self, d_model: int, vocab: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d_model, vocab)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+class DecoderCache:
+    """Per-layer self- and cross-attention caches for step-by-step greedy decoding."""
+
+    def __init__(self, layers: int, max_len: int) -> None:
+        self.self_attn = [KVCache(max_len) for _ in range(layers)]
+        self.src_attn = [KVCache(max_len) for _ in range(layers)]
+
+    @property
+    def length(self) -> int:
+        return self.self_attn[0].length if self.self_attn else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+
+
+class EncoderDecoder(nn.Module):
+    """The standard encoder-decoder: `encode` the notes once, `decode` velocities against them."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.src_embed = Embeddings(cfg.src_vocab, cfg.d_model, cfg.max_len, cfg.dropout)
+        self.tgt_embed = Embeddings(cfg.tgt_vocab, cfg.d_model, cfg.max_len, cfg.dropout)
+        encoder_layer, decoder_layer = EncoderLayer(cfg), DecoderLayer(cfg)
+        self.encoder_layers = nn.ModuleList(copy.deepcopy(encoder_layer) for _ in range(cfg.layers))
+        self.decoder_layers = nn.ModuleList(copy.deepcopy(decoder_layer) for _ in range(cfg.layers))
+        self.encoder_norm = nn.LayerNorm(cfg.d_model)
+        self.decoder_norm = nn.LayerNorm(cfg.d_model)
+        self.generator = Generator(cfg.d_model, cfg.tgt_vocab)
+
+    def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, S) source ids -> (B, S, d_model) memory."""
+        if src_mask is None:
+            src_mask = src_key_mask(src)
+        x = self.src_embed(src)
+        for layer in self.encoder_layers:
+            x = layer(x, src_mask)
+        return self.encoder_norm(x)
+
+    def decode(
+        self,
+        memory: torch.Tensor,  # (B, S, d_model)
+        src_mask: torch.Tensor | None,  # (B, 1, 1, S)
+        tgt: torch.Tensor,  # (B, T) decoder input ids: <s>, then the previous velocities
+        tgt_mask: torch.Tensor | None = None,  # default: causal; ignored with a cache
+        cache: DecoderCache | None = None,
+    ) -> torch.Tensor:
+        """Decoder states (B, T, d_model). With `cache`, `tgt` holds only the new positions and
+        attends to the cached ones (no mask needed: the past is all it can see)."""
+        offset = 0
+        if cache is not None:
+            offset, tgt_mask = cache.length, None
+        elif tgt_mask is None:
+            tgt_mask = causal_mask(tgt.shape[1], tgt.device)
+        x = self.tgt_embed(tgt, offset)
+        for i, layer in enumerate(self.decoder_layers):
+            self_cache = cache.self_attn[i] if cache is not None else None
+            src_cache = cache.src_attn[i] if cache is not None else None
+            x = layer(x, memory, src_mask, tgt_mask, self_cache, src_cache)
+        return self.decoder_norm(x)
+
+    def forward(
+        self,
+        src: torch.Tensor,  # (B, S)
+        tgt_in: torch.Tensor,  # (B, T): <s> followed by tgt[:, :-1]
+        src_mask: torch.Tensor | None = None,
+        tgt_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Teacher-forced logits (B, T, tgt_vocab) for training and evaluation."""
+        if src_mask is None:
+            src_mask = src_key_mask(src)
+        memory = self.encode(src, src_mask)
+        return self.generator(self.decode(memory, src_mask, tgt_in, tgt_mask))
+
+    def new_cache(self, max_len: int | None = None) -> DecoderCache:
+        return DecoderCache(self.cfg.layers, max_len or self.cfg.max_len)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def build_model(cfg: ModelConfig) -> EncoderDecoder:
+    """A fresh model, Glorot-initialized as in the paper; deterministic given torch's seed."""
+    model = EncoderDecoder(cfg)
+    for p in model.parameters():
+        if p.dim() > 1:
+            nn.init.xavier_uniform_(p)
+    return model
+
+
+def decoder_input(tgt: torch.Tensor) -> torch.Tensor:
+    """(B, T) target ids -> (B, T) decoder input: <s> followed by tgt[:, :-1] (teacher forcing)."""
+    start = torch.full_like(tgt[:, :1], START)
+    return torch.cat([start, tgt[:, :-1]], dim=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Greedy decoding
+
+
+@torch.no_grad()
+def greedy_decode(
+    model: EncoderDecoder,
+    src: torch.Tensor,  # (B, T) source ids, 0 = pad
+    src_mask: torch.Tensor | None = None,
+    use_cache: bool = True,
+) -> torch.Tensor:
+    """Predicted target ids (B, T): encode once, then pick the likeliest velocity token note by note,
+    feeding each choice back in. Only velocity tokens can be chosen (the specials' logits are masked),
+    so every note gets a velocity; positions where `src` is padding come back as PAD.
+
+    With `use_cache` each step runs the decoder on one token against cached keys and values;
+    without it, each step reruns the whole prefix (slower, same result; kept for testing).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        B, T = src.shape
+        if src_mask is None:
+            src_mask = src_key_mask(src)
+        memory = model.encode(src, src_mask)  # (B, T, d_model)
+        cache = model.new_cache(T) if use_cache else None
+        # Decoder input: <s>, then each prediction in turn. out[:, t] is the prediction for note t.
+        ys = torch.full((B, T + 1), START, dtype=torch.long, device=src.device)
+        for t in range(T):
+            if cache is not None:
+                h = model.decode(memory, src_mask, ys[:, t : t + 1], cache=cache)  # (B, 1, d_model)
+            else:
+                h = model.decode(memory, src_mask, ys[:, : t + 1])  # (B, t + 1, d_model)
+            logits = model.generator(h[:, -1]).float()  # (B, tgt_vocab)
+            logits[:, :N_SPECIALS] = float("-inf")  # never <pad>, <s> or </s> for a note
+            ys[:, t + 1] = logits.argmax(dim=-1)
+        return ys[:, 1:].masked_fill(src == PAD, PAD)
+    finally:
+        model.train(was_training)

@@ -1,0 +1,157 @@
+"""Stage `train`: fit the Velocity Transformer on the windows, keep the best model by validation loss.
+
+Outputs: `{out_dir}/velocity.pt`, self-contained for `velocity predict` (weights, ModelConfig,
+vocab, bins, window stats, train params, step, best validation loss), and `{out_dir}/checkpoints/`
+(`last.pt` to resume from, `best.pt`), which dvc.yaml marks `persist: true` so an interrupted
+`dvc repro` continues where it stopped. Metrics go to dvclive (`dvclive/train`), one row per evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from stages import params as params_lib
+
+log = logging.getLogger(__name__)
+
+LIVE_DIR = Path("dvclive/train")
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """The `model:` section of params.yaml; vocabulary sizes and max_len come from the data."""
+
+    layers: int = 2
+    heads: int = 4
+    d_model: int = 128
+    d_ff: int = 512
+    dropout: float = 0.1
+
+
+def code_files() -> list[Path]:
+    """Sources whose change makes an old checkpoint unusable (other engineers' model/ files excluded)."""
+    import model.loss, model.schedule, model.training, model.transformer
+
+    return [Path(m.__file__) for m in (model.transformer, model.loss, model.schedule, model.training)] + [Path(__file__)]
+
+
+def truncate_live_history(live_dir: Path, last_step: int) -> None:
+    """Drop dvclive plot rows logged after `last_step`: after a kill they were logged past the
+    checkpoint we resume from, and the resumed run logs those steps again."""
+    for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
+        with open(tsv, newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+        if not rows or all(int(r["step"]) <= last_step for r in rows):
+            continue
+        fields = list(rows[0])
+        with open(tsv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields, delimiter="\t")
+            writer.writeheader()
+            writer.writerows(r for r in rows if int(r["step"]) <= last_step)
+
+
+def open_live(live_dir: Path, resume: bool) -> Any:
+    """A dvclive logger for `live_dir`. dvc.yaml declares its metrics and plots, so it writes no
+    dvc.yaml of its own and makes no experiment; `resume=False` wipes an earlier run's history."""
+    from dvclive import Live
+    from scmrepo.exceptions import SCMError
+
+    class RepoTolerantLive(Live):
+        def _init_dvc(self) -> None:
+            # dvclive 3.49 raises "Empty git repo" in a repository without a commit (a fresh
+            # `git init`; cf. treeverse/dvclive#522). Logging to files needs no git: carry on.
+            try:
+                super()._init_dvc()
+            except SCMError as err:
+                log.debug("dvclive without git (%s)", err)
+
+    return RepoTolerantLive(dir=str(live_dir), resume=resume, save_dvc_exp=False, dvcyaml=None, report=None)
+
+
+def run_training(
+    windows_dir: Path,
+    vocab_path: Path,
+    bins_path: Path,
+    out_dir: Path,
+    model_params: ModelParams,
+    train_params: Any,
+    live_dir: Path | None = LIVE_DIR,
+) -> Any:
+    """Train (or resume) and export `out_dir/velocity.pt`; returns the `TrainResult`."""
+    from model.training import Windows, export_model, find_resumable, fingerprint, train
+    from model.transformer import ModelConfig
+
+    vocab = json.loads(vocab_path.read_text())
+    bins = json.loads(bins_path.read_text())
+    stats_path = windows_dir / "stats.json"
+    windows_stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+    train_windows = Windows.load(windows_dir, "train")
+    val_windows = Windows.load(windows_dir, "validation")
+    model_cfg = ModelConfig(
+        src_vocab=len(vocab["src"]), tgt_vocab=len(vocab["tgt"]), max_len=train_windows.length, **asdict(model_params)
+    )
+
+    checkpoint_dir = out_dir / "checkpoints"
+    data_files = [windows_dir / f"{s}_{k}.npy" for s in ("train", "validation") for k in ("src", "tgt")]
+    # checkpoint_every does not change what is learned, so it may differ between a run and its resume.
+    resumable_params = {k: v for k, v in asdict(train_params).items() if k != "checkpoint_every"}
+    run_fingerprint = fingerprint(
+        model_cfg.to_dict(), resumable_params, vocab, bins, files=data_files + code_files()
+    )
+    resume = find_resumable(checkpoint_dir, run_fingerprint)
+
+    live = None
+    if live_dir is not None:
+        if resume is not None:
+            truncate_live_history(live_dir, int(resume["dvclive_step"]))
+        live = open_live(live_dir, resume=resume is not None)
+
+    def log_metrics(step: int, metrics: dict[str, float]) -> None:
+        if live is None:
+            return
+        live.step = step
+        for name, value in metrics.items():
+            live.log_metric(name, value)
+        live.make_summary()
+
+    try:
+        result = train(model_cfg, train_params, train_windows, val_windows, checkpoint_dir, run_fingerprint, resume, log_metrics)
+    finally:
+        if live is not None:
+            live.end()
+
+    out_path = out_dir / "velocity.pt"
+    export_model(out_path, result, model_cfg, train_params, vocab=vocab, bins=bins, windows=windows_stats)
+    log.info(
+        "wrote %s (best of %d steps at step %d: val loss %.4f, val MAE %.2f); checkpoints in %s",
+        out_path, result.step, result.best_step, result.best_val_loss, result.best_val_mae, checkpoint_dir,
+    )
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("windows_dir", type=Path, help="data/windows")
+    parser.add_argument("vocab", type=Path, help="data/vocab.json")
+    parser.add_argument("bins", type=Path, help="data/bins.json")
+    parser.add_argument("out_dir", type=Path, help="models")
+    parser.add_argument("--params", type=Path, default=params_lib.PARAMS_FILE, help="params file (default: params.yaml)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    from model.training import TrainConfig
+
+    params = params_lib.read_params(args.params)
+    model_params = params_lib.section(ModelParams, "model", params)
+    train_params = params_lib.section(TrainConfig, "train", params)
+    run_training(args.windows_dir, args.vocab, args.bins, args.out_dir, model_params, train_params)
+
+
+if __name__ == "__main__":
+    main()

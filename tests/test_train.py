@@ -1,0 +1,258 @@
+"""Training the Velocity Transformer: determinism, resuming after SIGKILL, stale checkpoints, the
+seed configuration, and the `train` stage through a real `dvc repro`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import csv
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from model.checkpoint import load_checkpoint
+from model.decode import load_model, predict_windows
+from model.training import (
+    SEED_PRESET,
+    TrainConfig,
+    Windows,
+    WindowsError,
+    dvc_set_args,
+    make_optimizer,
+    train,
+    train_step,
+)
+from model.transformer import N_SPECIALS, ModelConfig, build_model
+from stages.train import ModelParams, run_training
+from tests.conftest import ROOT, dvc, make_project, project_env
+
+TINY_MODEL = {"layers": 1, "heads": 2, "d_model": 16, "d_ff": 32, "dropout": 0.1}
+TINY_TRAIN = TrainConfig(batch_size=4, accum=2, warmup=10, lr_factor=1.0, epochs=1, max_steps=8, seed=0,
+                         device="cpu", eval_every=4, checkpoint_every=4)
+SRC_VOCAB, TGT_VOCAB, LENGTH = 40, 131, 16
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """One torch thread here and in the subprocesses we start: the same numbers in both (a resumed
+    run must match an uninterrupted one bit for bit), and no thread oversubscription on a shared CPU."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_windows_project(root: Path, n_train: int = 24, n_val: int = 6, seed: int = 0) -> Path:
+    """A folder laid out like a project after the windows stage: data/windows, vocab, bins.
+
+    Velocity follows a learnable rule like a performance's: a loudness level per window, plus 8 for
+    odd source tokens ("melody notes"), plus a little noise. The last window of each split is half
+    padding, as a piece's short tail would be.
+    """
+    rng = np.random.default_rng(seed)
+    windows = root / "data" / "windows"
+    windows.mkdir(parents=True)
+    for split, n in (("train", n_train), ("validation", n_val), ("test", n_val)):
+        src = rng.integers(N_SPECIALS, SRC_VOCAB, size=(n, LENGTH))
+        level = rng.integers(40, 90, size=(n, 1))
+        tgt = level + 8 * (src % 2) + rng.integers(-1, 2, size=src.shape) + N_SPECIALS
+        src[-1, LENGTH // 2 :] = 0
+        tgt[-1, LENGTH // 2 :] = 0
+        np.save(windows / f"{split}_src.npy", src.astype(np.int16))
+        np.save(windows / f"{split}_tgt.npy", tgt.astype(np.int16))
+    (windows / "stats.json").write_text(json.dumps({"length": LENGTH, "step": LENGTH // 2}))
+    vocab = {"src": ["<pad>", "<s>", "</s>"] + [f"p{i}" for i in range(SRC_VOCAB - 3)],
+             "tgt": ["<pad>", "<s>", "</s>"] + [f"v{v}" for v in range(128)]}
+    (root / "data" / "vocab.json").write_text(json.dumps(vocab))
+    (root / "data" / "bins.json").write_text(json.dumps({"dstart": [0, 0.1, 9.0], "duration": [0, 0.2, 9.0], "velocity": [0, 64, 128]}))
+    return root
+
+
+def tiny_config() -> ModelConfig:
+    return ModelConfig(src_vocab=SRC_VOCAB, tgt_vocab=TGT_VOCAB, max_len=LENGTH, **TINY_MODEL)
+
+
+def run_in(root: Path, cfg: TrainConfig, live: bool = False):
+    return run_training(
+        root / "data" / "windows", root / "data" / "vocab.json", root / "data" / "bins.json", root / "models",
+        ModelParams(**TINY_MODEL), cfg, live_dir=root / "dvclive" / "train" if live else None,
+    )
+
+
+def test_training_is_deterministic_on_cpu(tmp_path):
+    """Same seed -> bit-identical weights after N steps (dropout on); another seed -> different."""
+    data = write_windows_project(tmp_path / "data_root")
+    train_w, val_w = Windows.load(data / "data" / "windows", "train"), Windows.load(data / "data" / "windows", "validation")
+    results = [
+        train(tiny_config(), replace(TINY_TRAIN, seed=seed), train_w, val_w, tmp_path / f"ckpt{i}", progress=False)
+        for i, seed in enumerate((0, 0, 1))
+    ]
+    a, b, c = (load_checkpoint(tmp_path / f"ckpt{i}" / "last.pt")["model"] for i in range(3))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    assert results[0].best_val_loss == results[1].best_val_loss
+
+
+def test_training_learns_and_exports_a_self_contained_model(tmp_path):
+    root = write_windows_project(tmp_path, n_train=48)
+    cfg = replace(TINY_TRAIN, max_steps=80, accum=1, warmup=30, lr_factor=1.0, eval_every=20, checkpoint_every=40)
+    result = run_in(root, cfg)
+    assert result.start_step == 0 and result.step == 80
+    ckpt = load_checkpoint(root / "models" / "velocity.pt")  # weights_only=True inside
+    assert ckpt["kind"] == "velocity-transformer"
+    assert ckpt["model_config"] == tiny_config().to_dict()
+    assert ckpt["vocab"]["tgt"][N_SPECIALS] == "v0" and ckpt["bins"]["velocity"] == [0, 64, 128]
+    assert ckpt["windows"]["length"] == LENGTH and ckpt["train"]["max_steps"] == 80
+    assert ckpt["step"] == result.best_step and ckpt["best_val_loss"] == pytest.approx(result.best_val_loss)
+    # Learned something: the validation error beats always answering the validation set's median.
+    val_tgt = np.load(root / "data" / "windows" / "validation_tgt.npy")
+    notes = val_tgt[val_tgt > 0].astype(float)
+    assert ckpt["val_mae"] < np.abs(notes - np.median(notes)).mean()
+    # And `velocity predict` needs nothing else: decode the test windows from the file alone.
+    model, _ = load_model(root / "models" / "velocity.pt")
+    test_src = np.load(root / "data" / "windows" / "test_src.npy", mmap_mode="r")
+    velocity = predict_windows(model, test_src, batch_size=4)
+    assert velocity.shape == test_src.shape
+    assert ((velocity >= 0) & (velocity <= 127)).all() and (velocity[test_src == 0] == 0).all()
+
+
+def test_a_finished_run_is_reused_and_changed_params_start_over(tmp_path):
+    root = write_windows_project(tmp_path)
+    first = run_in(root, TINY_TRAIN, live=True)
+    assert (first.start_step, first.step) == (0, 8)
+    exported = load_checkpoint(root / "models" / "velocity.pt")
+
+    again = run_in(root, TINY_TRAIN, live=True)  # same params and data: nothing left to train
+    assert (again.start_step, again.step) == (8, 8)
+    reexported = load_checkpoint(root / "models" / "velocity.pt")
+    assert all(torch.equal(exported["model"][k], reexported["model"][k]) for k in exported["model"])
+
+    changed = run_in(root, replace(TINY_TRAIN, lr_factor=0.5), live=True)  # stale checkpoint: start over
+    assert (changed.start_step, changed.step) == (0, 8)
+    assert _steps_logged(root / "dvclive" / "train") == [4, 8]  # the restarted run's history only
+
+
+def _steps_logged(live_dir: Path) -> list[int]:
+    with open(live_dir / "plots" / "metrics" / "val_loss.tsv", newline="") as f:
+        return [int(row["step"]) for row in csv.DictReader(f, delimiter="\t")]
+
+
+@pytest.mark.slow
+def test_resumes_after_sigkill_from_the_last_checkpoint(tmp_path):
+    """Kill a training process with SIGKILL after its first checkpoint; the rerun continues from
+    that checkpoint's step and ends with exactly the weights of an uninterrupted run."""
+    cfg = replace(TINY_TRAIN, max_steps=150, accum=1, eval_every=10, checkpoint_every=3)
+    root = write_windows_project(tmp_path / "killed")
+    params = {"model": TINY_MODEL, "train": asdict(cfg)}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stages.train", "data/windows", "data/vocab.json", "data/bins.json", "models"],
+        cwd=root, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    last = root / "models" / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    _, stderr = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, f"training ended before it could be killed:\n{stderr.decode()[-2000:]}"
+    killed_at = load_checkpoint(last)["step"]
+    assert 0 < killed_at < cfg.max_steps and killed_at % cfg.checkpoint_every == 0
+
+    resumed = run_in(root, cfg, live=True)
+    assert resumed.start_step == killed_at and resumed.step == cfg.max_steps
+    steps = _steps_logged(root / "dvclive" / "train")
+    assert steps == list(range(10, cfg.max_steps + 1, 10))  # no step logged twice, none missing
+
+    reference_root = write_windows_project(tmp_path / "uninterrupted")
+    reference = run_in(reference_root, cfg)
+    assert reference.start_step == 0
+    a = load_checkpoint(root / "models" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(reference_root / "models" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.best_val_loss == reference.best_val_loss
+
+
+def test_seed_configuration_builds_and_takes_one_step():
+    """The seed's 6-layer, 8-head, 512/2048 model with its 795/131 vocabularies, one optimizer
+    step (accumulating over 2 micro-batches) on tiny windows."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(src_vocab=795, tgt_vocab=131, max_len=128, **SEED_PRESET["model"])
+    model = build_model(cfg)
+    assert (len(model.encoder_layers), model.encoder_layers[0].self_attn.heads) == (6, 8)
+    assert 40e6 < model.num_params() < 50e6
+    optimizer = make_optimizer(model)
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randint(3, 795, (2, 16), generator=g), torch.randint(3, 131, (2, 16), generator=g)) for _ in range(2)]
+    before = model.generator.proj.weight.detach().clone()
+    loss, n_tokens = train_step(model, optimizer, batches, lr=1e-4, smoothing=0.1, device=torch.device("cpu"))
+    assert n_tokens == 64 and np.isfinite(loss)
+    assert not torch.equal(before, model.generator.proj.weight)
+
+
+def test_seed_preset_command_line_sets_every_key_the_sections_know():
+    line = dvc_set_args(SEED_PRESET)
+    assert "-S model.layers=6" in line and "-S train.accum=10" in line and "-S train.max_steps=null" in line
+    TrainConfig(**SEED_PRESET["train"])  # the preset's keys are real train params
+    ModelParams(**SEED_PRESET["model"])
+
+
+def test_missing_windows_name_the_file(tmp_path):
+    with pytest.raises(WindowsError, match="train_src.npy"):
+        Windows.load(tmp_path, "train")
+
+
+def test_bad_train_params_are_named():
+    with pytest.raises(ValueError, match="train.batch_size"):
+        TrainConfig(batch_size=0)
+
+
+def _velocity_checkpoint(project: Path) -> dict:
+    return torch.load(project / "models" / "velocity.pt", weights_only=True)
+
+
+@pytest.mark.slow
+def test_dvc_repro_trains_and_resumes_after_kill(tmp_path):
+    """`dvc repro train` on a small demo corpus; then a retraining (changed params) killed with
+    SIGKILL mid-way, whose next `dvc repro` continues from the checkpoint instead of step 0."""
+    tiny = {"model": TINY_MODEL, "train": {"batch_size": 8, "max_steps": 6, "warmup": 10, "eval_every": 3,
+                                           "checkpoint_every": 3, "eval_windows": 16, "device": "cpu"}}
+    project = make_project(tmp_path / "project", {"data": {"source": "demo", "demo_pieces": 12}, **tiny})
+    dvc(project, "repro", "train")
+    ckpt = _velocity_checkpoint(project)
+    assert ckpt["kind"] == "velocity-transformer" and ckpt["steps_trained"] == 6
+    assert ckpt["vocab"] == json.loads((project / "data" / "vocab.json").read_text())
+    assert ckpt["bins"] == json.loads((project / "data" / "bins.json").read_text())
+    metrics = json.loads(dvc(project, "metrics", "show", "--json").stdout)
+    assert "val_loss" in json.dumps(metrics) and "val_mae" in json.dumps(metrics)
+    assert "up to date" in dvc(project, "repro", "train").stdout.lower()  # nothing changed
+
+    # Retrain with more steps; kill the whole `dvc repro` process group after a checkpoint.
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["max_steps"] = 200
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    last = project / "models" / "checkpoints" / "last.pt"
+    old_mtime = last.stat().st_mtime_ns
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "train"], cwd=project, env=project_env(project),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while (not last.exists() or last.stat().st_mtime_ns == old_mtime) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(last)["step"]
+    assert 0 < killed_at < 200, "the retraining should have been killed part-way"
+
+    out = dvc(project, "repro", "train")
+    assert f"resuming from step {killed_at} of 200" in out.stdout + out.stderr
+    assert _velocity_checkpoint(project)["steps_trained"] == 200
+    assert "up to date" in dvc(project, "status", "train").stdout.lower()
