@@ -26,7 +26,7 @@ from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.loss import abs_error_sum, label_smoothed_kl
 from model.runtime import autocast, pick_device, seed_everything
 from model.schedule import lr_at
-from model.transformer import N_SPECIALS, EncoderDecoder, ModelConfig, build_model, decoder_input
+from model.transformer import PAD, EncoderDecoder, ModelConfig, build_model, decoder_input
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,11 @@ class TrainConfig:
     eval_every: int = 100  # optimizer steps between validation passes
     checkpoint_every: int = 100  # optimizer steps between resumable checkpoints
     eval_windows: int | None = None  # validate on the first N windows only; None: all
+    # Length curriculum: the first `curriculum_steps` steps train on the windows cut into pieces of
+    # `curriculum_length` notes. Cross-attention must learn to find note t among the window's notes;
+    # that takes thousands of steps over 128 notes but about a hundred over 16, and carries over.
+    curriculum_steps: int = 0
+    curriculum_length: int = 16
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "accum", "warmup", "epochs", "eval_every", "checkpoint_every"):
@@ -56,6 +61,8 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be at least 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"train.max_steps must be at least 1 or null, got {self.max_steps}")
+        if self.curriculum_steps < 0 or self.curriculum_length < 1:
+            raise ValueError(f"train.curriculum_steps must be >= 0 and train.curriculum_length >= 1, got {self.curriculum_steps} and {self.curriculum_length}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
@@ -63,7 +70,8 @@ class TrainConfig:
 # The seed's configuration (blog post and original code), as overrides of params.yaml's sections.
 SEED_PRESET: dict[str, dict[str, Any]] = {
     "model": {"layers": 6, "heads": 8, "d_model": 512, "d_ff": 2048, "dropout": 0.1},
-    "train": {"batch_size": 16, "accum": 10, "warmup": 4000, "lr_factor": 1.0, "epochs": 5, "max_steps": None, "label_smoothing": 0.1},
+    "train": {"batch_size": 16, "accum": 10, "warmup": 4000, "lr_factor": 1.0, "epochs": 5, "max_steps": None, "label_smoothing": 0.1,
+              "curriculum_steps": 0},
 }
 
 
@@ -153,6 +161,17 @@ def total_steps(cfg: TrainConfig, n_train_windows: int) -> int:
     if cfg.max_steps is not None:
         return cfg.max_steps
     return max(1, cfg.epochs * math.ceil(n_train_windows / cfg.batch_size) // cfg.accum)
+
+
+def cut_windows(src: torch.Tensor, tgt: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) windows -> (B * T / length, length) shorter ones, all-padding pieces dropped; each
+    piece is then a window of its own (its decoder input starts with <s>). Ragged ends are cut off."""
+    B, T = src.shape
+    usable = T - T % length
+    src = src[:, :usable].reshape(-1, length)  # (B * T / length, length)
+    tgt = tgt[:, :usable].reshape(-1, length)
+    keep = src[:, 0] != PAD  # pads only trail a piece's notes, so a piece starting with one is empty
+    return src[keep], tgt[keep]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,6 +358,8 @@ def train(
     while step < n_steps:
         first = step * cfg.accum
         micro_batches = [train_windows.batch(stream.indices(k), device) for k in range(first, first + cfg.accum)]
+        if step < cfg.curriculum_steps:
+            micro_batches = [cut_windows(src, tgt, cfg.curriculum_length) for src, tgt in micro_batches]
         lr = lr_at(step + 1, model_cfg.d_model, cfg.warmup, cfg.lr_factor)
         loss_sum, n_tokens = train_step(model, optimizer, micro_batches, lr, cfg.label_smoothing, device)
         step += 1
@@ -391,4 +412,5 @@ def export_model(path: Path | str, result: TrainResult, model_cfg: ModelConfig, 
 __all__ = [
     "TrainConfig", "Windows", "WindowsError", "BatchStream", "train", "train_step", "evaluate",
     "find_resumable", "fingerprint", "export_model", "total_steps", "SEED_PRESET", "dvc_set_args",
+    "cut_windows", "make_optimizer",
 ]

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -94,3 +95,12 @@ SMALL_DEMO = {"data": {"source": "demo", "demo_pieces": 20}}
 def project(tmp_path: Path) -> Path:
     """A fresh copy of the project on a small demo corpus."""
     return make_project(tmp_path / "project", SMALL_DEMO)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """A temporary Prefect server and database for the whole test session (no network needed)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -49,25 +48,6 @@ def tiny_params() -> dict[str, Any]:
     """TINY_PIPELINE limited to the sections params.yaml has (a section nobody reads would be an error)."""
     present = yaml.safe_load((ROOT / "params.yaml").read_text())
     return {name: section for name, section in TINY_PIPELINE.items() if name in present}
-
-
-_harness: ExitStack | None = None
-
-
-@pytest.fixture(scope="session")
-def prefect_harness(request: pytest.FixtureRequest) -> None:
-    """A temporary Prefect server and database for the whole session (no network needed).
-
-    Started once even when several test modules import this fixture (each import is its own
-    fixture to pytest); it stops when the session ends. Its natural home is conftest.py.
-    """
-    global _harness
-    if _harness is None:
-        from prefect.testing.utilities import prefect_test_harness
-
-        _harness = ExitStack()
-        _harness.enter_context(prefect_test_harness(server_startup_timeout=180))
-        request.config.add_cleanup(_harness.close)
 
 
 def read_flow_run(flow_run_id: UUID) -> dict[str, Any]:

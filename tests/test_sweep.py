@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from conftest import make_project
-from test_flows import ONE_THREAD, prefect_harness, tiny_params  # noqa: F401 (a fixture)
+from test_flows import ONE_THREAD, tiny_params
 
 from pipeline.flows import PipelineError
 from pipeline.sweep import experiment_name, grid_points, parse_grid

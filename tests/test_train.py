@@ -25,6 +25,7 @@ from model.training import (
     TrainConfig,
     Windows,
     WindowsError,
+    cut_windows,
     dvc_set_args,
     make_optimizer,
     train,
@@ -150,7 +151,8 @@ def _steps_logged(live_dir: Path) -> list[int]:
 def test_resumes_after_sigkill_from_the_last_checkpoint(tmp_path):
     """Kill a training process with SIGKILL after its first checkpoint; the rerun continues from
     that checkpoint's step and ends with exactly the weights of an uninterrupted run."""
-    cfg = replace(TINY_TRAIN, max_steps=150, accum=1, eval_every=10, checkpoint_every=3)
+    # The length curriculum ends part-way, so the resumed run must also pick the right data view.
+    cfg = replace(TINY_TRAIN, max_steps=150, accum=1, eval_every=10, checkpoint_every=3, curriculum_steps=20, curriculum_length=4)
     root = write_windows_project(tmp_path / "killed")
     params = {"model": TINY_MODEL, "train": asdict(cfg)}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
@@ -206,6 +208,15 @@ def test_seed_preset_command_line_sets_every_key_the_sections_know():
     ModelParams(**SEED_PRESET["model"])
 
 
+def test_cut_windows_makes_short_windows_and_drops_empty_pieces():
+    src = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 0, 0, 0]])
+    tgt = src + 50
+    short_src, short_tgt = cut_windows(src, tgt, 2)
+    assert short_src.tolist() == [[5, 6], [7, 8], [9, 10], [11, 12], [13, 0]]
+    assert torch.equal(short_tgt[short_src != 0], short_src[short_src != 0] + 50)
+    assert cut_windows(src, tgt, 4)[0].tolist() == [[5, 6, 7, 8], [11, 12, 13, 0]]  # ragged ends cut
+
+
 def test_missing_windows_name_the_file(tmp_path):
     with pytest.raises(WindowsError, match="train_src.npy"):
         Windows.load(tmp_path, "train")
@@ -238,7 +249,7 @@ def test_dvc_repro_trains_and_resumes_after_kill(tmp_path):
 
     # Retrain with more steps; kill the whole `dvc repro` process group after a checkpoint.
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["train"]["max_steps"] = 200
+    params["train"]["max_steps"] = 300
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     last = project / "models" / "checkpoints" / "last.pt"
     old_mtime = last.stat().st_mtime_ns
@@ -250,9 +261,9 @@ def test_dvc_repro_trains_and_resumes_after_kill(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     killed_at = load_checkpoint(last)["step"]
-    assert 0 < killed_at < 200, "the retraining should have been killed part-way"
+    assert 0 < killed_at < 300, "the retraining should have been killed part-way"
 
     out = dvc(project, "repro", "train")
-    assert f"resuming from step {killed_at} of 200" in out.stdout + out.stderr
-    assert _velocity_checkpoint(project)["steps_trained"] == 200
+    assert f"resuming from step {killed_at} of 300" in out.stdout + out.stderr
+    assert _velocity_checkpoint(project)["steps_trained"] == 300
     assert "up to date" in dvc(project, "status", "train").stdout.lower()
