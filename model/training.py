@@ -50,8 +50,9 @@ class TrainConfig:
     checkpoint_every: int = 100  # optimizer steps between resumable checkpoints
     eval_windows: int | None = None  # validate on the first N windows only; None: all
     # Length curriculum: the first `curriculum_steps` steps train on the windows cut into pieces of
-    # `curriculum_length` notes. Cross-attention must learn to find note t among the window's notes;
-    # that takes thousands of steps over 128 notes but about a hundred over 16, and carries over.
+    # `curriculum_length` notes. Cross-attention must learn to find note t among the window's notes:
+    # on a synthetic token -> velocity task it did so in ~150 steps over 16 notes and carried over
+    # to 128, but not within 600 steps over 128 notes. (On the demo corpus: no gain in 400 steps.)
     curriculum_steps: int = 0
     curriculum_length: int = 16
 

@@ -40,6 +40,7 @@ from model.performance_rnn import (
     window_nll,
 )
 from model.runtime import pick_device, seed_everything
+from stages.live import open_live
 from stages.params import read_params
 from stages.perf_events import load_perf_params
 
@@ -125,21 +126,8 @@ class _Curves:
         self.live = None
         if live_dir is None:
             return
-        from dvclive import Live  # imports dvc: only when curves are wanted
-        from scmrepo.exceptions import SCMError
-
-        class RepoTolerantLive(Live):
-            def _init_dvc(self) -> None:
-                # dvclive 3.49 raises "Empty git repo" in a repository without a commit (a fresh
-                # `git init`, cf. treeverse/dvclive#522); writing the curve files needs no git.
-                try:
-                    super()._init_dvc()
-                except SCMError as err:
-                    log.debug("dvclive without git (%s)", err)
-
         # resume=False: start the folder clean, then replay what the checkpoint remembers.
-        # dvc.yaml declares the metrics and plots, so dvclive writes no dvc.yaml and no experiment.
-        self.live = RepoTolerantLive(str(live_dir), resume=False, save_dvc_exp=False, dvcyaml=None, report=None)
+        self.live = open_live(live_dir, resume=False)
         for point in history:
             self.log(point)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from stages import params as params_lib
+from stages.live import open_live
 
 log = logging.getLogger(__name__)
 
@@ -54,24 +55,6 @@ def truncate_live_history(live_dir: Path, last_step: int) -> None:
             writer = csv.DictWriter(f, fieldnames=fields, delimiter="\t")
             writer.writeheader()
             writer.writerows(r for r in rows if int(r["step"]) <= last_step)
-
-
-def open_live(live_dir: Path, resume: bool) -> Any:
-    """A dvclive logger for `live_dir`. dvc.yaml declares its metrics and plots, so it writes no
-    dvc.yaml of its own and makes no experiment; `resume=False` wipes an earlier run's history."""
-    from dvclive import Live
-    from scmrepo.exceptions import SCMError
-
-    class RepoTolerantLive(Live):
-        def _init_dvc(self) -> None:
-            # dvclive 3.49 raises "Empty git repo" in a repository without a commit (a fresh
-            # `git init`; cf. treeverse/dvclive#522). Logging to files needs no git: carry on.
-            try:
-                super()._init_dvc()
-            except SCMError as err:
-                log.debug("dvclive without git (%s)", err)
-
-    return RepoTolerantLive(dir=str(live_dir), resume=resume, save_dvc_exp=False, dvcyaml=None, report=None)
 
 
 def run_training(
