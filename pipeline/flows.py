@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -376,15 +377,10 @@ def _make_flow() -> Any:
     return velocity_pipeline
 
 
-_FLOW: Any = None
-
-
+@functools.cache
 def pipeline_flow() -> Any:
-    """The `velocity-pipeline` Prefect flow (built once)."""
-    global _FLOW
-    if _FLOW is None:
-        _FLOW = _make_flow()
-    return _FLOW
+    """The `velocity-pipeline` Prefect flow (built once): built on first use, so importing this module does not import Prefect."""
+    return _make_flow()
 
 
 def __getattr__(name: str) -> Any:

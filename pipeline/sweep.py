@@ -10,6 +10,7 @@ so rerunning a sweep replaces the same experiments. Their params and metrics, re
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import re
@@ -220,15 +221,10 @@ def _make_flow() -> Any:
     return velocity_sweep
 
 
-_FLOW: Any = None
-
-
+@functools.cache
 def sweep_flow() -> Any:
-    """The `velocity-sweep` Prefect flow (built once)."""
-    global _FLOW
-    if _FLOW is None:
-        _FLOW = _make_flow()
-    return _FLOW
+    """The `velocity-sweep` Prefect flow (built once): built on first use, so importing this module does not import Prefect."""
+    return _make_flow()
 
 
 def __getattr__(name: str) -> Any:
