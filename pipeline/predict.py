@@ -107,6 +107,18 @@ def scan_note_ons(data: bytes, path: Path | str = "<bytes>") -> dict[tuple[int, 
     def bad(why: str) -> PredictError:
         return PredictError(f"{path}: not a readable MIDI file ({why})")
 
+    def read_varlen(pos: int, end: int) -> tuple[int, int]:
+        """A MIDI variable-length number at `pos`: its value and the position after it."""
+        value = 0
+        while True:
+            if pos >= end:
+                raise bad("event cut off at the end of a track")
+            byte = data[pos]
+            pos += 1
+            value = (value << 7) | (byte & 0x7F)
+            if byte < 0x80:
+                return value, pos
+
     if data[:4] != b"MThd" or len(data) < 14:
         raise bad("no MThd header")
     n_tracks = int.from_bytes(data[10:12], "big")
@@ -122,15 +134,7 @@ def scan_note_ons(data: bytes, path: Path | str = "<bytes>") -> dict[tuple[int, 
         tracks_seen += 1
         tick, running = 0, 0  # running: the last channel status, reused by events that omit theirs
         while pos < end:
-            delta = 0
-            while True:  # variable-length delta time
-                if pos >= end:
-                    raise bad("event cut off at the end of a track")
-                byte = data[pos]
-                pos += 1
-                delta = (delta << 7) | (byte & 0x7F)
-                if byte < 0x80:
-                    break
+            delta, pos = read_varlen(pos, end)
             tick += delta
             if pos >= end:
                 raise bad("event cut off at the end of a track")
@@ -146,15 +150,7 @@ def scan_note_ons(data: bytes, path: Path | str = "<bytes>") -> dict[tuple[int, 
                     pos += 1  # meta type
                 else:
                     running = 0  # system exclusive cancels running status (meta events, as read by symusic and mido, do not)
-                length = 0
-                while True:
-                    if pos >= end:
-                        raise bad("event cut off at the end of a track")
-                    byte = data[pos]
-                    pos += 1
-                    length = (length << 7) | (byte & 0x7F)
-                    if byte < 0x80:
-                        break
+                length, pos = read_varlen(pos, end)
                 pos += length
                 if pos > end:
                     raise bad("event cut off at the end of a track")

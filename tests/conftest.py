@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
@@ -38,6 +39,15 @@ def tiny_zip() -> Path:
 def full_zip() -> Path:
     """The 460-performance MAESTRO archive in ../shared/data."""
     return _require(FULL_ZIP)
+
+
+@pytest.fixture(scope="session")
+def tiny_raw(tiny_zip: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny archive extracted once per session: its `maestro-v3.0.0/` folder (csv + MIDI)."""
+    dest = tmp_path_factory.mktemp("tiny_raw")
+    with zipfile.ZipFile(tiny_zip) as archive:
+        archive.extractall(dest)
+    return dest / "maestro-v3.0.0"
 
 
 def deep_update(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -59,11 +58,8 @@ def read_midi_notes(path: Path) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def tiny_midi_files(tiny_zip: Path, tmp_path_factory) -> list[Path]:
-    dest = tmp_path_factory.mktemp("tiny_midi")
-    with zipfile.ZipFile(tiny_zip) as archive:
-        archive.extractall(dest)
-    files = sorted(dest.rglob("*.midi"))
+def tiny_midi_files(tiny_raw: Path) -> list[Path]:
+    files = sorted(tiny_raw.rglob("*.midi"))
     assert len(files) == 10
     return files
 

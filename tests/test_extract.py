@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import zipfile
 from pathlib import Path
 
 import mido
@@ -322,14 +321,6 @@ def test_csv_with_unknown_split_or_missing_column_is_an_error(tmp_path):
 
 # ----------------------------------------------------------------------------------------------
 # Real MAESTRO files
-
-
-@pytest.fixture(scope="module")
-def tiny_raw(tiny_zip, tmp_path_factory) -> Path:
-    dest = tmp_path_factory.mktemp("tiny")
-    with zipfile.ZipFile(tiny_zip) as archive:
-        archive.extractall(dest)
-    return dest / "maestro-v3.0.0"
 
 
 def test_every_note_matches_pretty_midi_on_the_tiny_archive(tiny_raw):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import zipfile
 from pathlib import Path
 
 import mido
@@ -31,15 +30,7 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="session")
-def tiny_archive(tmp_path_factory, tiny_zip) -> Path:
-    root = tmp_path_factory.mktemp("tiny_archive")
-    with zipfile.ZipFile(tiny_zip) as archive:
-        archive.extractall(root)
-    return root / "maestro-v3.0.0"
-
-
-@pytest.fixture(scope="session")
-def trained_model(tmp_path_factory, tiny_archive) -> Path:
+def trained_model(tmp_path_factory, tiny_raw) -> Path:
     """A tiny Velocity Transformer trained for a few steps on the tiny MAESTRO archive, through the
     same stage functions `dvc repro train` runs."""
     from model.training import TrainConfig
@@ -51,7 +42,7 @@ def trained_model(tmp_path_factory, tiny_archive) -> Path:
     from stages.windows import WindowsParams, make_windows, save_npy
 
     root = tmp_path_factory.mktemp("tiny_model")
-    extract_notes(tiny_archive, root / "notes", sustain=False, workers=1)
+    extract_notes(tiny_raw, root / "notes", sustain=False, workers=1)
     bins = learn_bins(pd.read_parquet(root / "notes/train.parquet"), BinsParams(dstart=3, duration=3, velocity=3))
     vocab = build_vocab(bins, velocity_hint=False)
     write_json(root / "bins.json", bins)
@@ -102,10 +93,10 @@ def assert_only_note_on_velocities_differ(original: Path, predicted: Path) -> in
 # A real MAESTRO performance
 
 
-def test_real_file_gets_the_models_velocities_and_nothing_else_changes(trained_model, tiny_archive, tmp_path):
+def test_real_file_gets_the_models_velocities_and_nothing_else_changes(trained_model, tiny_raw, tmp_path):
     from model.pieces import load_velocity_model, predict_notes
 
-    source = tiny_archive.parent / TEST_PIECE
+    source = tiny_raw.parent / TEST_PIECE
     out = tmp_path / "out.mid"
     assert predict(source, "-o", out, "--model", trained_model) == 0
 
@@ -118,8 +109,8 @@ def test_real_file_gets_the_models_velocities_and_nothing_else_changes(trained_m
     np.testing.assert_array_equal(after["velocity"].to_numpy(), np.clip(expected, 1, 127))
 
 
-def test_strength_zero_keeps_and_half_blends_the_original_velocities(trained_model, tiny_archive, tmp_path):
-    source = tiny_archive.parent / TEST_PIECE
+def test_strength_zero_keeps_and_half_blends_the_original_velocities(trained_model, tiny_raw, tmp_path):
+    source = tiny_raw.parent / TEST_PIECE
     full, half, none = tmp_path / "full.mid", tmp_path / "half.mid", tmp_path / "none.mid"
     assert predict(source, "-o", full, "--model", trained_model) == 0
     assert predict(source, "-o", half, "--model", trained_model, "--strength", "0.5") == 0
@@ -132,9 +123,9 @@ def test_strength_zero_keeps_and_half_blends_the_original_velocities(trained_mod
     np.testing.assert_array_equal(blended, np.floor((original + predicted) / 2 + 0.5))
 
 
-def test_strength_outside_zero_to_one_is_refused(trained_model, tiny_archive, tmp_path):
+def test_strength_outside_zero_to_one_is_refused(trained_model, tiny_raw, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
-        predict(tiny_archive.parent / TEST_PIECE, "-o", tmp_path / "out.mid", "--model", trained_model, "--strength", "1.5")
+        predict(tiny_raw.parent / TEST_PIECE, "-o", tmp_path / "out.mid", "--model", trained_model, "--strength", "1.5")
     assert exit_info.value.code == 2
     assert not (tmp_path / "out.mid").exists()
 
@@ -198,14 +189,14 @@ def test_multi_track_file_with_drums_pedals_and_out_of_range_notes(trained_model
 # Bad input: a clear message naming the file, exit code 1, nothing written
 
 
-def test_bad_inputs_fail_clearly_without_output(trained_model, tiny_archive, tmp_path, caplog):
+def test_bad_inputs_fail_clearly_without_output(trained_model, tiny_raw, tmp_path, caplog):
     tempo_only = build_midi(tmp_path / "tempo_only.mid", [[mido.MetaMessage("set_tempo", tempo=500000, time=0)]])
     drums_only = build_midi(tmp_path / "drums_only.mid", [notes_track(9, [36, 38], velocity=90)])
     below_piano = build_midi(tmp_path / "below_piano.mid", [notes_track(0, [10, 12], velocity=90)])
     garbage = tmp_path / "garbage.mid"
     garbage.write_bytes(b"this is not a MIDI file at all")
     truncated = tmp_path / "truncated.mid"
-    truncated.write_bytes((tiny_archive.parent / TEST_PIECE).read_bytes()[:200])
+    truncated.write_bytes((tiny_raw.parent / TEST_PIECE).read_bytes()[:200])
     cases = {
         tempo_only: "no notes",
         drums_only: "no notes",
@@ -223,8 +214,8 @@ def test_bad_inputs_fail_clearly_without_output(trained_model, tiny_archive, tmp
     assert not list(tmp_path.glob(".*.tmp"))  # no half-written temporary files either
 
 
-def test_missing_or_foreign_model_fails_clearly(tiny_archive, tmp_path, caplog):
-    source = tiny_archive.parent / TEST_PIECE
+def test_missing_or_foreign_model_fails_clearly(tiny_raw, tmp_path, caplog):
+    source = tiny_raw.parent / TEST_PIECE
     foreign = tmp_path / "foreign.pt"
     foreign.write_text(json.dumps({"not": "a checkpoint"}))
     for model in (tmp_path / "missing.pt", foreign):
