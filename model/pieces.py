@@ -26,7 +26,7 @@ import torch
 
 from model.checkpoint import CheckpointError
 from model.decode import load_model
-from model.transformer import N_SPECIALS, START, EncoderDecoder, ModelConfig, build_model, src_key_mask
+from model.transformer import EncoderDecoder, ModelConfig, build_model, greedy_decode
 from stages.tokens import PAD, Vocab, id_to_velocity, tokenize
 from stages.windows import piece_bounds, window_starts
 
@@ -133,44 +133,33 @@ def piece_windows(src_ids: np.ndarray, plan: WindowPlan) -> np.ndarray:
     return np.where(rows >= 0, np.asarray(src_ids, dtype=np.int64)[np.maximum(rows, 0)], PAD)
 
 
-@torch.no_grad()
-def greedy_prefix(model: EncoderDecoder, src: torch.Tensor, steps: int) -> torch.Tensor:
-    """The first `steps` target ids (B, steps) that `greedy_decode(model, src)` would give.
-
-    The same loop (encode the whole window once, pick the likeliest velocity token note by note
-    with cached keys and values), stopped early: notes after the last one a window owns need no
-    decoding, since later choices never change earlier ones.
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        src_mask = src_key_mask(src)
-        memory = model.encode(src, src_mask)  # (B, T, d_model)
-        cache = model.new_cache(steps)
-        token = torch.full((src.shape[0], 1), START, dtype=torch.long, device=src.device)
-        out = torch.empty(src.shape[0], steps, dtype=torch.long, device=src.device)
-        for t in range(steps):
-            h = model.decode(memory, src_mask, token, cache=cache)  # (B, 1, d_model)
-            logits = model.generator(h[:, -1]).float()  # (B, tgt_vocab)
-            logits[:, :N_SPECIALS] = float("-inf")  # a note always gets a velocity
-            token = logits.argmax(dim=-1, keepdim=True)
-            out[:, t] = token[:, 0]
-        return out
-    finally:
-        model.train(was_training)
+# How a window's velocities are chosen: (pick, feed_back) of `greedy_decode`.
+DECODINGS = {
+    "greedy": ("argmax", True),  # the seed's: the likeliest velocity, fed back note by note
+    "median": ("median", True),  # the median of each note's distribution (least absolute error), fed back
+    "notes-only": ("median", False),  # each note's median from the notes alone, nothing fed back
+}
 
 
 def decode_windows(
-    model: EncoderDecoder, src: np.ndarray, steps: np.ndarray, batch_windows: int = 256, progress: bool = False
+    model: EncoderDecoder,
+    src: np.ndarray,
+    steps: np.ndarray,
+    batch_windows: int = 256,
+    progress: bool = False,
+    decoding: str = "greedy",
 ) -> np.ndarray:
-    """(W, length) greedy velocities of (W, length) source windows, each decoded up to its own
-    `steps[w]` notes (later slots stay 0). Only windows with equal step counts share a batch, so no
+    """(W, length) velocities of (W, length) source windows, each decoded up to its own `steps[w]`
+    notes (later slots stay 0), as `decoding` (a key of DECODINGS) says. Only windows with equal step counts share a batch, so no
     batch decodes further than its windows need; batching never changes a window's result
     (padding masks keep windows apart)."""
     from tqdm import tqdm
 
     if batch_windows < 1:
         raise ValueError(f"batch_windows must be positive, got {batch_windows}")
+    if decoding not in DECODINGS:
+        raise ValueError(f"unknown decoding {decoding!r}: expected one of {', '.join(DECODINGS)}")
+    pick, feed_back = DECODINGS[decoding]
     device = next(model.parameters()).device
     velocity = np.zeros(src.shape, dtype=np.int64)
     # Windows needing the same number of steps share batches (a 10,000-note piece: ~155 inner
@@ -183,7 +172,7 @@ def decode_windows(
         n_steps = int(steps[batch].max())
         if n_steps == 0:  # windows that own no note (possible only with a very small step)
             continue
-        ids = greedy_prefix(model, torch.as_tensor(src[batch], dtype=torch.long, device=device), n_steps)
+        ids = greedy_decode(model, torch.as_tensor(src[batch], dtype=torch.long, device=device), n_steps, pick, feed_back)
         velocity[batch, :n_steps] = id_to_velocity(ids.cpu().numpy())
     return velocity
 
@@ -195,6 +184,7 @@ def predict_pieces(
     step: int,
     batch_windows: int = 256,
     progress: bool = False,
+    decoding: str = "greedy",
 ) -> list[np.ndarray]:
     """Predicted velocity (int64, 0..127) of every note of each piece, from each piece's source ids
     in note order: the windows of all pieces are greedy-decoded together, batch by batch, then each
@@ -205,7 +195,7 @@ def predict_pieces(
     # Decode each window only as far as the last note it owns (the centre rule leaves the last
     # quarter of an inner window to its neighbour).
     steps = np.concatenate([owned_steps(plan) for plan in plans]) if plans else np.zeros(0, dtype=np.int64)
-    velocity = decode_windows(model, all_windows, steps, batch_windows, progress)
+    velocity = decode_windows(model, all_windows, steps, batch_windows, progress, decoding)
     result, begin = [], 0
     for plan in plans:
         result.append(stitch(velocity[begin : begin + len(plan.starts)], plan))
@@ -221,7 +211,7 @@ def owned_steps(plan: WindowPlan) -> np.ndarray:
 
 
 def predict_notes(
-    model: VelocityModel, notes: pd.DataFrame, batch_windows: int = 256, progress: bool = False
+    model: VelocityModel, notes: pd.DataFrame, batch_windows: int = 256, progress: bool = False, decoding: str = "greedy"
 ) -> np.ndarray:
     """Predicted velocity of every row of a notes table (columns pitch, dstart, duration, and
     velocity when the vocabulary carries a velocity hint). Rows with the same `piece_id` form one
@@ -232,5 +222,5 @@ def predict_notes(
     else:
         bounds = np.array([0, len(notes)])
     pieces = [src_ids[begin:end] for begin, end in zip(bounds[:-1], bounds[1:])]
-    predicted = predict_pieces(model.model, pieces, model.length, model.step, batch_windows, progress)
+    predicted = predict_pieces(model.model, pieces, model.length, model.step, batch_windows, progress, decoding)
     return np.concatenate(predicted) if predicted else np.zeros(0, dtype=np.int64)

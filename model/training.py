@@ -26,7 +26,7 @@ from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.loss import abs_error_sum, label_smoothed_kl
 from model.runtime import autocast, pick_device, seed_everything
 from model.schedule import lr_at
-from model.transformer import PAD, EncoderDecoder, ModelConfig, build_model, decoder_input
+from model.transformer import PAD, START, EncoderDecoder, ModelConfig, build_model, decoder_input
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,10 @@ class TrainConfig:
     # to 128, but not within 600 steps over 128 notes. (On the demo corpus: no gain in 400 steps.)
     curriculum_steps: int = 0
     curriculum_length: int = 16
+    # Each decoder-input velocity is replaced by <s> ("previous velocity unknown", as at the first
+    # note) with this probability, so the decoder cannot lean on copying the previous velocity, which
+    # teacher forcing rewards and free-running decoding punishes. 0: off, as the seed.
+    input_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "accum", "warmup", "epochs", "eval_every", "checkpoint_every"):
@@ -64,22 +68,24 @@ class TrainConfig:
             raise ValueError(f"train.max_steps must be at least 1 or null, got {self.max_steps}")
         if self.curriculum_steps < 0 or self.curriculum_length < 1:
             raise ValueError(f"train.curriculum_steps must be >= 0 and train.curriculum_length >= 1, got {self.curriculum_steps} and {self.curriculum_length}")
+        if not 0.0 <= self.input_dropout <= 1.0:
+            raise ValueError(f"train.input_dropout must be in [0, 1], got {self.input_dropout}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
 # The seed's configuration (blog post and original code), as overrides of params.yaml's sections.
 SEED_PRESET: dict[str, dict[str, Any]] = {
-    "model": {"layers": 6, "heads": 8, "d_model": 512, "d_ff": 2048, "dropout": 0.1},
+    "model": {"layers": 6, "heads": 8, "d_model": 512, "d_ff": 2048, "dropout": 0.1, "aligned": False},
     "train": {"batch_size": 16, "accum": 10, "warmup": 4000, "lr_factor": 1.0, "epochs": 5, "max_steps": None, "label_smoothing": 0.1,
-              "curriculum_steps": 0},
+              "curriculum_steps": 0, "input_dropout": 0.0},
 }
 
 
 def dvc_set_args(preset: dict[str, dict[str, Any]] = SEED_PRESET) -> str:
     """`-S section.key=value ...` for `dvc exp run`, e.g. to train the seed's configuration."""
-    def value(v: Any) -> str:
-        return "null" if v is None else str(v)
+    def value(v: Any) -> str:  # YAML spelling
+        return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
 
     return " ".join(f"-S {section}.{key}={value(v)}" for section, keys in preset.items() for key, v in keys.items())
 
@@ -184,6 +190,14 @@ def make_optimizer(model: EncoderDecoder) -> torch.optim.Adam:
     return torch.optim.Adam(model.parameters(), lr=0.0, betas=(0.9, 0.98), eps=1e-9)
 
 
+def drop_inputs(tgt_in: torch.Tensor, p: float) -> torch.Tensor:
+    """Decoder input with each velocity token replaced by <s> with probability `p` (torch's RNG)."""
+    if p <= 0.0:
+        return tgt_in
+    drop = torch.rand(tgt_in.shape, device=tgt_in.device) < p
+    return tgt_in.masked_fill(drop & (tgt_in != PAD), START)
+
+
 def train_step(
     model: EncoderDecoder,
     optimizer: torch.optim.Optimizer,
@@ -191,6 +205,7 @@ def train_step(
     lr: float,
     smoothing: float,
     device: torch.device,
+    input_dropout: float = 0.0,
 ) -> tuple[float, int]:
     """One optimizer step over `micro_batches` (gradient accumulation); returns (loss sum, tokens).
 
@@ -201,7 +216,7 @@ def train_step(
     loss_sum, n_tokens = 0.0, 0
     for src, tgt in micro_batches:
         with autocast(device):
-            logits = model(src, decoder_input(tgt))  # (B, T, V)
+            logits = model(src, drop_inputs(decoder_input(tgt), input_dropout))  # (B, T, V)
         batch_loss, batch_tokens = label_smoothed_kl(logits, tgt, smoothing)
         (batch_loss / max(batch_tokens, 1) / len(micro_batches)).backward()
         loss_sum += batch_loss.item()
@@ -362,7 +377,7 @@ def train(
         if step < cfg.curriculum_steps:
             micro_batches = [cut_windows(src, tgt, cfg.curriculum_length) for src, tgt in micro_batches]
         lr = lr_at(step + 1, model_cfg.d_model, cfg.warmup, cfg.lr_factor)
-        loss_sum, n_tokens = train_step(model, optimizer, micro_batches, lr, cfg.label_smoothing, device)
+        loss_sum, n_tokens = train_step(model, optimizer, micro_batches, lr, cfg.label_smoothing, device, cfg.input_dropout)
         step += 1
         window_loss, window_tokens = window_loss + loss_sum, window_tokens + n_tokens
         bar.update(1)

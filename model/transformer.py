@@ -1,7 +1,8 @@
 """The seed's encoder-decoder Transformer, as in The Annotated Transformer.
 
 Source tokens (pitch, dstart bin, duration bin) go through the encoder; the decoder reads `<s>`
-followed by the previous notes' velocity tokens and predicts each note's velocity token. Names follow
+followed by the previous notes' velocity tokens and predicts each note's velocity token. With
+`aligned`, decoder position t also adds note t's encoder state to its input. Names follow
 the paper: `d_model`, `d_ff`, `heads`, `layers`. Masks are boolean, True = may attend, and broadcast
 to the attention scores' shape (B, h, T_query, T_key).
 """
@@ -34,6 +35,10 @@ class ModelConfig:
     d_ff: int = 512
     dropout: float = 0.1
     max_len: int = 128  # longest sequence the positional table covers (the window length)
+    # Decoder input t also carries note t's encoder state (memory[:, t]), so the decoder need not
+    # learn through cross-attention where note t is. Source and target are aligned one to one; the
+    # seed's model (False) had to find the alignment itself, which it barely did (see README).
+    aligned: bool = False
 
     def __post_init__(self) -> None:
         if self.d_model % self.heads:
@@ -287,6 +292,8 @@ class EncoderDecoder(nn.Module):
         elif tgt_mask is None:
             tgt_mask = causal_mask(tgt.shape[1], tgt.device)
         x = self.tgt_embed(tgt, offset)
+        if self.cfg.aligned:
+            x = x + memory[:, offset : offset + tgt.shape[1]]
         for i, layer in enumerate(self.decoder_layers):
             self_cache = cache.self_attn[i] if cache is not None else None
             src_cache = cache.src_attn[i] if cache is not None else None
@@ -331,18 +338,41 @@ def decoder_input(tgt: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # Greedy decoding
 
+PICKS = ("argmax", "median")
+
+
+def pick_velocity(logits: torch.Tensor, pick: str = "argmax") -> torch.Tensor:
+    """(B, tgt_vocab) logits -> (B,) velocity token ids, never a special token.
+
+    argmax: the likeliest token (the seed's greedy decoding). median: the median of the predicted
+    velocity distribution, which minimises the expected absolute error of that note.
+    """
+    logits = logits.float()
+    logits[:, :N_SPECIALS] = float("-inf")  # a note always gets a velocity
+    if pick == "argmax":
+        return logits.argmax(dim=-1)
+    if pick == "median":
+        below_half = logits.softmax(dim=-1).cumsum(dim=-1) < 0.5  # True up to the median token
+        return below_half.sum(dim=-1).clamp(min=N_SPECIALS, max=logits.shape[-1] - 1)
+    raise ValueError(f"unknown pick {pick!r}: expected one of {PICKS}")
+
 
 @torch.no_grad()
 def greedy_decode(
     model: EncoderDecoder,
     src: torch.Tensor,  # (B, T) source ids, 0 = pad
-    src_mask: torch.Tensor | None = None,
+    steps: int | None = None,
+    pick: str = "argmax",
+    feed_back: bool = True,
     use_cache: bool = True,
 ) -> torch.Tensor:
-    """Predicted target ids (B, T): encode once, then pick the likeliest velocity token note by note,
-    feeding each choice back in. Only velocity tokens can be chosen (the specials' logits are masked),
-    so every note gets a velocity; positions where `src` is padding come back as PAD.
+    """Predicted target ids (B, steps or T): encode once, then choose each note's velocity token in
+    turn (`pick_velocity`), feeding each choice back in. Positions where `src` is padding come back
+    as PAD. Later choices never change earlier ones, so `steps` < T gives the first `steps` notes of
+    the full decoding (windows whose later notes are owned by a neighbour stop early).
 
+    `feed_back=False` feeds <s> ("previous velocity unknown", as `train.input_dropout` teaches)
+    instead of the choices, so each velocity comes from the notes alone, all in one pass.
     With `use_cache` each step runs the decoder on one token against cached keys and values;
     without it, each step reruns the whole prefix (slower, same result; kept for testing).
     """
@@ -350,20 +380,22 @@ def greedy_decode(
     model.eval()
     try:
         B, T = src.shape
-        if src_mask is None:
-            src_mask = src_key_mask(src)
+        steps = T if steps is None else steps
+        src_mask = src_key_mask(src)
         memory = model.encode(src, src_mask)  # (B, T, d_model)
-        cache = model.new_cache(T) if use_cache else None
-        # Decoder input: <s>, then each prediction in turn. out[:, t] is the prediction for note t.
-        ys = torch.full((B, T + 1), START, dtype=torch.long, device=src.device)
-        for t in range(T):
+        if not feed_back:
+            h = model.decode(memory, src_mask, torch.full_like(src[:, :steps], START))  # (B, steps, d_model)
+            ids = pick_velocity(model.generator(h).flatten(0, 1), pick).view(B, steps)
+            return ids.masked_fill(src[:, :steps] == PAD, PAD)
+        cache = model.new_cache(steps) if use_cache else None
+        # Decoder input: <s>, then each choice in turn. ys[:, t + 1] is the choice for note t.
+        ys = torch.full((B, steps + 1), START, dtype=torch.long, device=src.device)
+        for t in range(steps):
             if cache is not None:
                 h = model.decode(memory, src_mask, ys[:, t : t + 1], cache=cache)  # (B, 1, d_model)
             else:
                 h = model.decode(memory, src_mask, ys[:, : t + 1])  # (B, t + 1, d_model)
-            logits = model.generator(h[:, -1]).float()  # (B, tgt_vocab)
-            logits[:, :N_SPECIALS] = float("-inf")  # never <pad>, <s> or </s> for a note
-            ys[:, t + 1] = logits.argmax(dim=-1)
-        return ys[:, 1:].masked_fill(src == PAD, PAD)
+            ys[:, t + 1] = pick_velocity(model.generator(h[:, -1]), pick)
+        return ys[:, 1:].masked_fill(src[:, :steps] == PAD, PAD)
     finally:
         model.train(was_training)

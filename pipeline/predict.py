@@ -54,6 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--strength", type=_strength, default=1.0, metavar="0..1",
         help="1: the model's velocities (default); 0: the original ones; in between: a blend",
     )  # fmt: skip
+    parser.add_argument(
+        "--decoding", choices=("greedy", "median", "notes-only"), default="greedy",
+        help="greedy: each note's likeliest velocity, fed back note by note (the seed's; widest dynamics; default); "
+        "median: each note's median velocity, fed back (closer to a pianist on average, narrower); "
+        "notes-only: medians from the notes alone (closest on average, narrowest)",
+    )  # fmt: skip
     parser.add_argument("--batch-windows", type=int, default=256, help="windows decoded at once (default: 256)")
 
 
@@ -254,7 +260,9 @@ def blend(predicted: "np.ndarray", original: "np.ndarray", strength: float) -> "
     return np.clip(np.floor(mixed + 0.5), 1, 127).astype(np.int64)  # round half up
 
 
-def new_velocities(piece: MidiPiece, model: "VelocityModel", strength: float, batch_windows: int = 256) -> tuple["np.ndarray", int]:
+def new_velocities(
+    piece: MidiPiece, model: "VelocityModel", strength: float, batch_windows: int = 256, decoding: str = "greedy"
+) -> tuple["np.ndarray", int]:
     """The new velocity of every row of `piece.notes`, and how many got a prediction."""
     from model.pieces import predict_notes
 
@@ -263,7 +271,7 @@ def new_velocities(piece: MidiPiece, model: "VelocityModel", strength: float, ba
     velocity = piece.notes["velocity"].to_numpy().copy()
     if len(notes) == 0:
         return velocity, 0
-    predicted = predict_notes(model, notes, batch_windows=batch_windows)
+    predicted = predict_notes(model, notes, batch_windows=batch_windows, decoding=decoding)
     rows = notes["note"].to_numpy()
     velocity[rows] = blend(predicted, velocity[rows], strength)
     return velocity, len(rows)
@@ -280,7 +288,9 @@ def write_midi(piece: MidiPiece, velocity: "np.ndarray", out_path: Path) -> None
         tmp.write_bytes(bytes(data))
 
 
-def predict_file(in_path: Path, out_path: Path, model: "VelocityModel", strength: float = 1.0, batch_windows: int = 256) -> PredictReport:
+def predict_file(
+    in_path: Path, out_path: Path, model: "VelocityModel", strength: float = 1.0, batch_windows: int = 256, decoding: str = "greedy"
+) -> PredictReport:
     """Read `in_path`, predict, write `out_path`; raises PredictError (nothing written) on bad input."""
     import numpy as np
 
@@ -288,7 +298,7 @@ def predict_file(in_path: Path, out_path: Path, model: "VelocityModel", strength
     piece = read_midi(in_path)
     if len(piece.notes) == 0:
         raise PredictError(f"{in_path}: no notes to give velocities to (only drums, or none at all)")
-    velocity, n_predicted = new_velocities(piece, model, strength, batch_windows)
+    velocity, n_predicted = new_velocities(piece, model, strength, batch_windows, decoding)
     n_kept = len(piece.notes) - n_predicted
     if n_predicted == 0:
         raise PredictError(f"{in_path}: none of its {len(piece.notes)} notes lies in the piano range 21..108")
@@ -317,7 +327,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", err)
         return 1
     try:
-        report = predict_file(args.input, args.output, model, args.strength, args.batch_windows)
+        report = predict_file(args.input, args.output, model, args.strength, args.batch_windows, args.decoding)
     except PredictError as err:
         log.error("%s", err)
         return 1

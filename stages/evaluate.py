@@ -239,6 +239,12 @@ def evaluate(
     log.info("free-running greedy decoding of %d test notes", len(true))
     predicted = predict_notes(model, test_notes, batch_windows=params.batch_windows, progress=True)
     metrics["velocity_mae"] = mae(predicted, true)
+    # The other ways `velocity predict --decoding` offers: medians (least expected absolute error)
+    # fed back, and medians from the notes alone.
+    for decoding in ("median", "notes-only"):
+        log.info("%s decoding of the test notes", decoding)
+        other = predict_notes(model, test_notes, batch_windows=params.batch_windows, progress=True, decoding=decoding)
+        metrics[f"velocity_mae_{decoding.replace('-', '_')}"] = mae(other, true)
     metrics["bin_distance"] = bin_distance(predicted, true, velocity_edges)
     metrics["velocity_mae_flat64"] = mae(np.full_like(true, FLAT_VELOCITY), true)
     metrics["velocity_mae_per_pitch_mean"] = mae(per_pitch_means(train_notes)[test_notes["pitch"].to_numpy()], true)

@@ -33,6 +33,7 @@ class ModelParams:
     d_model: int = 128
     d_ff: int = 512
     dropout: float = 0.1
+    aligned: bool = False  # decoder input t also carries note t's encoder state (see model/transformer.py)
 
 
 def code_files() -> list[Path]:

@@ -16,7 +16,7 @@ from stages.evaluate import bin_distance, mae, per_pitch_means, pick_segments, t
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 METRIC_KEYS = {
     "loss", "cross_entropy", "velocity_mae_teacher_forced", "velocity_mae", "bin_distance", "velocity_mae_flat64",
-    "velocity_mae_per_pitch_mean", "untrained_loss", "untrained_velocity_mae", "notes",
+    "velocity_mae_median", "velocity_mae_notes_only", "velocity_mae_per_pitch_mean", "untrained_loss", "untrained_velocity_mae", "notes",
 }  # fmt: skip
 
 
@@ -73,19 +73,20 @@ def test_segment_midi_round_trips(tmp_path):
 
 @pytest.mark.slow
 def test_dvc_repro_evaluate_beats_the_baselines_on_the_demo_corpus(tmp_path, monkeypatch):
-    """A short training on a small demo corpus, then the real stage. The source tokens carry the
-    velocity bin (`vocab.velocity_hint`, the seed's setting): with it a few hundred steps suffice
-    for free-running decoding to beat the baselines, so the test checks that windows, batched
-    decoding, stitching and scoring line up. (Without the hint such a short run does not reliably
-    beat the per-pitch mean; that is a question for longer training, not for this stage.)"""
+    """A short training (400 steps) on a small demo corpus, then the real stage. With no velocity
+    hint every decoding must beat both baselines, so the model learned dynamics from the notes and
+    windows, batched decoding, stitching and scoring line up. Measured at these settings: greedy
+    0.85 x flat-64 and 0.94 x per-pitch; medians fed back 0.90 x per-pitch; notes-only 0.86 x
+    per-pitch (greedy commits to a dynamic level and is punished when it guesses wrong)."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny models run fastest single-threaded, even on a busy machine
     project = make_project(tmp_path / "project", {
         "data": {"source": "demo", "demo_pieces": 100},
         "extract": {"workers": 1},
-        "vocab": {"velocity_hint": True},
+        "vocab": {"velocity_hint": False},
         "windows": {"length": 64, "step": 32},
-        "model": {"layers": 2, "heads": 4, "d_model": 64, "d_ff": 128, "dropout": 0.1},
-        "train": {"batch_size": 32, "warmup": 100, "max_steps": 400, "eval_every": 200, "checkpoint_every": 400, "device": "cpu"},
+        "model": {"layers": 2, "heads": 4, "d_model": 64, "d_ff": 128, "dropout": 0.1, "aligned": True},
+        "train": {"batch_size": 32, "warmup": 100, "lr_factor": 0.5, "max_steps": 400, "input_dropout": 0.75, "eval_every": 200,
+                  "checkpoint_every": 400, "device": "cpu"},
         "evaluate": {"segments": 2, "segment_notes": 64},
     })  # fmt: skip
     dvc(project, "repro", "evaluate")
@@ -94,8 +95,10 @@ def test_dvc_repro_evaluate_beats_the_baselines_on_the_demo_corpus(tmp_path, mon
     assert METRIC_KEYS <= set(metrics)
     test_notes = pd.read_parquet(project / "data/notes/test.parquet")
     assert metrics["notes"] == len(test_notes) > 0  # every test note scored exactly once
-    assert metrics["velocity_mae"] < 0.85 * metrics["velocity_mae_flat64"]
-    assert metrics["velocity_mae"] < 0.85 * metrics["velocity_mae_per_pitch_mean"]
+    assert metrics["velocity_mae"] < 0.9 * metrics["velocity_mae_flat64"]
+    assert metrics["velocity_mae"] < metrics["velocity_mae_per_pitch_mean"]
+    assert metrics["velocity_mae_median"] < 0.95 * metrics["velocity_mae_per_pitch_mean"]
+    assert metrics["velocity_mae_notes_only"] < 0.9 * metrics["velocity_mae_per_pitch_mean"]
     assert metrics["velocity_mae"] < 0.5 * metrics["untrained_velocity_mae"]
     assert metrics["loss"] < metrics["untrained_loss"]
     assert 0 <= metrics["bin_distance"] < 1

@@ -93,20 +93,33 @@ def assert_only_note_on_velocities_differ(original: Path, predicted: Path) -> in
 # A real MAESTRO performance
 
 
-def test_real_file_gets_the_models_velocities_and_nothing_else_changes(trained_model, tiny_raw, tmp_path):
+@pytest.mark.parametrize("decoding", [None, "median", "notes-only"])
+def test_real_file_gets_the_models_velocities_and_nothing_else_changes(trained_model, tiny_raw, tmp_path, decoding):
     from model.pieces import load_velocity_model, predict_notes
 
     source = tiny_raw.parent / TEST_PIECE
     out = tmp_path / "out.mid"
-    assert predict(source, "-o", out, "--model", trained_model) == 0
+    assert predict(source, "-o", out, "--model", trained_model, *(["--decoding", decoding] if decoding else [])) == 0
 
     changed = assert_only_note_on_velocities_differ(source, out)
     before, after = read_notes(source), read_notes(out)
     assert changed > len(before) // 2
     pd.testing.assert_frame_equal(before.drop(columns="velocity"), after.drop(columns="velocity"))
     # The new velocities are the model's stitched prediction on the notes exactly as extract reads them.
-    expected = predict_notes(load_velocity_model(trained_model), before)
+    expected = predict_notes(load_velocity_model(trained_model), before, decoding=decoding or "greedy")
     np.testing.assert_array_equal(after["velocity"].to_numpy(), np.clip(expected, 1, 127))
+
+
+def test_the_decoding_choices_are_the_models():
+    import argparse
+
+    from model.pieces import DECODINGS
+    from pipeline.predict import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    choices = next(a.choices for a in parser._actions if a.dest == "decoding")
+    assert list(choices) == list(DECODINGS)
 
 
 def test_strength_zero_keeps_and_half_blends_the_original_velocities(trained_model, tiny_raw, tmp_path):

@@ -19,19 +19,21 @@ import torch
 import yaml
 
 from model.checkpoint import load_checkpoint
-from model.decode import load_model, predict_windows
+from model.decode import load_model
+from model.pieces import decode_windows
 from model.training import (
     SEED_PRESET,
     TrainConfig,
     Windows,
     WindowsError,
     cut_windows,
+    drop_inputs,
     dvc_set_args,
     make_optimizer,
     train,
     train_step,
 )
-from model.transformer import N_SPECIALS, ModelConfig, build_model
+from model.transformer import N_SPECIALS, PAD, START, ModelConfig, build_model, decoder_input
 from stages.train import ModelParams, run_training
 from tests.conftest import ROOT, dvc, make_project, project_env
 
@@ -121,7 +123,7 @@ def test_training_learns_and_exports_a_self_contained_model(tmp_path):
     # And `velocity predict` needs nothing else: decode the test windows from the file alone.
     model, _ = load_model(root / "models" / "velocity.pt")
     test_src = np.load(root / "data" / "windows" / "test_src.npy", mmap_mode="r")
-    velocity = predict_windows(model, test_src, batch_size=4)
+    velocity = decode_windows(model, np.asarray(test_src), np.full(len(test_src), test_src.shape[1]), batch_windows=4)
     assert velocity.shape == test_src.shape
     assert ((velocity >= 0) & (velocity <= 127)).all() and (velocity[test_src == 0] == 0).all()
 
@@ -208,6 +210,13 @@ def test_seed_preset_command_line_sets_every_key_the_sections_know():
     ModelParams(**SEED_PRESET["model"])
 
 
+def test_readme_gives_the_whole_seed_preset():
+    readme = " ".join((ROOT / "README.md").read_text().replace("\\\n", " ").split())
+    wanted = ["-S " + arg.removeprefix("-S ") for arg in dvc_set_args(SEED_PRESET).split(" -S ")]
+    missing = [arg for arg in wanted if arg + " " not in readme]
+    assert not missing, f"README's seed command lacks {missing}"
+
+
 def test_cut_windows_makes_short_windows_and_drops_empty_pieces():
     src = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 0, 0, 0]])
     tgt = src + 50
@@ -215,6 +224,22 @@ def test_cut_windows_makes_short_windows_and_drops_empty_pieces():
     assert short_src.tolist() == [[5, 6], [7, 8], [9, 10], [11, 12], [13, 0]]
     assert torch.equal(short_tgt[short_src != 0], short_src[short_src != 0] + 50)
     assert cut_windows(src, tgt, 4)[0].tolist() == [[5, 6, 7, 8], [11, 12, 13, 0]]  # ragged ends cut
+
+
+def test_input_dropout_hides_velocities_behind_start_and_leaves_padding_alone():
+    torch.manual_seed(0)
+    tgt = torch.randint(N_SPECIALS, 131, (64, 128))
+    tgt[:, 100:] = PAD
+    tgt_in = decoder_input(tgt)
+    assert drop_inputs(tgt_in, 0.0) is tgt_in
+    dropped = drop_inputs(tgt_in, 0.75)
+    changed = dropped != tgt_in
+    assert (dropped[changed] == START).all()
+    assert not changed[:, 101:].any()  # padding stays padding
+    assert 0.72 < changed[:, 1:101].float().mean().item() < 0.78
+    assert (drop_inputs(tgt_in, 1.0)[:, :101] == START).all()
+    with pytest.raises(ValueError, match="train.input_dropout"):
+        TrainConfig(input_dropout=1.5)
 
 
 def test_missing_windows_name_the_file(tmp_path):

@@ -12,11 +12,13 @@ from model.schedule import lr_at
 from model.transformer import (
     N_SPECIALS,
     PAD,
+    PICKS,
     START,
     ModelConfig,
     build_model,
     decoder_input,
     greedy_decode,
+    pick_velocity,
 )
 
 @pytest.fixture(autouse=True)
@@ -99,19 +101,44 @@ def test_longer_than_max_len_is_a_clear_error():
         model(src, decoder_input(tgt))
 
 
-def test_cached_greedy_decoding_equals_uncached():
-    model = tiny_model(seed=1, dropout=0.1)  # dropout must be off while decoding
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("pick", PICKS)
+def test_cached_greedy_decoding_equals_uncached(aligned, pick):
+    model = tiny_model(seed=1, dropout=0.1, aligned=aligned)  # dropout must be off while decoding
     src, _ = random_windows(5, 16, pads=[16, 9, 1, 16, 12], seed=2)
-    cached = greedy_decode(model, src, use_cache=True)
-    uncached = greedy_decode(model, src, use_cache=False)
+    cached = greedy_decode(model, src, pick=pick, use_cache=True)
+    uncached = greedy_decode(model, src, pick=pick, use_cache=False)
     assert cached.shape == src.shape
     assert torch.equal(cached, uncached)
     assert model.training  # mode restored
 
 
-def test_cached_decoder_states_match_full_decoding():
+def test_notes_only_decoding_is_one_pass_with_every_velocity_hidden():
+    model = tiny_model(seed=3, aligned=True)
+    src, _ = random_windows(4, 16, pads=[16, 7, 16, 12], seed=4)
+    out = greedy_decode(model, src, steps=12, pick="median", feed_back=False)
+    with torch.no_grad():
+        logits = model.eval()(src, torch.full_like(src, START))[:, :12]
+    expected = pick_velocity(logits.flatten(0, 1), "median").view(4, 12).masked_fill(src[:, :12] == PAD, PAD)
+    assert torch.equal(out, expected)
+
+
+def test_pick_median_takes_the_middle_of_the_distribution_and_argmax_its_peak():
+    probs = torch.zeros(2, 131)
+    probs[0, [3, 10, 50]] = torch.tensor([0.45, 0.1, 0.45])  # median 10 (velocity 7); peaks tie: first
+    probs[1, [5, 60, 61]] = torch.tensor([0.4, 0.3, 0.3])  # median 60, peak 5
+    logits = probs.clamp(min=1e-12).log()
+    logits[:, :N_SPECIALS] = 50.0  # specials are never picked, however likely
+    assert pick_velocity(logits.clone(), "median").tolist() == [10, 60]
+    assert pick_velocity(logits.clone(), "argmax").tolist() == [3, 5]
+    with pytest.raises(ValueError, match="pick"):
+        pick_velocity(logits, "mean")
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_cached_decoder_states_match_full_decoding(aligned):
     """Feeding the decoder one token at a time through the cache gives the teacher-forced states."""
-    model = tiny_model(seed=5).eval()
+    model = tiny_model(seed=5, aligned=aligned).eval()
     src, tgt = random_windows(3, 11, pads=[11, 4, 8])
     tgt_in = decoder_input(tgt)
     memory = model.encode(src)
