@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--notes", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--decoding", choices=("greedy", "median", "notes-only"), default="greedy")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -94,15 +95,15 @@ def main() -> None:
 
         seconds = []
         for _ in range(args.repeat):
-            report = predict_file(piece, Path(tmp) / "out.mid", model)
+            report = predict_file(piece, Path(tmp) / "out.mid", model, decoding=args.decoding)
             seconds.append(report.seconds)
         best, median = min(seconds), statistics.median(seconds)
-        print(f"predict_file: {report.predicted:,} notes in {best:.2f} s best, {median:.2f} s median "
+        print(f"predict_file ({args.decoding}): {report.predicted:,} notes in {best:.2f} s best, {median:.2f} s median "
               f"-> {report.predicted / best:,.0f} notes/s (best), {report.predicted / median:,.0f} notes/s (median)")  # fmt: skip
 
         if args.model.exists():
             began = time.perf_counter()
-            cmd = [sys.executable, "-m", "pipeline", "predict", str(piece), "-o", str(Path(tmp) / "cli.mid"), "--model", str(args.model)]
+            cmd = [sys.executable, "-m", "pipeline", "predict", str(piece), "-o", str(Path(tmp) / "cli.mid"), "--model", str(args.model), "--decoding", args.decoding]
             env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)} if args.threads else None  # same threads as above
             subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT, env=env)
             print(f"velocity predict (fresh process, imports and model load included): {time.perf_counter() - began:.2f} s")

@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def step() -> int:
         batches = [windows.batch(rng.integers(0, len(windows), batch_size), device) for _ in range(accum)]
-        _, n_tokens = train_step(model, optimizer, batches, 1e-4, 0.1, device)
+        _, n_tokens = train_step(model, optimizer, batches, 1e-4, 0.1, device, float(train_params.get("input_dropout", 0.0)))
         return n_tokens
 
     print(f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else f', {torch.get_num_threads()} threads'}; "
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
         for first in range(0, len(order), batch_size * accum):
             chunk = order[first : first + batch_size * accum]
             batches = [windows.batch(chunk[i : i + batch_size], device) for i in range(0, len(chunk), batch_size)]
-            train_step(model, optimizer, batches, 1e-4, 0.1, device)
+            train_step(model, optimizer, batches, 1e-4, 0.1, device, float(train_params.get("input_dropout", 0.0)))
         sync(device)
         print(f"one epoch measured: {(time.perf_counter() - start) / 60:.2f} min")
 
