@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--notes", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    parser.add_argument("--decoding", choices=("greedy", "median", "notes-only"), default="greedy")
+    parser.add_argument("--decoding", choices=("notes-only", "median", "greedy"), default="notes-only")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
