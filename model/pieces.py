@@ -3,8 +3,8 @@
 A piece longer than one window is cut exactly as the windows stage cuts it with `tail: last`:
 windows of `length` notes every `step` notes, plus one window ending at the last note when the
 last regular window stops short of it. A piece shorter than one window is one window padded with
-<pad> (as `short: pad`). The windows of all pieces are greedy-decoded (free-running) together in
-batches, each only as far as the last note it owns (below): later notes never change earlier ones.
+<pad> (as `short: pad`). The windows of all pieces are decoded together in batches (DECODINGS),
+each only as far as the last note it owns (below): later notes never change earlier ones.
 
 Stitching: a note covered by several overlapping windows takes the prediction of the window in
 which it sits nearest the window's centre, i.e. with the most context on both sides (the decoder
@@ -150,9 +150,9 @@ def decode_windows(
     decoding: str = "greedy",
 ) -> np.ndarray:
     """(W, length) velocities of (W, length) source windows, each decoded up to its own `steps[w]`
-    notes (later slots stay 0), as `decoding` (a key of DECODINGS) says. Only windows with equal step counts share a batch, so no
-    batch decodes further than its windows need; batching never changes a window's result
-    (padding masks keep windows apart)."""
+    notes (later slots stay 0), as `decoding` (a key of DECODINGS) says. Only windows with equal
+    step counts share a batch, so no batch decodes further than its windows need; batching never
+    changes a window's result (padding masks keep windows apart)."""
     from tqdm import tqdm
 
     if batch_windows < 1:
@@ -187,7 +187,7 @@ def predict_pieces(
     decoding: str = "greedy",
 ) -> list[np.ndarray]:
     """Predicted velocity (int64, 0..127) of every note of each piece, from each piece's source ids
-    in note order: the windows of all pieces are greedy-decoded together, batch by batch, then each
+    in note order: the windows of all pieces are decoded together, batch by batch, then each
     piece is stitched."""
     plans = [plan_windows(len(src), length, step) for src in pieces_src]
     windows = [piece_windows(src, plan) for src, plan in zip(pieces_src, plans)]

@@ -336,7 +336,7 @@ def decoder_input(tgt: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Greedy decoding
+# Decoding
 
 PICKS = ("argmax", "median")
 

@@ -3,12 +3,11 @@
 All notes of all non-drum tracks form one piece, quantized exactly as the training data was (the
 extract stage's note reading and `add_timing`, the bins and vocabulary saved in the model file),
 cut into the model's windows, decoded in batches (`--decoding`, default notes-only) and stitched
-(model/pieces.py). Only the
-velocity byte of those notes' note-on messages changes: the output is the input's bytes with those
-bytes replaced, so note timing in ticks, the tempo map, pedals, other tracks and controllers, meta
-and system-exclusive events and the drum channel stay exactly as they were. Notes outside the
-piano's 21..108 keep their velocity. `--strength s` blends: new = round(s * predicted + (1 - s) *
-original), half up, kept in 1..127.
+(model/pieces.py). Only the velocity byte of those notes' note-on messages changes: the output is
+the input's bytes with those bytes replaced, so note timing in ticks, the tempo map, pedals, other
+tracks and controllers, meta and system-exclusive events and the drum channel stay exactly as they
+were. Notes outside the piano's 21..108 keep their velocity. `--strength s` blends: new = round(s *
+predicted + (1 - s) * original), half up, kept in 1..127.
 
 Sustain: note ends are pedal-extended only when the model file records `{"extract": {"sustain":
 true}}` (the training data was extracted that way); a model file without that key means off.
