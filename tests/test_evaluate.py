@@ -28,6 +28,17 @@ def test_per_pitch_means_fall_back_to_the_global_train_mean():
     assert means[21] == means[108] == 60  # (50 + 70 + 80 + 40) / 4: never seen in train
 
 
+def test_every_decoding_has_a_metric_and_figures_name_a_decoding():
+    from model.pieces import DECODINGS
+    from stages import params as params_lib
+    from stages.evaluate import DECODINGS as SCORED, EvaluateParams
+
+    assert sorted(SCORED) == sorted(DECODINGS)
+    assert set(SCORED.values()) <= METRIC_KEYS
+    with pytest.raises(params_lib.ParamsError, match="evaluate.figures"):
+        EvaluateParams(figures="beam")
+
+
 def test_bin_distance_and_mae():
     edges = [0.0, 57.0, 74.0, 128.0]
     assert bin_distance(np.array([10, 60, 100, 56]), np.array([100, 60, 10, 57]), edges) == pytest.approx((2 + 0 + 2 + 1) / 4)
