@@ -27,8 +27,8 @@ import pretty_midi
 import symusic
 import torch
 
-from model.pieces import VelocityModel, load_velocity_model
-from pipeline.predict import predict_file, piece_notes, read_midi
+from model.pieces import DECODINGS, VelocityModel, load_velocity_model
+from pipeline.predict import DEFAULT_DECODING, predict_file, piece_notes, read_midi
 from stages.bins import BinsParams, learn_bins
 from stages.params import load
 from stages.train import ModelParams
@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--notes", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    parser.add_argument("--decoding", choices=("notes-only", "median", "greedy"), default="notes-only")
+    parser.add_argument("--decoding", choices=list(DECODINGS), default=DEFAULT_DECODING)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -21,6 +22,27 @@ TINY_ZIP = SHARED_DATA / "maestro-v3.0.0-asap-tiny-midi.zip"
 
 # What a throwaway project copy needs: the code and the pipeline definition, never data.
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", "downloads.lock.json", "stages", "model", "pipeline"]
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread meanwhile: tiny models run fastest so, and on 2 shared cores more threads
+    only spin against each other (and change float sums)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def single_threaded() -> Iterator[None]:
+    """`one_torch_thread` around a test: `pytestmark = pytest.mark.usefixtures("single_threaded")`."""
+    with one_torch_thread():
+        yield
 
 
 def _require(path: Path) -> Path:

@@ -24,7 +24,7 @@ import pretty_midi
 import pytest
 import torch
 
-from conftest import dvc, make_project, project_env
+from conftest import dvc, make_project, one_torch_thread, project_env
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.events import VOCAB_SIZE, decode, duration_seconds, velocity_to_bin
 from model.performance_rnn import (
@@ -49,13 +49,7 @@ TINY_TRAIN = PerfTrainParams(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on 2 shared cores, more threads only spin (and change float sums)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_threaded")
 
 
 @pytest.fixture(scope="module")
@@ -76,21 +70,19 @@ def load_windows(events_dir: Path, split: str) -> np.ndarray:
 @pytest.fixture(scope="module")
 def trained(tiny_data, tmp_path_factory):
     """A 150-step model on the tiny archive, and its file as `velocity generate` reads it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     ckpt_dir = tmp_path_factory.mktemp("perf_ckpt")
-    model, history, finished = train_performance_rnn(
-        load_windows(tiny_data["events"], "train"),
-        load_windows(tiny_data["events"], "validation"),
-        TINY_MODEL,
-        TINY_TRAIN,
-        ckpt_dir,
-        data_digest="tiny",
-    )
+    with one_torch_thread():  # a module fixture runs outside the tests' single_threaded
+        model, history, finished = train_performance_rnn(
+            load_windows(tiny_data["events"], "train"),
+            load_windows(tiny_data["events"], "validation"),
+            TINY_MODEL,
+            TINY_TRAIN,
+            ckpt_dir,
+            data_digest="tiny",
+        )
     assert finished
     model_path = ckpt_dir.parent / "performance_rnn.pt"
     save_checkpoint(model_path, checkpoint_state(model, init_seed=TINY_TRAIN.seed, step=TINY_TRAIN.steps, sustain=False))
-    torch.set_num_threads(threads)
     return model, history, model_path
 
 

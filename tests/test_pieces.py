@@ -8,15 +8,7 @@ import pytest
 from model.pieces import plan_windows, stitch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models decode fastest on one thread; two spin against each other on a busy machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_threaded")
 
 
 def slot_values(plan) -> np.ndarray:

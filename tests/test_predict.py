@@ -10,23 +10,15 @@ import mido
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
+from conftest import one_torch_thread
 from pipeline.cli import main as velocity
 from stages.extract import read_notes
 
 TEST_PIECE = "maestro-v3.0.0/2008/MIDI-Unprocessed_13_R1_2008_01-04_ORIG_MID--AUDIO_13_R1_2008_wav--1__Prelude_bwv_862.midi"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models decode fastest on one thread; two spin against each other on a busy machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_threaded")
 
 
 @pytest.fixture(scope="session")
@@ -53,17 +45,13 @@ def trained_model(tmp_path_factory, tiny_raw) -> Path:
         save_npy(root / f"windows/{split}_src.npy", windows.src)
         save_npy(root / f"windows/{split}_tgt.npy", windows.tgt)
     write_json(root / "windows/stats.json", {"length": 32, "step": 16, "tail": "last", "short": "pad"})
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a session fixture may run before the module's one-thread fixture
-    try:
+    with one_torch_thread():  # a session fixture runs outside the tests' single_threaded
         run_training(
             root / "windows", root / "vocab.json", root / "bins.json", root / "models",
             ModelParams(layers=1, heads=2, d_model=32, d_ff=64, dropout=0.0),
             TrainConfig(batch_size=16, warmup=10, lr_factor=2.0, max_steps=20, eval_every=20, checkpoint_every=20, device="cpu", eval_windows=16),
             live_dir=None,
         )  # fmt: skip
-    finally:
-        torch.set_num_threads(threads)
     return root / "models/velocity.pt"
 
 

@@ -35,7 +35,7 @@ from model.training import (
 )
 from model.transformer import N_SPECIALS, PAD, START, ModelConfig, build_model, decoder_input
 from stages.train import ModelParams, run_training
-from tests.conftest import ROOT, dvc, make_project, project_env
+from conftest import ROOT, dvc, make_project, one_torch_thread, project_env
 
 TINY_MODEL = {"layers": 1, "heads": 2, "d_model": 16, "d_ff": 32, "dropout": 0.1}
 TINY_TRAIN = TrainConfig(batch_size=4, accum=2, warmup=10, lr_factor=1.0, epochs=1, max_steps=8, seed=0,
@@ -48,10 +48,8 @@ def one_thread(monkeypatch):
     """One torch thread here and in the subprocesses we start: the same numbers in both (a resumed
     run must match an uninterrupted one bit for bit), and no thread oversubscription on a shared CPU."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 def write_windows_project(root: Path, n_train: int = 24, n_val: int = 6, seed: int = 0) -> Path:

@@ -21,13 +21,7 @@ from model.transformer import (
     pick_velocity,
 )
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a shared CPU is not oversubscribed."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_threaded")
 
 
 TINY = dict(src_vocab=40, tgt_vocab=20, layers=2, heads=2, d_model=16, d_ff=32, dropout=0.0, max_len=16)
