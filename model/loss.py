@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from model.transformer import N_SPECIALS, PAD
+from model.codec import N_SPECIALS, PAD
 
 
 def label_smoothed_kl(

@@ -25,10 +25,9 @@ import pandas as pd
 import torch
 
 from model.checkpoint import CheckpointError
+from model.codec import PAD, Vocab, id_to_velocity, piece_bounds, tokenize, window_starts
 from model.decode import load_model
 from model.transformer import EncoderDecoder, ModelConfig, build_model, greedy_decode
-from stages.tokens import PAD, Vocab, id_to_velocity, tokenize
-from stages.windows import piece_bounds, window_starts
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.loss import abs_error_sum, label_smoothed_kl
 from model.runtime import autocast, pick_device, seed_everything
 from model.schedule import lr_at
-from model.transformer import PAD, START, EncoderDecoder, ModelConfig, build_model, decoder_input
+from model.codec import PAD, START
+from model.transformer import EncoderDecoder, ModelConfig, build_model, decoder_input
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PAD, START, END = 0, 1, 2
-N_SPECIALS = 3  # <pad>, <s>, </s>: ids 0..2 in both vocabularies; target id = velocity + 3
+from model.codec import N_SPECIALS, PAD, START
 
 
 @dataclass(frozen=True)

@@ -218,7 +218,7 @@ def piece_notes(piece: MidiPiece, sustain: bool = False) -> "pd.DataFrame":
     import pandas as pd
 
     from stages.extract import SUSTAIN_CONTROL, add_timing, apply_sustain, ticks_to_seconds
-    from stages.tokens import PIANO_PITCHES
+    from model.codec import PIANO_PITCHES
 
     notes = piece.notes
     start, end = notes["start_tick"].to_numpy(), notes["end_tick"].to_numpy()

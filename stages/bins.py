@@ -1,7 +1,7 @@
 """Stage `bins`: quantile bin edges for dstart, duration and velocity, learned on the train split.
 
 Edges are exactly what scikit-learn's `KBinsDiscretizer(strategy="quantile").bin_edges_` gives, so
-`stages.tokens.bin_index` (its `transform`) puts a value in the same bin as scikit-learn would.
+`model.codec.bin_index` (its `transform`) puts a value in the same bin as scikit-learn would.
 Fixed edges in params override learning, e.g. to reproduce the seed's published edges.
 """
 
@@ -18,7 +18,7 @@ from sklearn.preprocessing import KBinsDiscretizer
 
 from stages import params as params_lib
 from stages.io import write_json
-from stages.tokens import bin_index
+from model.codec import bin_index
 
 log = logging.getLogger(__name__)
 

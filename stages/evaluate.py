@@ -37,7 +37,7 @@ import pandas as pd
 
 from stages import params as params_lib
 from stages.io import atomic_path, write_json
-from stages.tokens import PAD, bin_index, n_bins
+from model.codec import PAD, bin_index, n_bins
 
 if TYPE_CHECKING:
     from model.pieces import VelocityModel

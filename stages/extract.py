@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from stages.io import atomic_path, write_json
 from stages.params import load
-from stages.tokens import PIANO_PITCHES
+from model.codec import PIANO_PITCHES
 
 log = logging.getLogger(__name__)
 

@@ -37,3 +37,11 @@ def write_json(path: Path | str, obj: Any) -> None:
     """Write `obj` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def save_npy(path: Path | str, array: Any) -> None:
+    """Write a numpy array as .npy, atomically."""
+    import numpy as np
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from stages import params as params_lib
 from stages.io import write_json
-from stages.tokens import PIANO_PITCHES, SPECIALS, VELOCITIES, Vocab, n_bins, src_token_name, tgt_token_name
+from model.codec import PIANO_PITCHES, SPECIALS, VELOCITIES, Vocab, n_bins, src_token_name, tgt_token_name
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 from stages import params as params_lib
-from stages.io import atomic_path, write_json
-from stages.tokens import PAD, Vocab, tokenize
+from stages.io import save_npy, write_json
+from model.codec import PAD, Vocab, piece_bounds, tokenize, window_starts
 
 log = logging.getLogger(__name__)
 
@@ -50,33 +50,12 @@ class WindowsParams:
             raise params_lib.ParamsError(f"windows.short must be 'pad' or 'drop', got {self.short!r}")
 
 
-def window_starts(n_notes: int, length: int, step: int, tail: str = "last", short: str = "pad") -> list[int]:
-    """First note of each window over a piece of `n_notes` notes (see the module docstring)."""
-    if n_notes == 0:
-        return []
-    if n_notes < length:
-        return [0] if short == "pad" else []
-    starts = list(range(0, n_notes - length + 1, step))
-    if tail == "last" and starts[-1] + length < n_notes:
-        starts.append(n_notes - length)
-    return starts
-
-
 @dataclass
 class SplitWindows:
     src: np.ndarray  # (n_windows, length) int16 source token ids
     tgt: np.ndarray  # (n_windows, length) int16 target token ids
     rows: np.ndarray  # (n_windows, length) int32 row in the split's notes table, -1 = pad
     pieces: int
-
-
-def piece_bounds(piece_id: np.ndarray) -> np.ndarray:
-    """Row where each piece begins, then the row count; a piece's rows must be contiguous."""
-    changes = np.flatnonzero(piece_id[1:] != piece_id[:-1]) + 1
-    bounds = np.concatenate([[0], changes, [len(piece_id)]]) if len(piece_id) else np.zeros(1, dtype=np.int64)
-    if len(bounds) - 1 != len(set(piece_id)):
-        raise ValueError("notes of a piece are not contiguous: the notes table must list pieces one after another")
-    return bounds
 
 
 def make_windows(notes: pd.DataFrame, bins: dict, vocab: Vocab, params: WindowsParams) -> SplitWindows:
@@ -98,11 +77,6 @@ def make_windows(notes: pd.DataFrame, bins: dict, vocab: Vocab, params: WindowsP
     return SplitWindows(
         src=src.astype(np.int16), tgt=tgt.astype(np.int16), rows=rows.astype(np.int32), pieces=len(bounds) - 1
     )
-
-
-def save_npy(path: Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, array)
 
 
 def main(argv: list[str] | None = None) -> None:

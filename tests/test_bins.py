@@ -4,7 +4,7 @@ import pytest
 from sklearn.preprocessing import KBinsDiscretizer
 
 from stages.bins import BinsParams, learn_bins
-from stages.tokens import bin_index
+from model.codec import bin_index
 
 
 def train_notes(n: int = 5000, seed: int = 0) -> pd.DataFrame:

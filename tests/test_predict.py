@@ -31,7 +31,8 @@ def trained_model(tmp_path_factory, tiny_raw) -> Path:
     from stages.io import write_json
     from stages.train import ModelParams, run_training
     from stages.vocab import build_vocab
-    from stages.windows import WindowsParams, make_windows, save_npy
+    from stages.io import save_npy
+    from stages.windows import WindowsParams, make_windows
 
     root = tmp_path_factory.mktemp("tiny_model")
     extract_notes(tiny_raw, root / "notes", sustain=False, workers=1)

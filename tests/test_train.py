@@ -33,7 +33,8 @@ from model.training import (
     train,
     train_step,
 )
-from model.transformer import N_SPECIALS, PAD, START, ModelConfig, build_model, decoder_input
+from model.codec import N_SPECIALS, PAD, START
+from model.transformer import ModelConfig, build_model, decoder_input
 from stages.train import ModelParams, run_training
 from conftest import ROOT, dvc, make_project, one_torch_thread, project_env
 

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from stages.params import ParamsError, load
-from stages.tokens import END, PAD, START, Vocab, id_to_velocity, velocity_to_id
+from model.codec import END, PAD, START, Vocab, id_to_velocity, velocity_to_id
 from stages.vocab import VocabParams, build_vocab
 
 BINS_3x3 = {"dstart": [0, 0.05, 0.5, 9], "duration": [0, 0.15, 0.45, 9], "velocity": [0, 57, 74, 128]}

@@ -3,9 +3,10 @@ import pandas as pd
 import pytest
 
 from stages.params import ParamsError
-from stages.tokens import PAD, id_to_velocity, tokenize
+from model.codec import PAD, id_to_velocity, tokenize
 from stages.vocab import build_vocab
-from stages.windows import WindowsParams, make_windows, window_starts
+from model.codec import window_starts
+from stages.windows import WindowsParams, make_windows
 
 BINS = {"dstart": [0, 0.05, 0.5, 9], "duration": [0, 0.15, 0.45, 9], "velocity": [0, 57, 74, 128]}
 VOCAB = build_vocab(BINS, velocity_hint=False)

@@ -1,7 +1,8 @@
-"""Quantize notes into source and target tokens.
+"""The note codec: notes -> source and target token ids, and how pieces are cut into windows.
 
-Shared by the windows stage and `velocity predict`, so training data and new files are quantized
-identically. Token ids 0, 1, 2 are the specials in both vocabularies; target id = velocity + 3.
+The ground floor that stages/, model/ and pipeline/ all build on, so training data and new files
+are quantized and windowed identically. Token ids 0, 1, 2 are the specials in both vocabularies;
+target id = velocity + 3.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pandas as pd
 
 PAD, START, END = 0, 1, 2
 SPECIALS = ["<pad>", "<s>", "</s>"]
+N_SPECIALS = len(SPECIALS)  # ids 0..2 in both vocabularies
 PIANO_PITCHES = range(21, 109)  # the 88 keys, A0..C8
 VELOCITIES = range(128)
 
@@ -42,12 +44,12 @@ def tgt_token_name(velocity: int) -> str:
 
 
 def velocity_to_id(velocity: np.ndarray) -> np.ndarray:
-    return np.asarray(velocity, dtype=np.int64) + len(SPECIALS)
+    return np.asarray(velocity, dtype=np.int64) + N_SPECIALS
 
 
 def id_to_velocity(token_id: np.ndarray) -> np.ndarray:
     """Velocity of each target id; specials (which a decoder should never emit for a note) map to 0."""
-    return np.clip(np.asarray(token_id, dtype=np.int64) - len(SPECIALS), 0, 127)
+    return np.clip(np.asarray(token_id, dtype=np.int64) - N_SPECIALS, 0, 127)
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ class Vocab:
 
     @property
     def velocity_hint(self) -> bool:
-        return self.src[len(SPECIALS)].count("_") == 3
+        return self.src[N_SPECIALS].count("_") == 3
 
     def to_dict(self) -> dict[str, list[str]]:
         return {"src": list(self.src), "tgt": list(self.tgt)}
@@ -98,3 +100,33 @@ def tokenize(notes: pd.DataFrame, bins: dict, vocab: Vocab) -> tuple[np.ndarray,
     src = np.fromiter((vocab.src_index[n] for n in names), dtype=np.int64, count=len(names))
     tgt = velocity_to_id(notes["velocity"].to_numpy()) if has_velocity else None
     return src, tgt
+
+
+# ---------------------------------------------------------------------------------------------
+# Window geometry: the windows stage cuts training data, model.pieces cuts new pieces, the same way
+
+
+def window_starts(n_notes: int, length: int, step: int, tail: str = "last", short: str = "pad") -> list[int]:
+    """First note of each window of `length` notes every `step` over a piece of `n_notes` notes.
+
+    `tail: last` adds one window ending at the last note when the regular ones stop short of it
+    (`drop` leaves those notes out); a piece shorter than a window is one padded window
+    (`short: pad`) or none (`drop`).
+    """
+    if n_notes == 0:
+        return []
+    if n_notes < length:
+        return [0] if short == "pad" else []
+    starts = list(range(0, n_notes - length + 1, step))
+    if tail == "last" and starts[-1] + length < n_notes:
+        starts.append(n_notes - length)
+    return starts
+
+
+def piece_bounds(piece_id: np.ndarray) -> np.ndarray:
+    """Row where each piece begins, then the row count; a piece's rows must be contiguous."""
+    changes = np.flatnonzero(piece_id[1:] != piece_id[:-1]) + 1
+    bounds = np.concatenate([[0], changes, [len(piece_id)]]) if len(piece_id) else np.zeros(1, dtype=np.int64)
+    if len(bounds) - 1 != len(set(piece_id)):
+        raise ValueError("notes of a piece are not contiguous: the notes table must list pieces one after another")
+    return bounds
