@@ -18,6 +18,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.runtime import pick_device, seed_everything  # noqa: E402
-from model.training import SEED_PRESET, Windows, make_optimizer, train_step  # noqa: E402
+from model.training import SEED_PRESET, TrainConfig, Windows, make_optimizer, train_step  # noqa: E402
 from model.transformer import ModelConfig, build_model  # noqa: E402
 from stages import params as params_lib  # noqa: E402
 
@@ -52,9 +53,9 @@ def synthetic_windows(n: int, length: int, src_vocab: int, seed: int = 0) -> Win
 
 
 def flops_per_token(model: torch.nn.Module, cfg: ModelConfig, length: int) -> float:
-    embedding = model.src_embed.lut.weight.numel() + model.tgt_embed.lut.weight.numel()
-    matmul = 6 * (sum(p.numel() for p in model.parameters()) - embedding)
-    attention = cfg.layers * (12 + 24) * length * cfg.d_model
+    embeddings = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    matmul = 6 * (sum(p.numel() for p in model.parameters()) - sum(e.weight.numel() for e in embeddings))
+    attention = cfg.layers * (12 + (24 if cfg.kind == "encoder-decoder" else 0)) * length * cfg.d_model
     return float(matmul + attention)
 
 
@@ -102,11 +103,17 @@ def main(argv: list[str] | None = None) -> None:
         windows = Windows.load(args.windows, "train")
         vocab_path = args.windows.parent / "vocab.json"
         src_vocab = len(json.loads(vocab_path.read_text())["src"]) if vocab_path.exists() else args.src_vocab
+        # Feature vocabularies from the windows' own ids (the largest id + 1 per feature).
+        features = tuple(int(n) + 1 for n in np.asarray(windows.features[:2048]).reshape(-1, windows.n_features).max(axis=0)) if windows.n_features else ()
     else:
         windows = synthetic_windows(args.synthetic, args.length, args.src_vocab)
-        src_vocab = args.src_vocab
+        src_vocab, features = args.src_vocab, ()
+    if args.preset == "seed":
+        windows = Windows(windows.src, windows.tgt, name=windows.name)  # the seed's model reads no features
+        features = ()
     seed_everything(0)
-    cfg = ModelConfig(src_vocab=src_vocab, tgt_vocab=131, max_len=windows.length, **model_params)
+    cfg = ModelConfig(src_vocab=src_vocab, tgt_vocab=131, max_len=windows.length, features=features, **model_params)
+    train_cfg = TrainConfig(**{k: v for k, v in train_params.items() if k in {f.name for f in fields(TrainConfig)}})
     model = build_model(cfg).to(device)
     optimizer = make_optimizer(model)
     fpt = flops_per_token(model, cfg, windows.length)
@@ -115,12 +122,12 @@ def main(argv: list[str] | None = None) -> None:
 
     def step() -> int:
         batches = [windows.batch(rng.integers(0, len(windows), batch_size), device) for _ in range(accum)]
-        _, n_tokens = train_step(model, optimizer, batches, 1e-4, 0.1, device, float(train_params.get("input_dropout", 0.0)))
+        _, n_tokens = train_step(model, optimizer, batches, 1e-4, train_cfg, device)
         return n_tokens
 
     print(f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else f', {torch.get_num_threads()} threads'}; "
           f"autocast {'bf16' if device.type == 'cuda' else 'off (fp32)'}")
-    print(f"preset {args.preset}: layers {cfg.layers}, heads {cfg.heads}, d_model {cfg.d_model}, d_ff {cfg.d_ff}; "
+    print(f"preset {args.preset}: {cfg.kind}, {len(cfg.features)} note features, layers {cfg.layers}, heads {cfg.heads}, d_model {cfg.d_model}, d_ff {cfg.d_ff}; "
           f"{model.num_params():,} parameters; batch {batch_size} x accum {accum} windows of {windows.length}")
     print(f"data: {windows.name}, {len(windows):,} windows")
     for _ in range(args.warmup_steps):
@@ -149,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         for first in range(0, len(order), batch_size * accum):
             chunk = order[first : first + batch_size * accum]
             batches = [windows.batch(chunk[i : i + batch_size], device) for i in range(0, len(chunk), batch_size)]
-            train_step(model, optimizer, batches, 1e-4, 0.1, device, float(train_params.get("input_dropout", 0.0)))
+            train_step(model, optimizer, batches, 1e-4, train_cfg, device)
         sync(device)
         print(f"one epoch measured: {(time.perf_counter() - start) / 60:.2f} min")
 

@@ -3,7 +3,7 @@
 `models/velocity.pt` is self-contained (see `model.training.export_model`): "model" (state dict),
 "model_config" (ModelConfig as a dict), "vocab" ({"src", "tgt"}), "bins" (data/bins.json),
 "windows" (data/windows/stats.json: length, step, ...), "train" (train params), "step",
-"best_val_loss", "val_mae".
+"best_val_loss", "val_mae", "calibration" (the `pianist` decoding's stretch), "format_version".
 """
 
 from __future__ import annotations
@@ -14,16 +14,28 @@ from typing import Any
 import torch
 
 from model.checkpoint import CheckpointError, load_checkpoint
-from model.transformer import EncoderDecoder, ModelConfig, build_model
+from model.transformer import ModelConfig, VelocityNet, build_model
 
 KIND = "velocity-transformer"
+# 1: the seed's inputs, encoder-decoder only. 2: note features, `model_config.kind`, `calibration`.
+# A version-1 file still loads (the new keys take their seed defaults) but has no calibration.
+FORMAT_VERSION = 2
 
 
-def load_model(path: Path | str, device: torch.device | str = "cpu") -> tuple[EncoderDecoder, dict[str, Any]]:
+def format_version(ckpt: dict[str, Any]) -> int:
+    return int(ckpt.get("format_version", 1))
+
+
+def load_model(path: Path | str, device: torch.device | str = "cpu") -> tuple[VelocityNet, dict[str, Any]]:
     """The model in eval mode on `device`, and the whole checkpoint dict (vocab, bins, ...)."""
     ckpt = load_checkpoint(path, map_location="cpu")
     if ckpt.get("kind") != KIND:
         raise CheckpointError(f"{path}: not a Velocity Transformer checkpoint (kind={ckpt.get('kind')!r})")
-    model = build_model(ModelConfig.from_dict(ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
+    if format_version(ckpt) > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: model file format version {format_version(ckpt)} is newer than this code reads ({FORMAT_VERSION}): update the project")
+    try:
+        model = build_model(ModelConfig.from_dict(ckpt["model_config"]))
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError, RuntimeError, KeyError) as err:
+        raise CheckpointError(f"{path}: model file format version {format_version(ckpt)} does not fit this code's model ({err})") from None
     return model.to(device).eval(), ckpt

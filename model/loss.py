@@ -42,6 +42,21 @@ def label_smoothed_kl(
     return (cross + entropy_term).sum(), n_tokens
 
 
+def crps(logits: torch.Tensor, target: torch.Tensor, pad: int = PAD) -> tuple[torch.Tensor, int]:
+    """Summed ranked probability score over non-pad positions, and their count.
+
+    Per note: sum over velocities v of (P(velocity <= v) - [true velocity <= v])^2, the discrete
+    CRPS. The specials get no probability (the softmax runs over the velocity tokens only).
+    """
+    V = logits.shape[-1]
+    logits, target = logits.reshape(-1, V).float(), target.reshape(-1)
+    keep = target != pad
+    cdf = F.softmax(logits[keep, N_SPECIALS:], dim=-1).cumsum(dim=-1)  # (N, 128)
+    levels = torch.arange(V - N_SPECIALS, device=logits.device)
+    true_cdf = (levels[None, :] >= (target[keep] - N_SPECIALS)[:, None]).float()
+    return ((cdf - true_cdf) ** 2).sum(), int(keep.sum())
+
+
 def velocity_argmax(logits: torch.Tensor) -> torch.Tensor:
     """Likeliest velocity token id per position, ignoring the specials (as greedy decoding does)."""
     return logits[..., N_SPECIALS:].argmax(dim=-1) + N_SPECIALS

@@ -12,6 +12,11 @@ has seen the most of the window's own predictions, the encoder the most notes ei
 goes to the earlier window. The distance is measured from the centre of the full window, so in a
 padded short piece every note simply takes its only window. Each note therefore gets exactly one
 prediction; `plan_windows` returns that choice and `stitch` applies it.
+
+Averaging (`averaged` and `pianist` decodings): instead, every window gives every note it holds a
+velocity distribution from the notes alone (one pass), and each note takes the median of the mean
+of its distributions, so it hears all the context around it. `pianist` then stretches the result
+(`Calibration`, learned on validation) so its dynamics span a pianist's range.
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ import pandas as pd
 import torch
 
 from model.checkpoint import CheckpointError
-from model.codec import PAD, Vocab, id_to_velocity, piece_bounds, tokenize, window_starts
-from model.decode import load_model
-from model.transformer import EncoderDecoder, ModelConfig, build_model, greedy_decode
+from model.codec import N_SPECIALS, PAD, Vocab, id_to_velocity, piece_bounds, tokenize, window_starts
+from model.decode import format_version, load_model
+from model.features import feature_ids
+from model.transformer import ModelConfig, VelocityNet, build_model, greedy_decode, one_pass_logits
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,7 @@ class VelocityModel:
     """A model with everything its checkpoint says about quantizing new notes like its training
     data: the bins, the vocabulary and the window geometry."""
 
-    model: EncoderDecoder
+    model: VelocityNet
     bins: dict[str, Any]
     vocab: Vocab
     length: int  # notes per window
@@ -100,6 +106,11 @@ class VelocityModel:
     @property
     def train_params(self) -> dict[str, Any]:
         return dict(self.checkpoint.get("train") or {})
+
+    @property
+    def calibration(self) -> Calibration | None:
+        found = self.checkpoint.get("calibration")
+        return Calibration(**found) if found else None
 
 
 def load_velocity_model(path: Path | str, device: torch.device | str = "cpu") -> VelocityModel:
@@ -126,39 +137,104 @@ def untrained_twin(trained: VelocityModel) -> VelocityModel:
     return replace(trained, model=model.to(device).eval())
 
 
-def piece_windows(src_ids: np.ndarray, plan: WindowPlan) -> np.ndarray:
-    """(W, length) source ids of a piece's windows, <pad> after its last note."""
+def piece_windows(values: np.ndarray, plan: WindowPlan) -> np.ndarray:
+    """(W, length, ...) per-note values (source ids, or (n_notes, F) feature ids) of a piece's
+    windows, <pad> (0) after its last note."""
     rows = plan.window_rows()
-    return np.where(rows >= 0, np.asarray(src_ids, dtype=np.int64)[np.maximum(rows, 0)], PAD)
+    values = np.asarray(values, dtype=np.int64)
+    taken = values[np.maximum(rows, 0)]  # (W, length, ...)
+    pad = (rows < 0).reshape(rows.shape + (1,) * (values.ndim - 1))
+    return np.where(pad, PAD, taken)
 
 
-# How a window's velocities are chosen: (pick, feed_back) of `greedy_decode`.
+@dataclass(frozen=True)
+class Decoding:
+    """How a window's velocities are chosen."""
+
+    pick: str  # argmax or median of each note's distribution (`pick_velocity`)
+    feed_back: bool  # feed each choice back into the decoder (`greedy_decode`); an encoder has none
+    average: bool = False  # average each note's distribution over every window holding it (one pass)
+    calibrated: bool = False  # then stretch the dynamics as learned on validation (`Calibration`)
+
+
 DECODINGS = {
-    "greedy": ("argmax", True),  # the seed's: the likeliest velocity, fed back note by note
-    "median": ("median", True),  # the median of each note's distribution (least absolute error), fed back
-    "notes-only": ("median", False),  # each note's median from the notes alone, nothing fed back
+    "greedy": Decoding("argmax", True),  # the seed's: the likeliest velocity, fed back note by note
+    "median": Decoding("median", True),  # the median of each note's distribution (least absolute error), fed back
+    "notes-only": Decoding("median", False),  # each note's median from the notes alone, centre window
+    "averaged": Decoding("median", False, average=True),  # the median of the note's distribution averaged over its windows
+    "pianist": Decoding("median", False, average=True, calibrated=True),  # averaged, with a pianist's range restored
 }
 
 
+# What `velocity predict` uses unless told otherwise, and what evaluate's `*_predict` keys score.
+DEFAULT_DECODING = "pianist"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Stretch predicted dynamics back towards a pianist's range: each piece's mean moves away from
+    `centre` by `between`, each note away from its piece's mean by `within`. Learned on validation
+    (`fit_calibration`): a predictor that minimises absolute error shrinks towards the middle."""
+
+    centre: float = 64.0
+    between: float = 1.0
+    within: float = 1.0
+
+    def apply(self, velocity: np.ndarray) -> np.ndarray:
+        """One piece's predicted velocities, stretched, rounded and kept in 1..127."""
+        velocity = np.asarray(velocity, dtype=np.float64)
+        if len(velocity) == 0:
+            return velocity.astype(np.int64)
+        mean = velocity.mean()
+        stretched = self.centre + self.between * (mean - self.centre) + self.within * (velocity - mean)
+        return np.clip(np.floor(stretched + 0.5), 1, 127).astype(np.int64)
+
+
+def fit_calibration(predicted: np.ndarray, true: np.ndarray, piece_id: np.ndarray, min_std_ratio: float) -> Calibration:
+    """The stretch with the least absolute error among those whose predictions spread at least
+    `min_std_ratio` as widely as the truth (std of prediction / std of truth); the widest one if
+    none does. A grid search over between, within in 1.00, 1.05, ..., 2.50."""
+    predicted = np.asarray(predicted, dtype=np.float64)
+    true = np.asarray(true, dtype=np.float64)
+    _, piece = np.unique(piece_id, return_inverse=True)
+    piece_mean = (np.bincount(piece, weights=predicted) / np.bincount(piece))[piece]
+    centre = float(predicted.mean())
+    true_std = true.std()
+    best: tuple[bool, float, Calibration] | None = None
+    for between in np.arange(1.0, 2.5001, 0.05):
+        for within in np.arange(1.0, 2.5001, 0.05):
+            stretched = centre + between * (piece_mean - centre) + within * (predicted - piece_mean)
+            stretched = np.clip(np.floor(stretched + 0.5), 1, 127)
+            ratio = stretched.std() / true_std if true_std > 0 else 1.0
+            wide_enough = ratio >= min_std_ratio
+            score = np.mean(np.abs(stretched - true)) if wide_enough else -ratio
+            candidate = (wide_enough, -score, Calibration(centre, round(float(between), 2), round(float(within), 2)))
+            if best is None or candidate[:2] > best[:2]:
+                best = candidate
+    assert best is not None
+    return best[2]
+
+
 def decode_windows(
-    model: EncoderDecoder,
+    model: VelocityNet,
     src: np.ndarray,
     steps: np.ndarray,
     batch_windows: int = 256,
     progress: bool = False,
     decoding: str = "greedy",
+    features: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(W, length) velocities of (W, length) source windows, each decoded up to its own `steps[w]`
-    notes (later slots stay 0), as `decoding` (a key of DECODINGS) says. Only windows with equal
-    step counts share a batch, so no batch decodes further than its windows need; batching never
-    changes a window's result (padding masks keep windows apart)."""
+    """(W, length) velocities of (W, length) source windows (and their (W, length, F) feature ids),
+    each decoded up to its own `steps[w]` notes (later slots stay 0), as `decoding` (a key of
+    DECODINGS, not averaged) says. Only windows with equal step counts share a batch, so no batch
+    decodes further than its windows need; batching never changes a window's result (padding
+    masks keep windows apart)."""
     from tqdm import tqdm
 
     if batch_windows < 1:
         raise ValueError(f"batch_windows must be positive, got {batch_windows}")
-    if decoding not in DECODINGS:
-        raise ValueError(f"unknown decoding {decoding!r}: expected one of {', '.join(DECODINGS)}")
-    pick, feed_back = DECODINGS[decoding]
+    how = _decoding(decoding)
+    features = _no_features(src) if features is None else features
     device = next(model.parameters()).device
     velocity = np.zeros(src.shape, dtype=np.int64)
     # Windows needing the same number of steps share batches (a 10,000-note piece: ~155 inner
@@ -171,30 +247,78 @@ def decode_windows(
         n_steps = int(steps[batch].max())
         if n_steps == 0:  # windows that own no note (possible only with a very small step)
             continue
-        ids = greedy_decode(model, torch.as_tensor(src[batch], dtype=torch.long, device=device), n_steps, pick, feed_back)
+        ids = greedy_decode(model, _tensor(src[batch], device), n_steps, how.pick, how.feed_back, features=_tensor(features[batch], device))
         velocity[batch, :n_steps] = id_to_velocity(ids.cpu().numpy())
     return velocity
 
 
+@torch.no_grad()
+def averaged_distributions(
+    model: VelocityNet, src: np.ndarray, features: np.ndarray, rows: np.ndarray, n_notes: int,
+    batch_windows: int = 256, progress: bool = False,
+) -> np.ndarray:
+    """(n_notes, 128) velocity distribution of each note, the mean over every window holding it of
+    the one-pass distribution (`one_pass_logits`); `rows` (W, length) gives each slot's note, -1 = pad."""
+    from tqdm import tqdm
+
+    device = next(model.parameters()).device
+    model.eval()
+    total = torch.zeros(n_notes, model.cfg.tgt_vocab - N_SPECIALS, dtype=torch.float64)
+    count = torch.zeros(n_notes, dtype=torch.float64)
+    for begin in tqdm(range(0, len(src), batch_windows), desc="decoding windows", unit="batch", disable=not progress):
+        batch = slice(begin, begin + batch_windows)
+        logits = one_pass_logits(model, _tensor(src[batch], device), _tensor(features[batch], device))
+        probs = logits[..., N_SPECIALS:].float().softmax(dim=-1).cpu().double()  # (B, L, 128)
+        slot_rows = torch.as_tensor(rows[batch]).flatten()
+        real = slot_rows >= 0
+        total.index_add_(0, slot_rows[real], probs.flatten(0, 1)[real])
+        count.index_add_(0, slot_rows[real], torch.ones(int(real.sum()), dtype=torch.float64))
+    if n_notes and bool((count == 0).any()):
+        raise AssertionError("a note is in no window")  # window_starts covers every note: a bug
+    return (total / count.clamp(min=1)[:, None]).numpy()
+
+
+def median_velocity(probs: np.ndarray) -> np.ndarray:
+    """(n, 128) distributions -> (n,) their medians (the least expected absolute error)."""
+    return np.argmax(np.cumsum(probs, axis=1) >= 0.5, axis=1).astype(np.int64)
+
+
 def predict_pieces(
-    model: EncoderDecoder,
+    model: VelocityNet,
     pieces_src: list[np.ndarray],
     length: int,
     step: int,
     batch_windows: int = 256,
     progress: bool = False,
     decoding: str = "greedy",
+    pieces_features: list[np.ndarray] | None = None,
+    calibration: Calibration | None = None,
 ) -> list[np.ndarray]:
     """Predicted velocity (int64, 0..127) of every note of each piece, from each piece's source ids
-    in note order: the windows of all pieces are decoded together, batch by batch, then each
-    piece is stitched."""
+    in note order (and its (n_notes, F) feature ids): the windows of all pieces are decoded
+    together, batch by batch, then each piece is stitched (or its notes' distributions averaged)."""
+    how = _decoding(decoding)
+    if pieces_features is None:
+        pieces_features = [np.zeros((len(src), 0), dtype=np.int64) for src in pieces_src]
     plans = [plan_windows(len(src), length, step) for src in pieces_src]
-    windows = [piece_windows(src, plan) for src, plan in zip(pieces_src, plans)]
-    all_windows = np.concatenate(windows) if windows else np.zeros((0, length), dtype=np.int64)
+    n_features = pieces_features[0].shape[1] if pieces_features else 0
+    windows = _stack([piece_windows(src, plan) for src, plan in zip(pieces_src, plans)], (0, length))
+    features = _stack([piece_windows(f, plan) for f, plan in zip(pieces_features, plans)], (0, length, n_features))
+    if how.average:
+        offsets = np.cumsum([0] + [len(src) for src in pieces_src])
+        rows = _stack([np.where(plan.window_rows() >= 0, plan.window_rows() + offset, -1) for plan, offset in zip(plans, offsets)], (0, length))
+        probs = averaged_distributions(model, windows, features, rows, int(offsets[-1]), batch_windows, progress)
+        velocity = median_velocity(probs)
+        result = [velocity[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+        if how.calibrated:
+            if calibration is None:
+                raise ValueError(f"decoding {decoding!r} needs a calibration of the dynamics")
+            result = [calibration.apply(v) for v in result]
+        return result
     # Decode each window only as far as the last note it owns (the centre rule leaves the last
     # quarter of an inner window to its neighbour).
     steps = np.concatenate([owned_steps(plan) for plan in plans]) if plans else np.zeros(0, dtype=np.int64)
-    velocity = decode_windows(model, all_windows, steps, batch_windows, progress, decoding)
+    velocity = decode_windows(model, windows, steps, batch_windows, progress, decoding, features)
     result, begin = [], 0
     for plan in plans:
         result.append(stitch(velocity[begin : begin + len(plan.starts)], plan))
@@ -212,14 +336,41 @@ def owned_steps(plan: WindowPlan) -> np.ndarray:
 def predict_notes(
     model: VelocityModel, notes: pd.DataFrame, batch_windows: int = 256, progress: bool = False, decoding: str = "greedy"
 ) -> np.ndarray:
-    """Predicted velocity of every row of a notes table (columns pitch, dstart, duration, and
-    velocity when the vocabulary carries a velocity hint). Rows with the same `piece_id` form one
-    piece and must be contiguous, in note order; without a `piece_id` column the table is one piece."""
+    """Predicted velocity of every row of a notes table (columns pitch, start, dstart, duration,
+    and velocity when the vocabulary carries a velocity hint). Rows with the same `piece_id` form
+    one piece and must be contiguous, in note order; without a `piece_id` column the table is one piece."""
+    if _decoding(decoding).calibrated and model.calibration is None:
+        raise CheckpointError(
+            f"the model file (format version {format_version(model.checkpoint)}) holds no calibration of the dynamics, which "
+            f"decoding {decoding!r} needs: decode with 'averaged' or 'notes-only', or retrain (dvc repro train)"
+        )
     src_ids, _ = tokenize(notes, model.bins, model.vocab)
+    note_features = feature_ids(notes, model.bins.get("features") or {})
     if "piece_id" in notes:
         bounds = piece_bounds(notes["piece_id"].to_numpy())
     else:
         bounds = np.array([0, len(notes)])
-    pieces = [src_ids[begin:end] for begin, end in zip(bounds[:-1], bounds[1:])]
-    predicted = predict_pieces(model.model, pieces, model.length, model.step, batch_windows, progress, decoding)
+    pieces = list(zip(bounds[:-1], bounds[1:]))
+    predicted = predict_pieces(
+        model.model, [src_ids[a:b] for a, b in pieces], model.length, model.step, batch_windows, progress, decoding,
+        [note_features[a:b] for a, b in pieces], model.calibration,
+    )
     return np.concatenate(predicted) if predicted else np.zeros(0, dtype=np.int64)
+
+
+def _decoding(name: str) -> Decoding:
+    if name not in DECODINGS:
+        raise ValueError(f"unknown decoding {name!r}: expected one of {', '.join(DECODINGS)}")
+    return DECODINGS[name]
+
+
+def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(array, dtype=np.int64), device=device)
+
+
+def _no_features(src: np.ndarray) -> np.ndarray:
+    return np.zeros((*src.shape, 0), dtype=np.int64)
+
+
+def _stack(arrays: list[np.ndarray], empty_shape: tuple[int, ...]) -> np.ndarray:
+    return np.concatenate(arrays) if arrays else np.zeros(empty_shape, dtype=np.int64)

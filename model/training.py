@@ -20,14 +20,15 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from model.loss import abs_error_sum, label_smoothed_kl
+from model.loss import abs_error_sum, crps, label_smoothed_kl
 from model.runtime import autocast, pick_device, seed_everything
 from model.schedule import lr_at
-from model.codec import PAD, START
-from model.transformer import EncoderDecoder, ModelConfig, build_model, decoder_input
+from model.codec import N_SPECIALS, PAD, PIANO_PITCHES, START
+from model.transformer import EncoderOnly, ModelConfig, VelocityNet, build_model, decoder_input
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,20 @@ class TrainConfig:
     # note) with this probability, so the decoder cannot lean on copying the previous velocity, which
     # teacher forcing rewards and free-running decoding punishes. 0: off, as the seed.
     input_dropout: float = 0.0
+    # kl: the seed's label-smoothed KL. crps: the squared distance between the predicted and the
+    # true velocity's cumulative distributions, an ordinal loss whose per-note optimum is the true
+    # distribution and which, unlike KL, charges a guess 30 velocities off more than one 3 off.
+    loss: str = "kl"
+    # The `pianist` decoding's stretch is fitted on the validation notes so that its predictions
+    # spread at least this share of the true velocities' standard deviation (model/pieces.py).
+    min_std_ratio: float = 0.9
+    # Pitch-transpose augmentation: each training window moves by a random -n..n semitones (0: off),
+    # unless that would push a note off the keyboard. Timing features do not change with pitch.
+    transpose: int = 0
 
     def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"train.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         for name in ("batch_size", "accum", "warmup", "epochs", "eval_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be at least 1, got {getattr(self, name)}")
@@ -76,10 +89,12 @@ class TrainConfig:
 
 
 # The seed's configuration (blog post and original code), as overrides of params.yaml's sections.
+# An empty section replaces params.yaml's whole section (features: {} = the seed's inputs only).
 SEED_PRESET: dict[str, dict[str, Any]] = {
-    "model": {"layers": 6, "heads": 8, "d_model": 512, "d_ff": 2048, "dropout": 0.1, "aligned": False},
+    "features": {},
+    "model": {"kind": "encoder-decoder", "layers": 6, "heads": 8, "d_model": 512, "d_ff": 2048, "dropout": 0.1, "aligned": False},
     "train": {"batch_size": 16, "accum": 10, "warmup": 4000, "lr_factor": 1.0, "epochs": 5, "max_steps": None, "label_smoothing": 0.1,
-              "curriculum_steps": 0, "input_dropout": 0.0},
+              "curriculum_steps": 0, "input_dropout": 0.0, "loss": "kl"},
 }
 
 
@@ -88,36 +103,58 @@ def dvc_set_args(preset: dict[str, dict[str, Any]] = SEED_PRESET) -> str:
     def value(v: Any) -> str:  # YAML spelling
         return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
 
-    return " ".join(f"-S {section}.{key}={value(v)}" for section, keys in preset.items() for key, v in keys.items())
+    return " ".join(
+        f"-S {section}={{}}" if not keys else " ".join(f"-S {section}.{key}={value(v)}" for key, v in keys.items())
+        for section, keys in preset.items()
+    )
+
+
+LOSSES = ("kl", "crps")
 
 
 class WindowsError(ValueError):
     """A windows array is missing, or not the (n_windows, length) integer array we expect."""
 
 
-class Windows:
-    """One split's source and target windows (n_windows, length), memory-mapped from .npy files."""
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (B, T) source ids, (B, T) targets, (B, T, F) feature ids
 
-    def __init__(self, src: np.ndarray, tgt: np.ndarray, name: str = "windows") -> None:
+
+class Windows:
+    """One split's source and target windows (n_windows, length) and their notes' feature ids
+    (n_windows, length, n_features), memory-mapped from .npy files."""
+
+    def __init__(self, src: np.ndarray, tgt: np.ndarray, features: np.ndarray | None = None, name: str = "windows") -> None:
         if src.ndim != 2 or src.shape != tgt.shape:
             raise WindowsError(f"{name}: source {src.shape} and target {tgt.shape} must be equal (n_windows, length) arrays")
-        if not (np.issubdtype(src.dtype, np.integer) and np.issubdtype(tgt.dtype, np.integer)):
-            raise WindowsError(f"{name}: expected integer token ids, got {src.dtype} and {tgt.dtype}")
-        self.src, self.tgt, self.name = src, tgt, name
+        if features is None:
+            features = np.zeros((*src.shape, 0), dtype=np.int16)
+        if features.shape[:2] != src.shape or features.ndim != 3:
+            raise WindowsError(f"{name}: features {features.shape} must be (n_windows, length, n_features) for source {src.shape}")
+        if not all(np.issubdtype(a.dtype, np.integer) for a in (src, tgt, features)):
+            raise WindowsError(f"{name}: expected integer ids, got {src.dtype}, {tgt.dtype} and {features.dtype}")
+        self.src, self.tgt, self.features, self.name = src, tgt, features, name
 
     @classmethod
     def load(cls, folder: Path | str, split: str) -> "Windows":
-        """`{folder}/{split}_src.npy` and `_tgt.npy`, memory-mapped (only the batches read are loaded)."""
+        """`{folder}/{split}_src.npy`, `_tgt.npy` and `_features.npy` (if any), memory-mapped
+        (only the batches read are loaded)."""
         arrays = []
-        for kind in ("src", "tgt"):
+        for kind in ("src", "tgt", "features"):
             path = Path(folder) / f"{split}_{kind}.npy"
+            if kind == "features" and not path.is_file():
+                arrays.append(None)  # windows written without features
+                continue
             if not path.is_file():
                 raise WindowsError(f"{path}: no such file (run the windows stage first)")
             try:
                 arrays.append(np.load(path, mmap_mode="r"))
             except ValueError as err:
                 raise WindowsError(f"{path}: not a readable .npy array ({err})") from err
-        return cls(*arrays, name=f"{Path(folder) / split}_{{src,tgt}}.npy")
+        return cls(*arrays, name=f"{Path(folder) / split}_{{src,tgt,features}}.npy")
+
+    @property
+    def n_features(self) -> int:
+        return self.features.shape[2]
 
     def __len__(self) -> int:
         return self.src.shape[0]
@@ -126,12 +163,11 @@ class Windows:
     def length(self) -> int:
         return self.src.shape[1]
 
-    def batch(self, index: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T) source and target ids as int64 tensors on `device`."""
+    def batch(self, index: np.ndarray, device: torch.device) -> Batch:
+        """(B, T) source and target ids and (B, T, n_features) feature ids, int64 on `device`."""
         index = np.sort(index)  # ascending reads from the memory map
-        src = torch.from_numpy(np.asarray(self.src[index], dtype=np.int64))
-        tgt = torch.from_numpy(np.asarray(self.tgt[index], dtype=np.int64))
-        return src.to(device, non_blocking=True), tgt.to(device, non_blocking=True)
+        arrays = (self.src[index], self.tgt[index], self.features[index])
+        return tuple(torch.from_numpy(np.asarray(a, dtype=np.int64)).to(device, non_blocking=True) for a in arrays)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,22 +207,24 @@ def total_steps(cfg: TrainConfig, n_train_windows: int) -> int:
     return max(1, cfg.epochs * math.ceil(n_train_windows / cfg.batch_size) // cfg.accum)
 
 
-def cut_windows(src: torch.Tensor, tgt: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+def cut_windows(batch: Batch, length: int) -> Batch:
     """(B, T) windows -> (B * T / length, length) shorter ones, all-padding pieces dropped; each
     piece is then a window of its own (its decoder input starts with <s>). Ragged ends are cut off."""
+    src, tgt, features = batch
     B, T = src.shape
     usable = T - T % length
     src = src[:, :usable].reshape(-1, length)  # (B * T / length, length)
     tgt = tgt[:, :usable].reshape(-1, length)
+    features = features[:, :usable].reshape(src.shape[0], length, -1)
     keep = src[:, 0] != PAD  # pads only trail a piece's notes, so a piece starting with one is empty
-    return src[keep], tgt[keep]
+    return src[keep], tgt[keep], features[keep]
 
 
 # ---------------------------------------------------------------------------------------------
 # One step, one evaluation
 
 
-def make_optimizer(model: EncoderDecoder) -> torch.optim.Adam:
+def make_optimizer(model: VelocityNet) -> torch.optim.Adam:
     # lr is set before every step from the Noam schedule.
     return torch.optim.Adam(model.parameters(), lr=0.0, betas=(0.9, 0.98), eps=1e-9)
 
@@ -199,14 +237,41 @@ def drop_inputs(tgt_in: torch.Tensor, p: float) -> torch.Tensor:
     return tgt_in.masked_fill(drop & (tgt_in != PAD), START)
 
 
+def transpose_batch(batch: Batch, max_semitones: int, tokens_per_pitch: int) -> Batch:
+    """Each window's source tokens moved by its own random shift in -n..n semitones (torch's RNG);
+    a window the shift would push off the 88 keys stays where it is. Source ids are pitch-major
+    (model/codec.py: id = 3 + (pitch - 21) * tokens_per_pitch + ...), so a semitone is one stride."""
+    src, tgt, features = batch
+    if max_semitones <= 0:
+        return batch
+    shift = torch.randint(-max_semitones, max_semitones + 1, (src.shape[0], 1), device=src.device)
+    note = src >= N_SPECIALS
+    pitch = torch.div(src - N_SPECIALS, tokens_per_pitch, rounding_mode="floor") + shift
+    fits = (~note | ((pitch >= 0) & (pitch < len(PIANO_PITCHES)))).all(dim=1, keepdim=True)
+    return torch.where(note & fits, src + shift * tokens_per_pitch, src), tgt, features
+
+
+def velocity_logits(model: VelocityNet, batch: Batch, input_dropout: float = 0.0) -> torch.Tensor:
+    """(B, T, tgt_vocab) logits of a batch: teacher forced through the decoder (each input velocity
+    hidden with probability `input_dropout`), or in one pass for an encoder-only model."""
+    src, tgt, features = batch
+    if isinstance(model, EncoderOnly):
+        return model(src, features)
+    return model(src, drop_inputs(decoder_input(tgt), input_dropout), features=features)
+
+
+def batch_loss(logits: torch.Tensor, tgt: torch.Tensor, loss: str, smoothing: float) -> tuple[torch.Tensor, int]:
+    """Summed training criterion over the batch's notes, and their count."""
+    return crps(logits, tgt) if loss == "crps" else label_smoothed_kl(logits, tgt, smoothing)
+
+
 def train_step(
-    model: EncoderDecoder,
+    model: VelocityNet,
     optimizer: torch.optim.Optimizer,
-    micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
+    micro_batches: list[Batch],
     lr: float,
-    smoothing: float,
+    cfg: TrainConfig,
     device: torch.device,
-    input_dropout: float = 0.0,
 ) -> tuple[float, int]:
     """One optimizer step over `micro_batches` (gradient accumulation); returns (loss sum, tokens).
 
@@ -215,12 +280,12 @@ def train_step(
     """
     model.train()
     loss_sum, n_tokens = 0.0, 0
-    for src, tgt in micro_batches:
+    for batch in micro_batches:
         with autocast(device):
-            logits = model(src, drop_inputs(decoder_input(tgt), input_dropout))  # (B, T, V)
-        batch_loss, batch_tokens = label_smoothed_kl(logits, tgt, smoothing)
-        (batch_loss / max(batch_tokens, 1) / len(micro_batches)).backward()
-        loss_sum += batch_loss.item()
+            logits = velocity_logits(model, batch, cfg.input_dropout)  # (B, T, V)
+        batch_loss_sum, batch_tokens = batch_loss(logits, batch[1], cfg.loss, cfg.label_smoothing)
+        (batch_loss_sum / max(batch_tokens, 1) / len(micro_batches)).backward()
+        loss_sum += batch_loss_sum.item()
         n_tokens += batch_tokens
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -231,31 +296,35 @@ def train_step(
 
 @torch.no_grad()
 def evaluate(
-    model: EncoderDecoder,
+    model: VelocityNet,
     windows: Windows,
     device: torch.device,
     smoothing: float = 0.1,
     batch_size: int = 64,
     max_windows: int | None = None,
+    loss: str = "kl",
 ) -> dict[str, float]:
-    """Teacher-forced validation: loss per token (the training criterion) and velocity MAE."""
+    """Teacher-forced validation per note: `loss` (the training criterion), `cross_entropy` (nats)
+    and `mae` (|argmax velocity - true velocity|)."""
     was_training = model.training
     model.eval()
     n = len(windows) if max_windows is None else min(len(windows), max_windows)
-    loss_sum, err_sum, n_tokens = 0.0, 0.0, 0
+    loss_sum, ce_sum, err_sum, n_tokens = 0.0, 0.0, 0.0, 0
     for start in range(0, n, batch_size):
-        src, tgt = windows.batch(np.arange(start, min(start + batch_size, n)), device)
+        batch = windows.batch(np.arange(start, min(start + batch_size, n)), device)
+        tgt = batch[1]
         with autocast(device):
-            logits = model(src, decoder_input(tgt))
-        batch_loss, batch_tokens = label_smoothed_kl(logits, tgt, smoothing)
+            logits = velocity_logits(model, batch)
+        batch_loss_sum, batch_tokens = batch_loss(logits, tgt, loss, smoothing)
         batch_err, _ = abs_error_sum(logits.float(), tgt)
-        loss_sum += batch_loss.item()
+        ce_sum += F.cross_entropy(logits.float().flatten(0, 1), tgt.flatten(), ignore_index=PAD, reduction="sum").item()
+        loss_sum += batch_loss_sum.item()
         err_sum += batch_err.item()
         n_tokens += batch_tokens
     model.train(was_training)
     if n_tokens == 0:
         raise WindowsError(f"{windows.name}: no notes to validate on")
-    return {"loss": loss_sum / n_tokens, "mae": err_sum / n_tokens}
+    return {"loss": loss_sum / n_tokens, "cross_entropy": ce_sum / n_tokens, "mae": err_sum / n_tokens}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,6 +408,7 @@ def train(
     optimizer = make_optimizer(model)
     stream = BatchStream(len(train_windows), cfg.batch_size, cfg.seed)
     n_steps = total_steps(cfg, len(train_windows))
+    tokens_per_pitch = (model_cfg.src_vocab - N_SPECIALS) // len(PIANO_PITCHES)
 
     step, best = 0, {"step": 0, "val_loss": math.inf, "val_mae": math.inf}
     if resume is not None:
@@ -376,16 +446,18 @@ def train(
         first = step * cfg.accum
         micro_batches = [train_windows.batch(stream.indices(k), device) for k in range(first, first + cfg.accum)]
         if step < cfg.curriculum_steps:
-            micro_batches = [cut_windows(src, tgt, cfg.curriculum_length) for src, tgt in micro_batches]
+            micro_batches = [cut_windows(batch, cfg.curriculum_length) for batch in micro_batches]
+        if cfg.transpose:
+            micro_batches = [transpose_batch(batch, cfg.transpose, tokens_per_pitch) for batch in micro_batches]
         lr = lr_at(step + 1, model_cfg.d_model, cfg.warmup, cfg.lr_factor)
-        loss_sum, n_tokens = train_step(model, optimizer, micro_batches, lr, cfg.label_smoothing, device, cfg.input_dropout)
+        loss_sum, n_tokens = train_step(model, optimizer, micro_batches, lr, cfg, device)
         step += 1
         window_loss, window_tokens = window_loss + loss_sum, window_tokens + n_tokens
         bar.update(1)
         bar.set_postfix(loss=f"{loss_sum / max(n_tokens, 1):.3f}", lr=f"{lr:.2e}")
 
         if step % cfg.eval_every == 0 or step == n_steps:
-            val = evaluate(model, val_windows, device, cfg.label_smoothing, max(cfg.batch_size, 64), cfg.eval_windows)
+            val = evaluate(model, val_windows, device, cfg.label_smoothing, max(cfg.batch_size, 64), cfg.eval_windows, cfg.loss)
             metrics = {"train_loss": window_loss / max(window_tokens, 1), "val_loss": val["loss"], "val_mae": val["mae"], "lr": lr}
             window_loss, window_tokens = 0.0, 0
             if val["loss"] < best["val_loss"]:
@@ -413,8 +485,11 @@ def train(
 
 def export_model(path: Path | str, result: TrainResult, model_cfg: ModelConfig, cfg: TrainConfig, **extra: Any) -> None:
     """Write the self-contained `velocity.pt`: best weights plus all `velocity predict` needs."""
+    from model.decode import FORMAT_VERSION, KIND
+
     save_checkpoint(path, {
-        "kind": "velocity-transformer",
+        "kind": KIND,
+        "format_version": FORMAT_VERSION,
         "model": result.best_model,
         "model_config": model_cfg.to_dict(),
         "train": asdict(cfg),
@@ -422,7 +497,7 @@ def export_model(path: Path | str, result: TrainResult, model_cfg: ModelConfig, 
         "steps_trained": result.step,
         "best_val_loss": result.best_val_loss,
         "val_mae": result.best_val_mae,
-        **extra,  # vocab, bins, windows
+        **extra,  # vocab, bins, windows, calibration
     })
 
 

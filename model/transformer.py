@@ -1,8 +1,12 @@
-"""The seed's encoder-decoder Transformer, as in The Annotated Transformer.
+"""The seed's encoder-decoder Transformer, as in The Annotated Transformer, and an encoder-only twin.
 
 Source tokens (pitch, dstart bin, duration bin) go through the encoder; the decoder reads `<s>`
 followed by the previous notes' velocity tokens and predicts each note's velocity token. With
-`aligned`, decoder position t also adds note t's encoder state to its input. Names follow
+`aligned`, decoder position t also adds note t's encoder state to its input. Each note may also
+carry per-note feature ids (model/features.py): every feature has its own embedding, summed with
+the source token's (factorized embeddings); with no features the model is the seed's exactly.
+`kind: encoder` drops the decoder: a bidirectional encoder reads the notes and a linear head gives
+every note's velocity distribution in one pass (non-autoregressive). Names follow
 the paper: `d_model`, `d_ff`, `heads`, `layers`. Masks are boolean, True = may attend, and broadcast
 to the attention scores' shape (B, h, T_query, T_key).
 """
@@ -21,6 +25,8 @@ from torch import nn
 
 from model.codec import N_SPECIALS, PAD, START
 
+KINDS = ("encoder-decoder", "encoder")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -38,8 +44,13 @@ class ModelConfig:
     # learn through cross-attention where note t is. Source and target are aligned one to one; the
     # seed's model (False) had to find the alignment itself, which it barely did (see README).
     aligned: bool = False
+    kind: str = "encoder-decoder"  # or "encoder": no decoder, every velocity from the notes in one pass
+    features: tuple[int, ...] = ()  # ids of each per-note feature (0 = pad included); () = the seed's inputs
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "features", tuple(int(n) for n in self.features))
+        if self.kind not in KINDS:
+            raise ValueError(f"ModelConfig: kind must be one of {KINDS}, got {self.kind!r}")
         if self.d_model % self.heads:
             raise ValueError(f"ModelConfig: d_model {self.d_model} is not divisible by heads {self.heads}")
         if self.tgt_vocab <= N_SPECIALS:
@@ -159,11 +170,15 @@ class FeedForward(nn.Module):
 
 
 class Embeddings(nn.Module):
-    """Token embeddings scaled by sqrt(d_model), plus fixed sinusoidal positions, then dropout."""
+    """Token embeddings scaled by sqrt(d_model), plus fixed sinusoidal positions, then dropout.
 
-    def __init__(self, vocab: int, d_model: int, max_len: int, dropout: float) -> None:
+    With `feature_sizes`, each position also carries one id per feature, (B, T, n_features), and
+    each feature's embedding is added to the token's before scaling."""
+
+    def __init__(self, vocab: int, d_model: int, max_len: int, dropout: float, feature_sizes: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.lut = nn.Embedding(vocab, d_model)
+        self.features = nn.ModuleList(nn.Embedding(n, d_model) for n in feature_sizes)
         self.d_model = d_model
         self.dropout = nn.Dropout(dropout)
         position = torch.arange(max_len, dtype=torch.float32)[:, None]  # (max_len, 1)
@@ -174,11 +189,18 @@ class Embeddings(nn.Module):
         # Not part of the state dict: it is a function of the shape, not learned.
         self.register_buffer("pe", pe, persistent=False)  # (max_len, d_model)
 
-    def forward(self, tokens: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, offset: int = 0, features: torch.Tensor | None = None) -> torch.Tensor:
         T = tokens.shape[1]
         if offset + T > self.pe.shape[0]:
             raise ValueError(f"sequence of {offset + T} tokens is longer than the model's max_len {self.pe.shape[0]}")
-        x = self.lut(tokens) * math.sqrt(self.d_model)  # (B, T, d_model)
+        x = self.lut(tokens)  # (B, T, d_model)
+        if len(self.features):
+            if features is None or features.shape[-1] != len(self.features):
+                got = None if features is None else features.shape[-1]
+                raise ValueError(f"the model embeds {len(self.features)} note features per position, got {got}")
+            for j, embed in enumerate(self.features):
+                x = x + embed(features[..., j])
+        x = x * math.sqrt(self.d_model)
         return self.dropout(x + self.pe[offset : offset + T])
 
 
@@ -251,29 +273,52 @@ class DecoderCache:
 # The model
 
 
-class EncoderDecoder(nn.Module):
-    """The standard encoder-decoder: `encode` the notes once, `decode` velocities against them."""
+def clones(module: nn.Module, n: int) -> nn.ModuleList:
+    """n identical copies of `module` (The Annotated Transformer's `clones`)."""
+    return nn.ModuleList(copy.deepcopy(module) for _ in range(n))
+
+
+class NoteEncoder(nn.Module):
+    """The encoder both kinds share: source (and feature) embeddings, `layers` self-attention
+    layers over every note of the window, a final norm."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.src_embed = Embeddings(cfg.src_vocab, cfg.d_model, cfg.max_len, cfg.dropout)
-        self.tgt_embed = Embeddings(cfg.tgt_vocab, cfg.d_model, cfg.max_len, cfg.dropout)
-        encoder_layer, decoder_layer = EncoderLayer(cfg), DecoderLayer(cfg)
-        self.encoder_layers = nn.ModuleList(copy.deepcopy(encoder_layer) for _ in range(cfg.layers))
-        self.decoder_layers = nn.ModuleList(copy.deepcopy(decoder_layer) for _ in range(cfg.layers))
+        self.src_embed = Embeddings(cfg.src_vocab, cfg.d_model, cfg.max_len, cfg.dropout, cfg.features)
+        self.encoder_layers = clones(EncoderLayer(cfg), cfg.layers)
         self.encoder_norm = nn.LayerNorm(cfg.d_model)
-        self.decoder_norm = nn.LayerNorm(cfg.d_model)
         self.generator = Generator(cfg.d_model, cfg.tgt_vocab)
 
-    def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, S) source ids -> (B, S, d_model) memory."""
+    def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None, features: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, S) source ids [and (B, S, n_features) feature ids] -> (B, S, d_model) memory."""
         if src_mask is None:
             src_mask = src_key_mask(src)
-        x = self.src_embed(src)
+        x = self.src_embed(src, features=features)
         for layer in self.encoder_layers:
             x = layer(x, src_mask)
         return self.encoder_norm(x)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class EncoderOnly(NoteEncoder):
+    """`kind: encoder`: each note's velocity logits straight from its encoder state."""
+
+    def forward(self, src: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, S) source ids -> (B, S, tgt_vocab) logits."""
+        return self.generator(self.encode(src, features=features))
+
+
+class EncoderDecoder(NoteEncoder):
+    """The standard encoder-decoder: `encode` the notes once, `decode` velocities against them."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.tgt_embed = Embeddings(cfg.tgt_vocab, cfg.d_model, cfg.max_len, cfg.dropout)
+        self.decoder_layers = clones(DecoderLayer(cfg), cfg.layers)
+        self.decoder_norm = nn.LayerNorm(cfg.d_model)
 
     def decode(
         self,
@@ -305,23 +350,24 @@ class EncoderDecoder(nn.Module):
         tgt_in: torch.Tensor,  # (B, T): <s> followed by tgt[:, :-1]
         src_mask: torch.Tensor | None = None,
         tgt_mask: torch.Tensor | None = None,
+        features: torch.Tensor | None = None,  # (B, S, n_features)
     ) -> torch.Tensor:
         """Teacher-forced logits (B, T, tgt_vocab) for training and evaluation."""
         if src_mask is None:
             src_mask = src_key_mask(src)
-        memory = self.encode(src, src_mask)
+        memory = self.encode(src, src_mask, features)
         return self.generator(self.decode(memory, src_mask, tgt_in, tgt_mask))
 
     def new_cache(self, max_len: int | None = None) -> DecoderCache:
         return DecoderCache(self.cfg.layers, max_len or self.cfg.max_len)
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+
+VelocityNet = EncoderDecoder | EncoderOnly
 
 
-def build_model(cfg: ModelConfig) -> EncoderDecoder:
-    """A fresh model, Glorot-initialized as in the paper; deterministic given torch's seed."""
-    model = EncoderDecoder(cfg)
+def build_model(cfg: ModelConfig) -> VelocityNet:
+    """A fresh model of `cfg.kind`, Glorot-initialized as in the paper; deterministic given torch's seed."""
+    model = EncoderOnly(cfg) if cfg.kind == "encoder" else EncoderDecoder(cfg)
     for p in model.parameters():
         if p.dim() > 1:
             nn.init.xavier_uniform_(p)
@@ -356,14 +402,23 @@ def pick_velocity(logits: torch.Tensor, pick: str = "argmax") -> torch.Tensor:
     raise ValueError(f"unknown pick {pick!r}: expected one of {PICKS}")
 
 
+def one_pass_logits(model: VelocityNet, src: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T, tgt_vocab) logits of every note from the notes alone: the encoder-only head, or the
+    decoder fed <s> everywhere ("previous velocity unknown", as `train.input_dropout` teaches)."""
+    if isinstance(model, EncoderOnly):
+        return model(src, features)
+    return model(src, torch.full_like(src, START), features=features)
+
+
 @torch.no_grad()
 def greedy_decode(
-    model: EncoderDecoder,
+    model: VelocityNet,
     src: torch.Tensor,  # (B, T) source ids, 0 = pad
     steps: int | None = None,
     pick: str = "argmax",
     feed_back: bool = True,
     use_cache: bool = True,
+    features: torch.Tensor | None = None,  # (B, T, n_features)
 ) -> torch.Tensor:
     """Predicted target ids (B, steps or T): encode once, then choose each note's velocity token in
     turn (`pick_velocity`), feeding each choice back in. Positions where `src` is padding come back
@@ -374,18 +429,19 @@ def greedy_decode(
     instead of the choices, so each velocity comes from the notes alone, all in one pass.
     With `use_cache` each step runs the decoder on one token against cached keys and values;
     without it, each step reruns the whole prefix (slower, same result; kept for testing).
+    An encoder-only model has nothing to feed back: it always decodes in one pass.
     """
     was_training = model.training
     model.eval()
     try:
         B, T = src.shape
         steps = T if steps is None else steps
-        src_mask = src_key_mask(src)
-        memory = model.encode(src, src_mask)  # (B, T, d_model)
-        if not feed_back:
-            h = model.decode(memory, src_mask, torch.full_like(src[:, :steps], START))  # (B, steps, d_model)
-            ids = pick_velocity(model.generator(h).flatten(0, 1), pick).view(B, steps)
+        if isinstance(model, EncoderOnly) or not feed_back:
+            logits = one_pass_logits(model, src, features)[:, :steps]  # (B, steps, tgt_vocab)
+            ids = pick_velocity(logits.flatten(0, 1), pick).view(B, steps)
             return ids.masked_fill(src[:, :steps] == PAD, PAD)
+        src_mask = src_key_mask(src)
+        memory = model.encode(src, src_mask, features)  # (B, T, d_model)
         cache = model.new_cache(steps) if use_cache else None
         # Decoder input: <s>, then each choice in turn. ys[:, t + 1] is the choice for note t.
         ys = torch.full((B, steps + 1), START, dtype=torch.long, device=src.device)

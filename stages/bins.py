@@ -1,4 +1,5 @@
-"""Stage `bins`: quantile bin edges for dstart, duration and velocity, learned on the train split.
+"""Stage `bins`: quantile bin edges for dstart, duration and velocity, learned on the train split,
+and the edges of every per-note feature params.yaml's `features:` names (model/features.py).
 
 Edges are exactly what scikit-learn's `KBinsDiscretizer(strategy="quantile").bin_edges_` gives, so
 `model.codec.bin_index` (its `transform`) puts a value in the same bin as scikit-learn would.
@@ -19,6 +20,7 @@ from sklearn.preprocessing import KBinsDiscretizer
 from stages import params as params_lib
 from stages.io import write_json
 from model.codec import bin_index
+from model.features import learn_feature_edges
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,16 @@ def learn_bins(train_notes: pd.DataFrame, params: BinsParams) -> dict:
     return result
 
 
+def feature_counts(params: dict) -> dict[str, int]:
+    """params.yaml's `features:` section: feature name -> bins, in order ({} or null: none)."""
+    counts = params.get("features")
+    if counts is None:
+        return {}
+    if not isinstance(counts, dict):
+        raise params_lib.ParamsError(f"params.yaml: features must map feature names to bin counts, got {counts!r}")
+    return dict(counts)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("train_notes", type=Path, help="data/notes/train.parquet")
@@ -84,12 +96,21 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    params = params_lib.load(BinsParams, "bins")
-    notes = pd.read_parquet(args.train_notes, columns=list(FEATURES))
+    all_params = params_lib.read_params()
+    params = params_lib.section(BinsParams, "bins", all_params)
+    counts = feature_counts(all_params)
+    notes = pd.read_parquet(args.train_notes, columns=["piece_id", "pitch", "start", *FEATURES])
     bins = learn_bins(notes, params)
+    try:
+        bins["features"] = learn_feature_edges(notes, counts)
+    except ValueError as err:
+        raise SystemExit(f"params.yaml: {err}") from None
     write_json(args.out, bins)
     for name in FEATURES:
         log.info("%s edges %s, share %s", name, np.round(bins[name], 4).tolist(), bins["share"][name])
+    for name, edges in bins["features"].items():
+        merged = "" if len(edges) - 1 == counts[name] else f" ({counts[name]} asked; equal quantiles merged)"
+        log.info("feature %s: %d bins%s", name, len(edges) - 1, merged)
     log.info("wrote %s (learned on %d train notes)", args.out, len(notes))
 
 

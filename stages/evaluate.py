@@ -41,12 +41,16 @@ from model.codec import PAD, bin_index, n_bins
 
 if TYPE_CHECKING:
     from model.pieces import VelocityModel
+    from model.training import Windows
 
 log = logging.getLogger(__name__)
 
 FLAT_VELOCITY = 64
 # model.pieces.DECODINGS, named here so that reading params does not import torch; each one's metric.
-DECODINGS = {"greedy": "velocity_mae", "median": "velocity_mae_median", "notes-only": "velocity_mae_notes_only"}
+DECODINGS = {
+    "greedy": "velocity_mae", "median": "velocity_mae_median", "notes-only": "velocity_mae_notes_only",
+    "averaged": "velocity_mae_averaged", "pianist": "velocity_mae_pianist",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,7 @@ class EvaluateParams:
     batch_windows: int = 256  # windows decoded (or teacher-forced) at once
     segments: int = 3  # test segments drawn as piano rolls and written as MIDI
     segment_notes: int = 128  # notes per segment
-    figures: str = "notes-only"  # the decoding the figures and MIDI samples show
+    figures: str = "pianist"  # the decoding the figures and MIDI samples show
 
     def __post_init__(self) -> None:
         if self.figures not in DECODINGS:
@@ -90,35 +94,31 @@ def bin_distance(predicted: np.ndarray, true: np.ndarray, velocity_edges: list[f
     return float(np.mean(np.abs(bin_index(predicted, velocity_edges) - bin_index(true, velocity_edges))))
 
 
-def teacher_forced(model, src: np.ndarray, tgt: np.ndarray, smoothing: float, batch_windows: int) -> dict[str, float]:
-    """Per-token label-smoothed loss, cross-entropy and |argmax velocity id - true id| over the
-    non-pad targets of (W, L) windows, the decoder reading the true previous velocities."""
-    import torch
-    import torch.nn.functional as F
+def pearson_r(predicted: np.ndarray, true: np.ndarray) -> float:
+    predicted, true = np.asarray(predicted, dtype=np.float64), np.asarray(true, dtype=np.float64)
+    if predicted.std() == 0 or true.std() == 0:
+        return 0.0
+    return float(np.corrcoef(predicted, true)[0, 1])
 
-    from model.loss import abs_error_sum, label_smoothed_kl
-    from model.transformer import decoder_input
 
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    loss_sum = ce_sum = abs_sum = 0.0
-    tokens = 0
-    try:
-        with torch.no_grad():
-            for begin in range(0, len(src), batch_windows):
-                s = torch.as_tensor(np.asarray(src[begin : begin + batch_windows], dtype=np.int64), device=device)
-                t = torch.as_tensor(np.asarray(tgt[begin : begin + batch_windows], dtype=np.int64), device=device)
-                logits = model(s, decoder_input(t)).float()  # (B, L, tgt_vocab)
-                loss, n = label_smoothed_kl(logits, t, smoothing)
-                err, _ = abs_error_sum(logits, t)
-                ce_sum += float(F.cross_entropy(logits.flatten(0, 1), t.flatten(), ignore_index=PAD, reduction="sum"))
-                loss_sum, abs_sum, tokens = loss_sum + float(loss), abs_sum + float(err), tokens + n
-    finally:
-        model.train(was_training)
-    if tokens == 0:
-        raise ValueError("no test tokens to evaluate")
-    return {"loss": loss_sum / tokens, "cross_entropy": ce_sum / tokens, "velocity_mae_teacher_forced": abs_sum / tokens}
+def dynamics_scores(predicted: np.ndarray, true: np.ndarray, piece_id: np.ndarray, suffix: str) -> dict[str, float]:
+    """MAE, Pearson r, std of prediction / std of truth, MAE with each piece's own mean removed
+    from prediction and truth (the shape within a piece), and MAE averaged over pieces."""
+    predicted, true = np.asarray(predicted, dtype=np.float64), np.asarray(true, dtype=np.float64)
+    _, piece = np.unique(piece_id, return_inverse=True)
+    counts = np.bincount(piece)
+
+    def centred(x: np.ndarray) -> np.ndarray:
+        return x - (np.bincount(piece, weights=x) / counts)[piece]
+
+    error = np.abs(predicted - true)
+    return {
+        f"velocity_mae_{suffix}": float(error.mean()),
+        f"velocity_r_{suffix}": pearson_r(predicted, true),
+        f"velocity_std_ratio_{suffix}": float(predicted.std() / true.std()) if true.std() > 0 else 0.0,
+        f"velocity_mae_centred_{suffix}": mae(centred(predicted), centred(true)),
+        f"velocity_mae_macro_{suffix}": float(np.mean(np.bincount(piece, weights=error) / counts)),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,39 +227,56 @@ def slug(text: str) -> str:
 # The stage
 
 
+def teacher_forced(model, windows, smoothing: float, batch_windows: int) -> dict[str, float]:
+    """The seed's numbers on the test windows: label-smoothed KL per token, cross-entropy, and
+    |argmax velocity - true velocity|, the decoder reading the true previous velocities."""
+    import torch
+
+    from model.training import evaluate as validate
+
+    scores = validate(model, windows, torch.device("cpu"), smoothing, batch_windows, loss="kl")
+    return {"loss": scores["loss"], "cross_entropy": scores["cross_entropy"], "velocity_mae_teacher_forced": scores["mae"]}
+
+
 def evaluate(
     model: "VelocityModel",
     test_notes: pd.DataFrame,
     train_notes: pd.DataFrame,
-    test_src: np.ndarray,
-    test_tgt: np.ndarray,
+    test_windows: "Windows",
     velocity_edges: list[float],
     params: EvaluateParams,
+    gbt_velocity: np.ndarray | None = None,
 ) -> tuple[dict[str, float | int], dict[str, np.ndarray]]:
-    """Metrics of the trained model, its untrained twin and the baselines, and the predicted
-    velocity of every test note (row order of `test_notes`) by each decoding."""
-    from model.pieces import predict_notes, untrained_twin
+    """Metrics of the trained model, its untrained twin and the baselines (the gradient-boosted
+    tree's test predictions when given), and the predicted velocity of every test note (row order
+    of `test_notes`) by each decoding."""
+    from model.pieces import DEFAULT_DECODING, predict_notes, untrained_twin
 
     true = test_notes["velocity"].to_numpy(dtype=np.int64)
+    piece_id = test_notes["piece_id"].to_numpy()
     smoothing = float(model.train_params.get("label_smoothing", 0.1))
-    log.info("teacher-forced scores on %d test windows", len(test_src))
-    metrics: dict[str, float | int] = dict(teacher_forced(model.model, test_src, test_tgt, smoothing, params.batch_windows))
+    log.info("teacher-forced scores on %d test windows", len(test_windows))
+    metrics: dict[str, float | int] = dict(teacher_forced(model.model, test_windows, smoothing, params.batch_windows))
     predicted = {}
     for decoding, key in DECODINGS.items():  # greedy first: the seed's, `velocity_mae`
         log.info("%s decoding of %d test notes", decoding, len(true))
         predicted[decoding] = predict_notes(model, test_notes, batch_windows=params.batch_windows, progress=True, decoding=decoding)
         metrics[key] = mae(predicted[decoding], true)
+    metrics.update(dynamics_scores(predicted[DEFAULT_DECODING], true, piece_id, "predict"))  # what `velocity predict` gives
+    if gbt_velocity is not None:
+        gbt = dynamics_scores(gbt_velocity, true, piece_id, "gbt")
+        metrics.update({key: gbt[key] for key in ("velocity_mae_gbt", "velocity_r_gbt", "velocity_std_ratio_gbt")})
     metrics["bin_distance"] = bin_distance(predicted["greedy"], true, velocity_edges)
     metrics["velocity_mae_flat64"] = mae(np.full_like(true, FLAT_VELOCITY), true)
     metrics["velocity_mae_per_pitch_mean"] = mae(per_pitch_means(train_notes)[test_notes["pitch"].to_numpy()], true)
 
     log.info("the untrained twin")
     untrained = untrained_twin(model)
-    metrics["untrained_loss"] = teacher_forced(untrained.model, test_src, test_tgt, smoothing, params.batch_windows)["loss"]
+    metrics["untrained_loss"] = teacher_forced(untrained.model, test_windows, smoothing, params.batch_windows)["loss"]
     metrics["untrained_velocity_mae"] = mae(predict_notes(untrained, test_notes, batch_windows=params.batch_windows), true)
     metrics["notes"] = int(len(true))
     metrics["pieces"] = int(test_notes["piece_id"].nunique())
-    metrics["windows"] = int(len(test_src))
+    metrics["windows"] = int(len(test_windows))
     return metrics, predicted
 
 
@@ -293,25 +310,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("metrics", type=Path, help="metrics/evaluate.json")
     parser.add_argument("plots_dir", type=Path, help="plots/evaluate")
     parser.add_argument("samples_dir", type=Path, help="samples/evaluate")
+    parser.add_argument("--gbt", type=Path, help="data/gbt/test_velocity.npy: the tree baseline's test predictions")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     from model.pieces import load_velocity_model
+    from model.training import Windows
 
     params = params_lib.load(EvaluateParams, "evaluate")
     model = load_velocity_model(args.model)
     velocity_edges = json.loads(args.bins.read_text())["velocity"]
     test_notes = pd.read_parquet(args.notes_dir / "test.parquet")
     train_notes = pd.read_parquet(args.notes_dir / "train.parquet", columns=["pitch", "velocity"])
-    test_src = np.load(args.windows_dir / "test_src.npy", mmap_mode="r")
-    test_tgt = np.load(args.windows_dir / "test_tgt.npy", mmap_mode="r")
+    test_windows = Windows.load(args.windows_dir, "test")
+    gbt_velocity = np.load(args.gbt) if args.gbt else None
+    if gbt_velocity is not None and len(gbt_velocity) != len(test_notes):
+        raise SystemExit(f"{args.gbt}: {len(gbt_velocity)} predictions for {len(test_notes)} test notes: rerun the gbt stage")
 
-    metrics, predicted = evaluate(model, test_notes, train_notes, test_src, test_tgt, velocity_edges, params)
+    metrics, predicted = evaluate(model, test_notes, train_notes, test_windows, velocity_edges, params, gbt_velocity)
     write_json(args.metrics, metrics)
     write_figures(test_notes, predicted[params.figures], velocity_edges, params, args.plots_dir, args.samples_dir)
-    log.info("velocity MAE greedy %.2f, median %.2f, notes-only %.2f (flat 64: %.2f, per-pitch mean: %.2f, untrained: %.2f) on %d test notes",
-             metrics["velocity_mae"], metrics["velocity_mae_median"], metrics["velocity_mae_notes_only"], metrics["velocity_mae_flat64"],
-             metrics["velocity_mae_per_pitch_mean"], metrics["untrained_velocity_mae"], metrics["notes"])
+    log.info("velocity MAE %s", ", ".join(f"{name} {metrics[key]:.2f}" for name, key in DECODINGS.items()))
+    log.info("velocity predict's decoding: MAE %.2f, r %.3f, std ratio %.2f (flat 64: %.2f, per-pitch mean: %.2f, tree: %s) on %d test notes",
+             metrics["velocity_mae_predict"], metrics["velocity_r_predict"], metrics["velocity_std_ratio_predict"], metrics["velocity_mae_flat64"],
+             metrics["velocity_mae_per_pitch_mean"], f"{metrics['velocity_mae_gbt']:.2f}" if "velocity_mae_gbt" in metrics else "not given", metrics["notes"])
     log.info("wrote %s, figures in %s, MIDI samples in %s", args.metrics, args.plots_dir, args.samples_dir)
 
 

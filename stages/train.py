@@ -34,6 +34,7 @@ class ModelParams:
     d_ff: int = 512
     dropout: float = 0.1
     aligned: bool = False  # decoder input t also carries note t's encoder state (see model/transformer.py)
+    kind: str = "encoder-decoder"  # or "encoder": bidirectional, every velocity in one pass
 
 
 def code_files() -> list[Path]:
@@ -66,9 +67,13 @@ def run_training(
     model_params: ModelParams,
     train_params: Any,
     live_dir: Path | None = LIVE_DIR,
+    calibration_notes: Path | None = None,
 ) -> Any:
-    """Train (or resume) and export `out_dir/velocity.pt`; returns the `TrainResult`."""
-    from model.training import Windows, export_model, find_resumable, fingerprint, train
+    """Train (or resume) and export `out_dir/velocity.pt`; returns the `TrainResult`. With
+    `calibration_notes` (data/notes/validation.parquet) the `pianist` decoding's stretch is fitted
+    on them and saved in the model file."""
+    from model.features import feature_sizes
+    from model.training import Windows, WindowsError, export_model, find_resumable, fingerprint, train
     from model.transformer import ModelConfig
 
     vocab = json.loads(vocab_path.read_text())
@@ -77,12 +82,15 @@ def run_training(
     windows_stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
     train_windows = Windows.load(windows_dir, "train")
     val_windows = Windows.load(windows_dir, "validation")
+    features = feature_sizes(bins.get("features") or {})
+    if train_windows.n_features != len(features):
+        raise WindowsError(f"{train_windows.name}: {train_windows.n_features} note features per note, but {bins_path} names {len(features)}: rerun the windows stage")
     model_cfg = ModelConfig(
-        src_vocab=len(vocab["src"]), tgt_vocab=len(vocab["tgt"]), max_len=train_windows.length, **asdict(model_params)
+        src_vocab=len(vocab["src"]), tgt_vocab=len(vocab["tgt"]), max_len=train_windows.length, features=features, **asdict(model_params)
     )
 
     checkpoint_dir = out_dir / "checkpoints"
-    data_files = [windows_dir / f"{s}_{k}.npy" for s in ("train", "validation") for k in ("src", "tgt")]
+    data_files = [path for s in ("train", "validation") for k in ("src", "tgt", "features") if (path := windows_dir / f"{s}_{k}.npy").exists()]
     # checkpoint_every does not change what is learned, so it may differ between a run and its resume.
     resumable_params = {k: v for k, v in asdict(train_params).items() if k != "checkpoint_every"}
     run_fingerprint = fingerprint(
@@ -110,13 +118,37 @@ def run_training(
         if live is not None:
             live.end()
 
+    extra = {"vocab": vocab, "bins": bins, "windows": windows_stats}
+    if calibration_notes is not None:
+        extra["calibration"] = calibrate(result.best_model, model_cfg, extra, calibration_notes, train_params.min_std_ratio)
     out_path = out_dir / "velocity.pt"
-    export_model(out_path, result, model_cfg, train_params, vocab=vocab, bins=bins, windows=windows_stats)
+    export_model(out_path, result, model_cfg, train_params, **extra)
     log.info(
         "wrote %s (best of %d steps at step %d: val loss %.4f, val MAE %.2f); checkpoints in %s",
         out_path, result.step, result.best_step, result.best_val_loss, result.best_val_mae, checkpoint_dir,
     )
     return result
+
+
+def calibrate(state: dict, model_cfg: Any, extra: dict, notes_path: Path, min_std_ratio: float) -> dict[str, float]:
+    """Fit the `pianist` decoding's stretch on the notes at `notes_path` with the trained weights."""
+    import pandas as pd
+
+    from model.codec import Vocab
+    from model.pieces import VelocityModel, fit_calibration, predict_notes
+    from model.transformer import build_model
+
+    net = build_model(model_cfg)
+    net.load_state_dict(state)
+    length = model_cfg.max_len
+    model = VelocityModel(net.eval(), extra["bins"], Vocab.from_dict(extra["vocab"]), length, int(extra["windows"].get("step", length // 2)), {})
+    notes = pd.read_parquet(notes_path)
+    if len(notes) == 0:
+        raise SystemExit(f"{notes_path}: no notes to calibrate the dynamics on (the validation split is empty)")
+    predicted = predict_notes(model, notes, decoding="averaged")
+    calibration = fit_calibration(predicted, notes["velocity"].to_numpy(), notes["piece_id"].to_numpy(), min_std_ratio)
+    log.info("dynamics calibrated on %d notes of %s: %s", len(notes), notes_path, calibration)
+    return asdict(calibration)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -126,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("bins", type=Path, help="data/bins.json")
     parser.add_argument("out_dir", type=Path, help="models")
     parser.add_argument("--params", type=Path, default=params_lib.PARAMS_FILE, help="params file (default: params.yaml)")
+    parser.add_argument("--calibrate-on", type=Path, help="data/notes/validation.parquet: fit the pianist decoding's stretch on it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -134,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     params = params_lib.read_params(args.params)
     model_params = params_lib.section(ModelParams, "model", params)
     train_params = params_lib.section(TrainConfig, "train", params)
-    run_training(args.windows_dir, args.vocab, args.bins, args.out_dir, model_params, train_params)
+    run_training(args.windows_dir, args.vocab, args.bins, args.out_dir, model_params, train_params, calibration_notes=args.calibrate_on)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ one window); with `tail: drop` notes after the last full window are left out. A 
 one window becomes one window padded with <pad> (`short: pad`) or is left out (`short: drop`).
 
 Per split the stage writes memory-mappable int16/int32 arrays (see CONTRIBUTING.md):
-`{split}_src.npy`, `{split}_tgt.npy` (token ids, 0 = pad) and `{split}_rows.npy` (row of each
-note in data/notes/{split}.parquet, -1 = pad), plus `stats.json`.
+`{split}_src.npy`, `{split}_tgt.npy` (token ids, 0 = pad), `{split}_features.npy` (int16
+(n_windows, length, n_features): each note's feature ids from model/features.py, with the edges
+in data/bins.json; 0 = pad) and `{split}_rows.npy` (row of each note in
+data/notes/{split}.parquet, -1 = pad), plus `stats.json`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pandas as pd
 from stages import params as params_lib
 from stages.io import save_npy, write_json
 from model.codec import PAD, Vocab, piece_bounds, tokenize, window_starts
+from model.features import feature_ids
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,7 @@ class WindowsParams:
 class SplitWindows:
     src: np.ndarray  # (n_windows, length) int16 source token ids
     tgt: np.ndarray  # (n_windows, length) int16 target token ids
+    features: np.ndarray  # (n_windows, length, n_features) int16 feature ids
     rows: np.ndarray  # (n_windows, length) int32 row in the split's notes table, -1 = pad
     pieces: int
 
@@ -62,6 +66,8 @@ def make_windows(notes: pd.DataFrame, bins: dict, vocab: Vocab, params: WindowsP
     """Windows over every piece of one split's notes table (rows in piece order, as extract writes)."""
     src_ids, tgt_ids = tokenize(notes, bins, vocab)
     assert tgt_ids is not None  # training notes always carry velocities
+    feature_edges = bins.get("features") or {}
+    note_feature_ids = feature_ids(notes, feature_edges)  # (n_notes, n_features)
     bounds = piece_bounds(notes["piece_id"].to_numpy())
 
     window_rows: list[np.ndarray] = []
@@ -74,8 +80,11 @@ def make_windows(notes: pd.DataFrame, bins: dict, vocab: Vocab, params: WindowsP
     pad = rows < 0
     src = np.where(pad, PAD, src_ids[np.where(pad, 0, rows)] if len(notes) else PAD)
     tgt = np.where(pad, PAD, tgt_ids[np.where(pad, 0, rows)] if len(notes) else PAD)
+    features = np.zeros((*rows.shape, len(feature_edges)), dtype=np.int16)
+    if len(notes):
+        features[:] = np.where(pad[..., None], PAD, note_feature_ids[np.where(pad, 0, rows)])
     return SplitWindows(
-        src=src.astype(np.int16), tgt=tgt.astype(np.int16), rows=rows.astype(np.int32), pieces=len(bounds) - 1
+        src=src.astype(np.int16), tgt=tgt.astype(np.int16), features=features, rows=rows.astype(np.int32), pieces=len(bounds) - 1
     )
 
 
@@ -93,9 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     vocab = Vocab.load(args.vocab)
     stats: dict = {"length": params.length, "step": params.step, "tail": params.tail, "short": params.short}
     for split in SPLITS:
-        notes = pd.read_parquet(args.notes_dir / f"{split}.parquet", columns=["piece_id", "pitch", "dstart", "duration", "velocity"])
+        notes = pd.read_parquet(args.notes_dir / f"{split}.parquet", columns=["piece_id", "pitch", "start", "dstart", "duration", "velocity"])
         windows = make_windows(notes, bins, vocab, params)
-        for name in ("src", "tgt", "rows"):
+        for name in ("src", "tgt", "features", "rows"):
             save_npy(args.out_dir / f"{split}_{name}.npy", getattr(windows, name))
         covered = int(np.unique(windows.rows[windows.rows >= 0]).size)
         stats[split] = {"pieces": windows.pieces, "notes": len(notes), "notes_in_windows": covered, "windows": len(windows.src)}

@@ -17,6 +17,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 METRIC_KEYS = {
     "loss", "cross_entropy", "velocity_mae_teacher_forced", "velocity_mae", "bin_distance", "velocity_mae_flat64",
     "velocity_mae_median", "velocity_mae_notes_only", "velocity_mae_per_pitch_mean", "untrained_loss", "untrained_velocity_mae", "notes",
+    "velocity_mae_averaged", "velocity_mae_pianist",
+    # velocity predict's default decoding, and the tree baseline
+    "velocity_mae_predict", "velocity_r_predict", "velocity_std_ratio_predict", "velocity_mae_centred_predict",
+    "velocity_mae_macro_predict", "velocity_mae_gbt",
 }  # fmt: skip
 
 
@@ -56,12 +60,26 @@ def test_teacher_forced_scores_match_the_training_loops_validation():
     src = rng.integers(3, 30, size=(7, 12)).astype(np.int16)
     tgt = rng.integers(3, 131, size=(7, 12)).astype(np.int16)
     src[-1, 5:] = tgt[-1, 5:] = 0  # a padded short piece
-    ours = teacher_forced(model, src, tgt, smoothing=0.1, batch_windows=3)
+    ours = teacher_forced(model, Windows(src, tgt), smoothing=0.1, batch_windows=3)
     theirs = evaluate(model, Windows(src, tgt), torch.device("cpu"), smoothing=0.1, batch_size=4)
     assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
     assert ours["velocity_mae_teacher_forced"] == pytest.approx(theirs["mae"], rel=1e-6)
     # Without smoothing the label-smoothed KL is the cross-entropy.
-    assert teacher_forced(model, src, tgt, 0.0, 7)["loss"] == pytest.approx(ours["cross_entropy"], rel=1e-5)
+    assert teacher_forced(model, Windows(src, tgt), 0.0, 7)["loss"] == pytest.approx(ours["cross_entropy"], rel=1e-5)
+
+
+def test_dynamics_scores_on_known_numbers():
+    from stages.evaluate import dynamics_scores
+
+    true = np.array([40.0, 60.0, 80.0, 100.0])
+    piece = np.array(["a", "a", "b", "b"])
+    scores = dynamics_scores(true / 2 + 30, true, piece, "x")  # half the spread, perfectly correlated
+    assert scores["velocity_r_x"] == pytest.approx(1.0)
+    assert scores["velocity_std_ratio_x"] == pytest.approx(0.5)
+    assert scores["velocity_mae_x"] == pytest.approx(np.mean(np.abs(true / 2 + 30 - true)))
+    # within each piece: prediction -5, +5 around its mean, truth -10, +10
+    assert scores["velocity_mae_centred_x"] == pytest.approx(5.0)
+    assert scores["velocity_mae_macro_x"] == pytest.approx(np.mean([np.mean([10, 0]), np.mean([10, 20])]))
 
 
 def test_segments_come_from_the_middle_of_the_first_pieces():
@@ -95,7 +113,8 @@ def test_dvc_repro_evaluate_beats_the_baselines_on_the_demo_corpus(tmp_path, mon
         "extract": {"workers": 1},
         "vocab": {"velocity_hint": False},
         "windows": {"length": 64, "step": 32},
-        "model": {"layers": 2, "heads": 4, "d_model": 64, "d_ff": 128, "dropout": 0.1, "aligned": True},
+        "model": {"layers": 2, "heads": 4, "d_model": 64, "d_ff": 128, "dropout": 0.1, "aligned": True, "kind": "encoder-decoder"},
+        "gbt": {"max_iter": 50, "seed": 0},
         "train": {"batch_size": 32, "warmup": 100, "lr_factor": 0.5, "max_steps": 400, "input_dropout": 0.75, "eval_every": 200,
                   "checkpoint_every": 400, "device": "cpu"},
         "evaluate": {"segments": 2, "segment_notes": 64},

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.usefixtures("single_threaded")
 def trained_model(tmp_path_factory, tiny_raw) -> Path:
     """A tiny Velocity Transformer trained for a few steps on the tiny MAESTRO archive, through the
     same stage functions `dvc repro train` runs."""
+    from model.features import learn_feature_edges
     from model.training import TrainConfig
     from stages.bins import BinsParams, learn_bins
     from stages.extract import extract_notes
@@ -36,7 +37,9 @@ def trained_model(tmp_path_factory, tiny_raw) -> Path:
 
     root = tmp_path_factory.mktemp("tiny_model")
     extract_notes(tiny_raw, root / "notes", sustain=False, workers=1)
-    bins = learn_bins(pd.read_parquet(root / "notes/train.parquet"), BinsParams(dstart=3, duration=3, velocity=3))
+    train_notes = pd.read_parquet(root / "notes/train.parquet")
+    bins = learn_bins(train_notes, BinsParams(dstart=3, duration=3, velocity=3))
+    bins["features"] = learn_feature_edges(train_notes, {"dprev": 8, "chord_rank": 4})
     vocab = build_vocab(bins, velocity_hint=False)
     write_json(root / "bins.json", bins)
     write_json(root / "vocab.json", vocab.to_dict())
@@ -45,13 +48,14 @@ def trained_model(tmp_path_factory, tiny_raw) -> Path:
         windows = make_windows(pd.read_parquet(root / f"notes/{split}.parquet"), bins, vocab, windows_params)
         save_npy(root / f"windows/{split}_src.npy", windows.src)
         save_npy(root / f"windows/{split}_tgt.npy", windows.tgt)
+        save_npy(root / f"windows/{split}_features.npy", windows.features)
     write_json(root / "windows/stats.json", {"length": 32, "step": 16, "tail": "last", "short": "pad"})
     with one_torch_thread():  # a session fixture runs outside the tests' single_threaded
         run_training(
             root / "windows", root / "vocab.json", root / "bins.json", root / "models",
             ModelParams(layers=1, heads=2, d_model=32, d_ff=64, dropout=0.0),
             TrainConfig(batch_size=16, warmup=10, lr_factor=2.0, max_steps=20, eval_every=20, checkpoint_every=20, device="cpu", eval_windows=16),
-            live_dir=None,
+            live_dir=None, calibration_notes=root / "notes/validation.parquet",
         )  # fmt: skip
     return root / "models/velocity.pt"
 
@@ -102,13 +106,14 @@ def test_real_file_gets_the_models_velocities_and_nothing_else_changes(trained_m
 def test_the_decoding_choices_are_the_models():
     import argparse
 
-    from model.pieces import DECODINGS
-    from pipeline.predict import add_arguments
+    from model.pieces import DECODINGS, DEFAULT_DECODING
+    from pipeline import predict
 
     parser = argparse.ArgumentParser()
-    add_arguments(parser)
+    predict.add_arguments(parser)
     choices = next(a.choices for a in parser._actions if a.dest == "decoding")
     assert sorted(choices) == sorted(DECODINGS)
+    assert predict.DEFAULT_DECODING == DEFAULT_DECODING
 
 
 def test_strength_zero_keeps_and_half_blends_the_original_velocities(trained_model, tiny_raw, tmp_path):
@@ -165,7 +170,7 @@ def test_multi_track_file_with_drums_pedals_and_out_of_range_notes(trained_model
              mido.Message("control_change", control=64, value=100, time=0)]  # fmt: skip
     right += notes_track(0, [60, 64, 67, 72, 76, 79, 84, 88] * 5, velocity=50)
     right += [mido.Message("control_change", control=64, value=0, time=5), mido.Message("note_off", note=15, time=0)]
-    left = notes_track(1, [36, 43, 48, 15] * 6, velocity=70, step=200)  # pitch 15 lies below the piano's A0
+    left = notes_track(1, [36, 43, 48, 15] * 6, velocity=97, step=200)  # pitch 15 lies below the piano's A0
     left += [mido.Message("polytouch", channel=1, note=36, value=20, time=3)]
     drums = notes_track(9, [36, 38, 42] * 4, velocity=100, step=100)
     source = build_midi(tmp_path / "in.mid", [conductor, right, left, drums])
@@ -184,7 +189,7 @@ def test_multi_track_file_with_drums_pedals_and_out_of_range_notes(trained_model
     assert list(a.tracks[3]) == list(b.tracks[3])  # drums untouched
     # Both piano tracks form one piece: both get new velocities.
     assert any(mb.velocity != 50 for mb in b.tracks[1] if mb.type == "note_on" and mb.velocity)
-    assert any(mb.velocity != 70 for mb in b.tracks[2] if mb.type == "note_on" and mb.velocity and mb.note != 15)
+    assert any(mb.velocity != 97 for mb in b.tracks[2] if mb.type == "note_on" and mb.velocity and mb.note != 15)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,3 +266,36 @@ def test_note_on_scan_follows_running_status_across_meta_events(tmp_path):
     cut = data[:-6]  # the last event loses its bytes but the chunk length still claims them
     with pytest.raises(PredictError, match="not a readable MIDI file"):
         scan_note_ons(cut, "cut.mid")
+
+
+def test_a_model_file_from_before_features_loads_and_says_what_it_lacks(trained_model, tiny_raw, tmp_path, caplog):
+    """Format version 1 (no note features, no kind, no calibration) still predicts; the default
+    decoding, which needs a calibration, fails with one line naming the version. A newer version
+    than the code knows is refused by name."""
+    import torch
+
+    from model.checkpoint import load_checkpoint, save_checkpoint
+    from model.transformer import ModelConfig, build_model
+
+    ckpt = load_checkpoint(trained_model)
+    config = {k: v for k, v in ckpt["model_config"].items() if k not in ("kind", "features")}
+    torch.manual_seed(0)
+    old = {
+        "kind": "velocity-transformer", "model": build_model(ModelConfig(**config)).state_dict(), "model_config": config,
+        "vocab": ckpt["vocab"], "bins": {k: v for k, v in ckpt["bins"].items() if k != "features"}, "windows": ckpt["windows"],
+        "train": {"seed": 0},
+    }  # fmt: skip
+    save_checkpoint(tmp_path / "v1.pt", old)
+    source = tiny_raw.parent / TEST_PIECE
+    assert predict(source, "-o", tmp_path / "out.mid", "--model", tmp_path / "v1.pt", "--decoding", "notes-only") == 0
+    assert assert_only_note_on_velocities_differ(source, tmp_path / "out.mid") > 0
+    with caplog.at_level(logging.ERROR):
+        assert predict(source, "-o", tmp_path / "out2.mid", "--model", tmp_path / "v1.pt") == 1
+    assert "format version 1" in caplog.text and "'pianist'" in caplog.text
+    assert not (tmp_path / "out2.mid").exists()
+
+    save_checkpoint(tmp_path / "v99.pt", {**ckpt, "format_version": 99})
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert predict(source, "-o", tmp_path / "out3.mid", "--model", tmp_path / "v99.pt") == 1
+    assert "format version 99 is newer" in caplog.text

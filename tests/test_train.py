@@ -195,9 +195,10 @@ def test_seed_configuration_builds_and_takes_one_step():
     assert 40e6 < model.num_params() < 50e6
     optimizer = make_optimizer(model)
     g = torch.Generator().manual_seed(0)
-    batches = [(torch.randint(3, 795, (2, 16), generator=g), torch.randint(3, 131, (2, 16), generator=g)) for _ in range(2)]
+    no_features = torch.zeros(2, 16, 0, dtype=torch.long)
+    batches = [(torch.randint(3, 795, (2, 16), generator=g), torch.randint(3, 131, (2, 16), generator=g), no_features) for _ in range(2)]
     before = model.generator.proj.weight.detach().clone()
-    loss, n_tokens = train_step(model, optimizer, batches, lr=1e-4, smoothing=0.1, device=torch.device("cpu"))
+    loss, n_tokens = train_step(model, optimizer, batches, 1e-4, TrainConfig(**SEED_PRESET["train"]), torch.device("cpu"))
     assert n_tokens == 64 and np.isfinite(loss)
     assert not torch.equal(before, model.generator.proj.weight)
 
@@ -219,10 +220,12 @@ def test_readme_gives_the_whole_seed_preset():
 def test_cut_windows_makes_short_windows_and_drops_empty_pieces():
     src = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 0, 0, 0]])
     tgt = src + 50
-    short_src, short_tgt = cut_windows(src, tgt, 2)
+    features = torch.stack([src + 100, src + 200], dim=-1)  # (2, 6, 2)
+    short_src, short_tgt, short_features = cut_windows((src, tgt, features), 2)
     assert short_src.tolist() == [[5, 6], [7, 8], [9, 10], [11, 12], [13, 0]]
     assert torch.equal(short_tgt[short_src != 0], short_src[short_src != 0] + 50)
-    assert cut_windows(src, tgt, 4)[0].tolist() == [[5, 6, 7, 8], [11, 12, 13, 0]]  # ragged ends cut
+    assert torch.equal(short_features[..., 1], short_src + 200)  # each note keeps its own features
+    assert cut_windows((src, tgt, features), 4)[0].tolist() == [[5, 6, 7, 8], [11, 12, 13, 0]]  # ragged ends cut
 
 
 def test_input_dropout_hides_velocities_behind_start_and_leaves_padding_alone():

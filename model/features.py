@@ -1,0 +1,195 @@
+"""Per-note features computed from a notes table: what the seed's 3x3 bins throw away.
+
+One row per note, pieces one after another (as the extract stage writes them, sorted by start then
+pitch within a piece). Every feature looks only at the note's own piece. Two consumers:
+
+- the gradient-boosted tree baseline (stages/gbt.py) reads `GBT_FEATURES`, 46 numeric columns,
+  NaN where a neighbour does not exist (the tree handles missing values natively);
+- the Velocity Transformer reads the `EMBEDDED` features, each quantized into its own small
+  vocabulary (`feature_ids`) and embedded beside the seed's 795 source tokens.
+
+Definitions (times in seconds):
+- `dprev`: this onset minus the previous note's onset; the first note of a piece has no previous
+  note and takes its own duration, as the last note's `dstart` does;
+- a chord is a run of notes whose onsets follow each other within `CHORD_GAP` (30 ms);
+  `chord_size` counts its notes, `chord_rank` is 0 for its highest pitch, `chord_asynchrony` is
+  this onset minus the chord's first onset, `chord_span` its highest minus its lowest pitch;
+- `density_k`: notes per second over the k notes centred on the note (fewer at a piece's ends);
+- `position`: onset as a share of the piece's first-to-last onset span (0..1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.ndimage import maximum_filter1d, minimum_filter1d
+
+from model.codec import bin_index, piece_bounds
+
+CHORD_GAP = 0.030  # onsets closer than this belong to one chord
+NEIGHBOURS = 4  # onset gaps and pitch intervals to the 1st..4th previous and next notes
+SHORT_SPANS = (8, 32)
+LONG_SPANS = (64, 128, 512)
+
+GBT_FEATURES: tuple[str, ...] = (
+    "pitch", "duration", "dstart", "dprev", "log_duration",
+    "density_8", "density_32", "mean_pitch_8", "mean_pitch_32", "max_pitch_8", "max_pitch_32",
+    "pitch_minus_mean_8", "top_voice", "chord_size", "chord_rank",
+    *(f"gap_prev_{k}" for k in range(1, NEIGHBOURS + 1)), *(f"gap_next_{k}" for k in range(1, NEIGHBOURS + 1)),
+    *(f"interval_prev_{k}" for k in range(1, NEIGHBOURS + 1)), *(f"interval_next_{k}" for k in range(1, NEIGHBOURS + 1)),
+    *(f"{what}_{k}" for k in LONG_SPANS for what in ("density", "mean_pitch", "mean_duration")),
+    "density_ratio_8_128", "position", "min_pitch_8", "bottom_voice", "chord_asynchrony", "chord_span",
+)  # fmt: skip
+
+# Features the Transformer can embed, each quantized into its own small vocabulary. "Quantile"
+# features get bin edges learned on train (their count in params.yaml `features:`; equal quantiles
+# are merged, so a feature may get fewer bins). "Category" features are small integers from their
+# lowest value here, the count clipping the top (chord_size: 8 means 1..7 and 8+): their edges are
+# fixed half-integers, so one `bin_index` quantizes both kinds.
+QUANTILE = ("dstart", "duration", "dprev", "chord_asynchrony", "chord_span", "density_8", "density_128", "position")
+CATEGORY = {"chord_size": 1, "chord_rank": 0, "top_voice": 0, "bottom_voice": 0}
+EMBEDDED = QUANTILE + tuple(CATEGORY)
+
+
+def _piece_slices(notes: pd.DataFrame) -> list[slice]:
+    if "piece_id" in notes:
+        bounds = piece_bounds(notes["piece_id"].to_numpy())
+    else:
+        bounds = np.array([0, len(notes)])
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _shifted(x: np.ndarray, k: int) -> np.ndarray:
+    """x[i - k] (k > 0: previous notes; k < 0: next ones) as float64, NaN beyond the piece."""
+    out = np.full(len(x), np.nan)
+    if 0 < k < len(x):
+        out[k:] = x[:-k]
+    elif 0 < -k < len(x):
+        out[:k] = x[-k:]
+    return out
+
+
+def _centred_bounds(n: int, span: int) -> tuple[np.ndarray, np.ndarray]:
+    """First and last index of the `span` notes centred on each of n notes, cut at the ends."""
+    i = np.arange(n)
+    return np.maximum(i - span // 2, 0), np.minimum(i + (span - 1) // 2, n - 1)
+
+
+def _centred_mean(x: np.ndarray, span: int) -> np.ndarray:
+    lo, hi = _centred_bounds(len(x), span)
+    cumsum = np.concatenate([[0.0], np.cumsum(x, dtype=np.float64)])
+    return (cumsum[hi + 1] - cumsum[lo]) / (hi - lo + 1)
+
+
+def _density(start: np.ndarray, span: int) -> np.ndarray:
+    """Notes per second over the `span` notes centred on each note (1 ms at least as the span)."""
+    lo, hi = _centred_bounds(len(start), span)
+    return (hi - lo + 1) / np.maximum(start[hi] - start[lo], 1e-3)
+
+
+def _chords(start: np.ndarray, pitch: np.ndarray) -> dict[str, np.ndarray]:
+    n = len(start)
+    new_chord = np.ones(n, dtype=bool)
+    new_chord[1:] = np.diff(start) > CHORD_GAP
+    chord = np.cumsum(new_chord) - 1  # chord index of each note
+    first = np.flatnonzero(new_chord)  # first note of each chord
+    size = np.diff(np.append(first, n))
+    high = np.maximum.reduceat(pitch, first)
+    low = np.minimum.reduceat(pitch, first)
+    # Rank from the top: notes of a chord sorted by pitch descending (start order within a chord
+    # is by onset, so sort explicitly).
+    order = np.lexsort((-pitch, chord))
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n) - first[chord[order]]
+    return {
+        "chord_size": size[chord].astype(np.float64),
+        "chord_rank": rank.astype(np.float64),
+        "chord_asynchrony": start - start[first[chord]],
+        "chord_span": (high - low)[chord].astype(np.float64),
+    }
+
+
+def piece_features(notes: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Every feature of one piece's notes (columns pitch, start, duration, dstart)."""
+    pitch = notes["pitch"].to_numpy(dtype=np.float64)
+    start = notes["start"].to_numpy(dtype=np.float64)
+    duration = notes["duration"].to_numpy(dtype=np.float64)
+    n = len(pitch)
+    f: dict[str, np.ndarray] = {"pitch": pitch, "duration": duration, "dstart": notes["dstart"].to_numpy(dtype=np.float64)}
+    dprev = duration.copy()
+    dprev[1:] = np.diff(start)
+    f["dprev"] = dprev
+    f["log_duration"] = np.log(np.maximum(duration, 1e-4))
+    for span in SHORT_SPANS + LONG_SPANS:
+        f[f"density_{span}"] = _density(start, span)
+        f[f"mean_pitch_{span}"] = _centred_mean(pitch, span)
+        f[f"mean_duration_{span}"] = _centred_mean(duration, span)
+    for span in SHORT_SPANS:
+        f[f"max_pitch_{span}"] = maximum_filter1d(pitch, size=span, mode="nearest")
+    f["min_pitch_8"] = minimum_filter1d(pitch, size=8, mode="nearest")
+    f["pitch_minus_mean_8"] = pitch - f["mean_pitch_8"]
+    f["density_ratio_8_128"] = f["density_8"] / f["density_128"]
+    for k in range(1, NEIGHBOURS + 1):
+        f[f"gap_prev_{k}"] = start - _shifted(start, k)
+        f[f"gap_next_{k}"] = _shifted(start, -k) - start
+        f[f"interval_prev_{k}"] = pitch - _shifted(pitch, k)
+        f[f"interval_next_{k}"] = pitch - _shifted(pitch, -k)
+    f.update(_chords(start, pitch))
+    f["top_voice"] = (f["chord_rank"] == 0).astype(np.float64)
+    f["bottom_voice"] = (f["chord_rank"] == f["chord_size"] - 1).astype(np.float64)
+    span = start[-1] - start[0] if n else 0.0
+    f["position"] = (start - start[0]) / span if span > 0 else np.zeros(n)
+    return f
+
+
+def note_features(notes: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
+    """The named features of every note, pieces (by `piece_id`, else one piece) kept apart."""
+    unknown = [name for name in names if name not in set(GBT_FEATURES) | set(EMBEDDED)]
+    if unknown:
+        raise ValueError(f"unknown note feature {unknown[0]!r}: expected one of {sorted(set(GBT_FEATURES) | set(EMBEDDED))}")
+    if not names:
+        return pd.DataFrame(index=notes.index)
+    parts = [piece_features(notes.iloc[rows]) for rows in _piece_slices(notes) if rows.stop > rows.start]
+    columns = {name: np.concatenate([p[name] for p in parts]) if parts else np.zeros(0) for name in names}
+    return pd.DataFrame(columns, index=notes.index)
+
+
+def learn_feature_edges(train_notes: pd.DataFrame, counts: dict[str, int]) -> dict[str, list[float]]:
+    """Bin edges of each feature in `counts` (name -> bins), in that order, from the train notes."""
+    unknown = [name for name in counts if name not in EMBEDDED]
+    if unknown:
+        raise ValueError(f"features.{unknown[0]}: not an embeddable note feature (expected one of {', '.join(EMBEDDED)})")
+    bad = [name for name, n in counts.items() if not isinstance(n, int) or n < 2]
+    if bad:
+        raise ValueError(f"features.{bad[0]}: the bin count must be an integer >= 2, got {counts[bad[0]]!r}")
+    if len(train_notes) == 0 and any(name in QUANTILE for name in counts):
+        raise ValueError("cannot learn feature bin edges from an empty train split")
+    values = note_features(train_notes, [name for name in counts if name in QUANTILE])
+    edges = {}
+    for name, n in counts.items():
+        if name in CATEGORY:
+            edges[name] = [CATEGORY[name] - 0.5 + k for k in range(n + 1)]
+        else:
+            quantiles = np.quantile(values[name].to_numpy(), np.linspace(0.0, 1.0, n + 1))
+            edges[name] = [float(e) for e in np.unique(quantiles)]
+            if len(edges[name]) < 2:  # a constant feature: one bin holds everything
+                edges[name] = [edges[name][0], edges[name][0] + 1.0]
+    return edges
+
+
+def feature_sizes(edges: dict[str, list[float]]) -> tuple[int, ...]:
+    """Ids each feature can take, 0 (pad) included: what the model's feature embeddings need."""
+    return tuple(len(e) for e in edges.values())  # bins + 1
+
+
+def feature_ids(notes: pd.DataFrame, edges: dict[str, list[float]]) -> np.ndarray:
+    """(n_notes, n_features) int64 ids of the features named by `edges` (in its order): 1 + the
+    note's bin, so that 0 stays free for padding."""
+    names = list(edges)
+    values = note_features(notes, names)
+    ids = np.zeros((len(notes), len(names)), dtype=np.int64)
+    for j, name in enumerate(names):
+        ids[:, j] = bin_index(values[name].to_numpy(), edges[name]) + 1
+    return ids
