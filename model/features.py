@@ -15,7 +15,8 @@ Definitions (times in seconds):
   `chord_size` counts its notes, `chord_rank` is 0 for its highest pitch, `chord_asynchrony` is
   this onset minus the chord's first onset, `chord_span` its highest minus its lowest pitch;
 - `density_k`: notes per second over the k notes centred on the note (fewer at a piece's ends);
-- `position`: onset as a share of the piece's first-to-last onset span (0..1).
+- `position`: onset as a share of the piece's first-to-last onset span (0..1);
+- `pedal`: the extract stage's sustain-pedal state at the onset (0 when the table has none).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ GBT_FEATURES: tuple[str, ...] = (
 # lowest value here, the count clipping the top (chord_size: 8 means 1..7 and 8+): their edges are
 # fixed half-integers, so one `bin_index` quantizes both kinds.
 QUANTILE = ("dstart", "duration", "dprev", "chord_asynchrony", "chord_span", "density_8", "density_128", "position")
-CATEGORY = {"chord_size": 1, "chord_rank": 0, "top_voice": 0, "bottom_voice": 0}
+CATEGORY = {"chord_size": 1, "chord_rank": 0, "top_voice": 0, "bottom_voice": 0, "pedal": 0}
 EMBEDDED = QUANTILE + tuple(CATEGORY)
 
 
@@ -112,7 +113,7 @@ def _chords(start: np.ndarray, pitch: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def piece_features(notes: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Every feature of one piece's notes (columns pitch, start, duration, dstart)."""
+    """Every feature of one piece's notes (columns pitch, start, duration, dstart[, pedal])."""
     pitch = notes["pitch"].to_numpy(dtype=np.float64)
     start = notes["start"].to_numpy(dtype=np.float64)
     duration = notes["duration"].to_numpy(dtype=np.float64)
@@ -141,6 +142,7 @@ def piece_features(notes: pd.DataFrame) -> dict[str, np.ndarray]:
     f["bottom_voice"] = (f["chord_rank"] == f["chord_size"] - 1).astype(np.float64)
     span = start[-1] - start[0] if n else 0.0
     f["position"] = (start - start[0]) / span if span > 0 else np.zeros(n)
+    f["pedal"] = notes["pedal"].to_numpy(dtype=np.float64) if "pedal" in notes else np.zeros(n)  # sustain down at onset
     return f
 
 

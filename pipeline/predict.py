@@ -219,19 +219,17 @@ def piece_notes(piece: MidiPiece, sustain: bool = False) -> "pd.DataFrame":
     import numpy as np
     import pandas as pd
 
-    from stages.extract import SUSTAIN_CONTROL, add_timing, apply_sustain, ticks_to_seconds
+    from stages.extract import add_timing, apply_sustain, pedal_down_at, sustain_pedal, ticks_to_seconds
     from model.codec import PIANO_PITCHES
 
     notes = piece.notes
     start, end = notes["start_tick"].to_numpy(), notes["end_tick"].to_numpy()
     pitch, velocity = notes["pitch"].to_numpy(), notes["velocity"].to_numpy()
     keep = np.ones(len(notes), dtype=bool)
+    pedal_ticks, pedal_values = sustain_pedal([t for t in piece.score.tracks if not t.is_drum])
+    pedal = pedal_down_at(start, pedal_ticks, pedal_values)
     if sustain:  # pedal-extended note ends, as `extract.sustain: true` made them for training
-        pedals = [t.controls.numpy() for t in piece.score.tracks if not t.is_drum]
-        pedal_ticks = np.concatenate([c["time"][c["number"] == SUSTAIN_CONTROL] for c in pedals]).astype(np.int64)
-        pedal_values = np.concatenate([c["value"][c["number"] == SUSTAIN_CONTROL] for c in pedals]).astype(np.int16)
-        order = np.argsort(pedal_ticks, kind="stable")
-        end, keep = apply_sustain(start, end, pitch, pedal_ticks[order], pedal_values[order])
+        end, keep = apply_sustain(start, end, pitch, pedal_ticks, pedal_values)
     keep &= (pitch >= PIANO_PITCHES.start) & (pitch < PIANO_PITCHES.stop)
     rows = np.flatnonzero(keep)
     # The extract stage's order: by ticks with every column as a key, then add_timing's stable sort.
@@ -239,7 +237,7 @@ def piece_notes(piece: MidiPiece, sustain: bool = False) -> "pd.DataFrame":
     seconds = ticks_to_seconds(piece.score, np.concatenate([start[rows], end[rows]]))
     return add_timing(pd.DataFrame({
         "pitch": pitch[rows], "start": seconds[: len(rows)], "end": seconds[len(rows):],
-        "velocity": velocity[rows], "note": rows,
+        "velocity": velocity[rows], "pedal": pedal[rows], "note": rows,
     }))  # fmt: skip
 
 

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     all_params = params_lib.read_params()
     params = params_lib.section(BinsParams, "bins", all_params)
     counts = feature_counts(all_params)
-    notes = pd.read_parquet(args.train_notes, columns=["piece_id", "pitch", "start", *FEATURES])
+    notes = pd.read_parquet(args.train_notes, columns=["piece_id", "pitch", "start", "pedal", *FEATURES])
     bins = learn_bins(notes, params)
     try:
         bins["features"] = learn_feature_edges(notes, counts)

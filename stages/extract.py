@@ -17,6 +17,8 @@ Note semantics, matching pretty_midi on real files except where said:
 - Notes outside the 88 keys 21..108 are dropped and counted.
 - `dstart` is the next note's start minus this note's start; the last note of a piece, which has no
   next note, gets its own duration instead (so no piece ends in a made-up gap).
+- `pedal` is 1 when the sustain pedal (CC64 >= 64, any piano track) is down at the note's onset
+  tick (a pedal event on the onset tick counts), else 0; read whether or not `sustain` is on.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ SUSTAIN_CONTROL = 64
 SUSTAIN_DOWN_FROM = 64  # MAESTRO's pedal values are continuous; >= 64 reads as down (note-seq's rule)
 DEFAULT_MICROSECONDS_PER_QUARTER = 500_000  # 120 bpm, the MIDI default before any tempo event
 
-NOTE_COLUMNS = ["pitch", "start", "end", "duration", "dstart", "velocity"]
+NOTE_COLUMNS = ["pitch", "start", "end", "duration", "dstart", "velocity", "pedal"]
 NOTE_SCHEMA = pa.schema(
     [
         ("piece_id", pa.string()),
@@ -66,6 +68,7 @@ NOTE_SCHEMA = pa.schema(
         ("duration", pa.float64()),
         ("dstart", pa.float64()),
         ("velocity", pa.int16()),
+        ("pedal", pa.int8()),
     ]
 )
 ROW_GROUP_NOTES = 500_000  # notes buffered per split before a Parquet row group is written
@@ -116,6 +119,22 @@ def ticks_to_seconds(score: symusic.Score, ticks: np.ndarray) -> np.ndarray:
 
 # Event kinds in the order note-seq processes them when they fall on the same time.
 _PEDAL_DOWN, _PEDAL_UP, _NOTE_ON, _NOTE_OFF = 0, 1, 2, 3
+
+
+def sustain_pedal(tracks: list[symusic.core.TrackTick]) -> tuple[np.ndarray, np.ndarray]:
+    """The sustain pedal's (ticks, values) over `tracks`, merged into one timeline in tick order."""
+    controls = [track.controls.numpy() for track in tracks]
+    ticks = np.concatenate([c["time"][c["number"] == SUSTAIN_CONTROL] for c in controls] or [np.zeros(0)]).astype(np.int64)
+    values = np.concatenate([c["value"][c["number"] == SUSTAIN_CONTROL] for c in controls] or [np.zeros(0)]).astype(np.int16)
+    order = np.argsort(ticks, kind="stable")
+    return ticks[order], values[order]
+
+
+def pedal_down_at(ticks: np.ndarray, pedal_ticks: np.ndarray, pedal_values: np.ndarray) -> np.ndarray:
+    """1 where the sustain pedal's last event at or before each tick is down (>= 64), else 0."""
+    last = np.searchsorted(pedal_ticks, ticks, side="right") - 1
+    down = pedal_values[np.maximum(last, 0)] >= SUSTAIN_DOWN_FROM if len(pedal_ticks) else np.zeros(len(ticks), dtype=bool)
+    return np.where(last >= 0, down, False).astype(np.int8)
 
 
 def apply_sustain(
@@ -250,7 +269,7 @@ def read_piece(path: Path, sustain: bool = False) -> PieceNotes:
     """Notes of one MIDI file with the counts of what was dropped; raises MidiError naming the file."""
     path = Path(path)
     score = _load_score(path)
-    note_parts, pedal_parts = [], []
+    note_parts, piano_tracks = [], []
     drum_notes = 0
     for track in score.tracks:
         if track.is_drum:  # channel 10: percussion, not piano keys
@@ -262,9 +281,7 @@ def read_piece(path: Path, sustain: bool = False) -> PieceNotes:
                 f"not a piano (programs {PIANO_PROGRAMS.start}-{PIANO_PROGRAMS.stop - 1})"
             )
         note_parts.append(track.notes.numpy())
-        controls = track.controls.numpy()
-        is_sustain = controls["number"] == SUSTAIN_CONTROL
-        pedal_parts.append((controls["time"][is_sustain], controls["value"][is_sustain]))
+        piano_tracks.append(track)
     n_notes = sum(len(part["time"]) for part in note_parts)
     if n_notes == 0:
         if drum_notes:
@@ -276,15 +293,14 @@ def read_piece(path: Path, sustain: bool = False) -> PieceNotes:
     # symusic gives int8 pitch and velocity: widen before any arithmetic or comparison.
     pitch = np.concatenate([p["pitch"] for p in note_parts]).astype(np.int16)
     velocity = np.concatenate([p["velocity"] for p in note_parts]).astype(np.int16)
+    pedal_ticks, pedal_values = sustain_pedal(piano_tracks)  # merged piano tracks: one pedal timeline
+    pedal = pedal_down_at(start, pedal_ticks, pedal_values)
 
     dropped_duplicates = 0
     if sustain:
-        pedal_ticks = np.concatenate([t for t, _ in pedal_parts]).astype(np.int64)
-        pedal_values = np.concatenate([v for _, v in pedal_parts]).astype(np.int16)
-        order = np.argsort(pedal_ticks, kind="stable")  # merged piano tracks: one pedal timeline
-        end, keep = apply_sustain(start, end, pitch, pedal_ticks[order], pedal_values[order])
+        end, keep = apply_sustain(start, end, pitch, pedal_ticks, pedal_values)
         dropped_duplicates = int((~keep).sum())
-        start, end, pitch, velocity = start[keep], end[keep], pitch[keep], velocity[keep]
+        start, end, pitch, velocity, pedal = start[keep], end[keep], pitch[keep], velocity[keep], pedal[keep]
 
     in_range = (pitch >= PIANO_PITCHES.start) & (pitch < PIANO_PITCHES.stop)
     dropped_out_of_range = int((~in_range).sum())
@@ -293,7 +309,7 @@ def read_piece(path: Path, sustain: bool = False) -> PieceNotes:
             f"{path}: no notes in the piano range {PIANO_PITCHES.start}..{PIANO_PITCHES.stop - 1} "
             f"({dropped_out_of_range} outside it)"
         )
-    start, end, pitch, velocity = start[in_range], end[in_range], pitch[in_range], velocity[in_range]
+    start, end, pitch, velocity, pedal = start[in_range], end[in_range], pitch[in_range], velocity[in_range], pedal[in_range]
 
     # Sort in ticks (exact) with every column as a key, so the order never depends on track order.
     # Tick order is second order: ticks_to_seconds is increasing. Then what add_timing would add.
@@ -302,6 +318,7 @@ def read_piece(path: Path, sustain: bool = False) -> PieceNotes:
     n_kept = len(order)
     columns = _timing(pitch[order], seconds[:n_kept], seconds[n_kept:])
     columns["velocity"] = velocity[order]
+    columns["pedal"] = pedal[order]
     return PieceNotes(pd.DataFrame(columns), dropped_out_of_range, dropped_duplicates, drum_notes)
 
 

@@ -28,7 +28,7 @@ from stages.extract import (
 )
 
 TPQ = 480
-NOTE_COLUMNS = ["pitch", "start", "end", "duration", "dstart", "velocity"]
+NOTE_COLUMNS = ["pitch", "start", "end", "duration", "dstart", "velocity", "pedal"]
 CSV_HEADER = ["canonical_composer", "canonical_title", "split", "year", "midi_filename", "audio_filename", "duration"]
 
 
@@ -136,7 +136,7 @@ def test_add_timing_sorts_any_notes_and_keeps_extra_columns():
          "note_number": [0, 1, 2]}  # fmt: skip
     )
     timed = add_timing(notes)
-    assert list(timed.columns) == NOTE_COLUMNS + ["note_number"]
+    assert list(timed.columns) == NOTE_COLUMNS[:-1] + ["note_number"]  # no pedal given, none made up
     np.testing.assert_array_equal(timed["pitch"], [60, 64, 67])
     np.testing.assert_array_equal(timed["note_number"], [1, 2, 0])
     np.testing.assert_allclose(timed["dstart"], [0.0, 1.0, 0.5])
@@ -373,3 +373,17 @@ def test_main_reads_params_and_writes_outputs(tiny_raw, tmp_path, monkeypatch):
     assert len(sustained) == len(plain)
     assert (sustained["end"].to_numpy() >= plain["end"].to_numpy() - 1e-12).all()
     assert (sustained["end"].to_numpy() > plain["end"].to_numpy()).mean() > 0.3
+
+
+def test_pedal_is_the_sustain_state_at_each_onset(tmp_path):
+    """CC64 >= 64 is down, an event on the onset tick counts, and the state is read with sustain off."""
+    path = write_midi(
+        tmp_path / "pedal.mid",
+        note(60, 0, sec(0.1))  # before any pedal event: up
+        + pedal(sec(0.5), 100) + note(62, sec(0.5), sec(0.6))  # pressed on the onset tick: down
+        + pedal(sec(0.75), 70) + note(64, sec(1.0), sec(1.1))  # a continuous value >= 64: still down
+        + pedal(sec(1.25), 20) + note(65, sec(1.5), sec(1.6)),  # released: up
+    )
+    notes = read_notes(path)
+    assert notes["pitch"].tolist() == [60, 62, 64, 65]
+    assert notes["pedal"].tolist() == [0, 1, 1, 0]

@@ -11,7 +11,7 @@ from conftest import dvc, make_project, set_params
 
 pytestmark = pytest.mark.slow
 
-NOTE_COLUMNS = ["piece_id", "composer", "title", "split", "pitch", "start", "end", "duration", "dstart", "velocity"]
+NOTE_COLUMNS = ["piece_id", "composer", "title", "split", "pitch", "start", "end", "duration", "dstart", "velocity", "pedal"]
 DATA_STAGES = {"download", "extract", "bins", "vocab", "windows"}
 
 
