@@ -41,16 +41,17 @@ from stages.windows import WindowsParams, make_windows  # noqa: E402
 
 DECODINGS = ("notes-only", "averaged", "pianist")
 
-# name -> overrides of params.yaml sections (a section given as {} is replaced whole).
+# name -> overrides of params.yaml's sections, one change each: a key set to None is removed, a
+# section given as {} is replaced whole.
 VARIANTS: dict[str, dict] = {
     "default": {},
     "seed-inputs": {"features": {}},  # the seed's 795 tokens only
+    "no-pedal": {"features": {"pedal": None}},
     "encoder-decoder": {"model": {"kind": "encoder-decoder"}},
     "encoder": {"model": {"kind": "encoder"}},
-    "encoder-crps": {"model": {"kind": "encoder"}, "train": {"loss": "crps"}},
-    "encoder-kl": {"model": {"kind": "encoder"}, "train": {"loss": "kl"}},
-    "context-512": {"windows": {"length": 512, "step": 256}},
+    "crps": {"train": {"loss": "crps"}},
     "transpose-3": {"train": {"transpose": 3}},
+    "context-512": {"windows": {"length": 512, "step": 256}, "train": {"batch_size": 4}},  # the same notes per step
     "wider": {"model": {"d_model": 192, "d_ff": 768, "heads": 6}},
     "deeper": {"model": {"layers": 4}},
 }
@@ -61,8 +62,12 @@ def merged_params(base: dict, overrides: dict) -> dict:
     for section, values in overrides.items():
         if values == {}:
             params[section] = {}
-        else:
-            params.setdefault(section, {}).update(values)
+            continue
+        for key, value in values.items():
+            if value is None:
+                params[section].pop(key, None)
+            else:
+                params.setdefault(section, {})[key] = value
     return params
 
 

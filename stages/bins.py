@@ -48,7 +48,7 @@ def quantile_edges(values: np.ndarray, n_bins: int) -> list[float]:
     if len(edges) != n_bins + 1:
         # KBinsDiscretizer drops duplicate edges (with a warning) when a feature has few distinct
         # values; every token would then shift meaning, so we refuse instead.
-        raise ValueError(f"only {len(edges) - 1} distinct quantile bins exist for {n_bins} requested")
+        raise ValueError(f"only {len(edges) - 1} distinct quantile bins exist for {n_bins} requested: ask for {len(edges) - 1} or fewer, or give fixed_edges")
     return [float(e) for e in edges]
 
 
@@ -100,11 +100,11 @@ def main(argv: list[str] | None = None) -> None:
     params = params_lib.section(BinsParams, "bins", all_params)
     counts = feature_counts(all_params)
     notes = pd.read_parquet(args.train_notes, columns=["piece_id", "pitch", "start", "pedal", *FEATURES])
-    bins = learn_bins(notes, params)
-    try:
+    try:  # degenerate data is one line that says what to change, not a traceback
+        bins = learn_bins(notes, params)
         bins["features"] = learn_feature_edges(notes, counts)
     except ValueError as err:
-        raise SystemExit(f"params.yaml: {err}") from None
+        raise SystemExit(f"{args.train_notes}: {err} (params.yaml)") from None
     write_json(args.out, bins)
     for name in FEATURES:
         log.info("%s edges %s, share %s", name, np.round(bins[name], 4).tolist(), bins["share"][name])

@@ -71,7 +71,10 @@ def main(argv: list[str] | None = None) -> None:
     train = pd.read_parquet(args.notes_dir / "train.parquet", columns=NOTE_COLUMNS)
     others = {split: pd.read_parquet(args.notes_dir / f"{split}.parquet", columns=NOTE_COLUMNS) for split in SPLITS}
     log.info("fitting %d boosting iterations on %d train notes x %d features", params.max_iter, len(train), len(GBT_FEATURES))
-    predicted, report = fit_predict(train, others, params)
+    try:
+        predicted, report = fit_predict(train, others, params)
+    except ValueError as err:
+        raise SystemExit(f"{args.notes_dir}: {err}") from None
     for split, velocity in predicted.items():
         save_npy(args.out_dir / f"{split}_velocity.npy", velocity.astype(np.float32))
     write_json(args.out_dir / "report.json", report)

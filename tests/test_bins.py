@@ -61,3 +61,30 @@ def test_bad_fixed_edges_and_degenerate_features_are_clear_errors():
     flat = notes.assign(velocity=64)
     with pytest.raises(ValueError, match="bins.velocity"):
         learn_bins(flat, BinsParams(3, 3, 3))
+
+
+def test_a_corpus_of_one_repeated_pattern_stops_the_stage_with_one_clear_line(tmp_path):
+    """The bins stage on degenerate data: exit 1 and one line naming the param to change, no traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    n = 600
+    notes = pd.DataFrame({
+        "piece_id": "loop", "pitch": np.tile([60, 64], n // 2).astype(np.int16), "start": np.arange(n) * 0.25,
+        "dstart": np.full(n, 0.25), "duration": np.tile([0.2, 0.3, 0.4], n // 3), "velocity": np.tile([50, 70, 90], n // 3).astype(np.int16),
+        "pedal": np.zeros(n, dtype=np.int8),
+    })  # fmt: skip
+    notes.to_parquet(tmp_path / "train.parquet")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"bins": {"dstart": 3, "duration": 3, "velocity": 3, "fixed_edges": None}, "features": {}}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "stages.bins", "train.parquet", "bins.json"], cwd=tmp_path, capture_output=True, text=True,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("train.parquet: bins.dstart: only 1 distinct quantile bins exist for 3 requested")
+    assert not (tmp_path / "bins.json").exists()
