@@ -67,7 +67,7 @@ class TrainConfig:
     loss: str = "kl"
     # The `pianist` decoding's stretch is fitted on the validation notes so that its predictions
     # spread at least this share of the true velocities' standard deviation (model/pieces.py).
-    min_std_ratio: float = 0.9
+    min_std_ratio: float = 0.8
     # Pitch-transpose augmentation: each training window moves by a random -n..n semitones (0: off),
     # unless that would push a note off the keyboard. Timing features do not change with pitch.
     transpose: int = 0

@@ -1,9 +1,9 @@
 """`velocity predict IN.mid -o OUT.mid`: give every piano note of a MIDI file the model's velocity.
 
 All notes of all non-drum tracks form one piece, quantized exactly as the training data was (the
-extract stage's note reading and `add_timing`, the bins and vocabulary saved in the model file),
-cut into the model's windows, decoded in batches (`--decoding`, default notes-only) and stitched
-(model/pieces.py). Only the velocity byte of those notes' note-on messages changes: the output is
+extract stage's note reading and `add_timing`, the bins, note features and vocabulary saved in the
+model file), cut into the model's windows and decoded in batches (`--decoding`, default pianist:
+distributions averaged over windows, then the dynamics stretched as calibrated; model/pieces.py). Only the velocity byte of those notes' note-on messages changes: the output is
 the input's bytes with those bytes replaced, so note timing in ticks, the tempo map, pedals, other
 tracks and controllers, meta and system-exclusive events and the drum channel stay exactly as they
 were. Notes outside the piano's 21..108 keep their velocity. `--strength s` blends: new = round(s *
