@@ -47,6 +47,7 @@ VARIANTS: dict[str, dict] = {
     "default": {},
     "seed-inputs": {"features": {}},  # the seed's 795 tokens only
     "no-pedal": {"features": {"pedal": None}},
+    "piece-summary": {"features": {"piece_density": 16, "piece_mean_duration": 16}},
     "encoder-decoder": {"model": {"kind": "encoder-decoder"}},
     "encoder": {"model": {"kind": "encoder"}},
     "crps": {"train": {"loss": "crps"}},
@@ -54,6 +55,7 @@ VARIANTS: dict[str, dict] = {
     "context-512": {"windows": {"length": 512, "step": 256}, "train": {"batch_size": 4}},  # the same notes per step
     "wider": {"model": {"d_model": 192, "d_ff": 768, "heads": 6}},
     "deeper": {"model": {"layers": 4}},
+    "dropout-0.3": {"model": {"dropout": 0.3}},
 }
 
 
