@@ -47,7 +47,6 @@ VARIANTS: dict[str, dict] = {
     "default": {},
     "seed-inputs": {"features": {}},  # the seed's 795 tokens only
     "no-pedal": {"features": {"pedal": None}},
-    "piece-summary": {"features": {"piece_density": 16, "piece_mean_duration": 16}},
     "encoder-decoder": {"model": {"kind": "encoder-decoder"}},
     "encoder": {"model": {"kind": "encoder"}},
     "crps": {"train": {"loss": "crps"}},

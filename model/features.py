@@ -16,8 +16,6 @@ Definitions (times in seconds):
   this onset minus the chord's first onset, `chord_span` its highest minus its lowest pitch;
 - `density_k`: notes per second over the k notes centred on the note (fewer at a piece's ends);
 - `position`: onset as a share of the piece's first-to-last onset span (0..1);
-- `piece_density`, `piece_mean_duration`: notes per second and mean duration over the whole piece,
-  the same for every note of it (a pooled summary of what lies beyond a window);
 - `pedal`: the extract stage's sustain-pedal state at the onset (0 when the table has none).
 """
 
@@ -51,10 +49,7 @@ GBT_FEATURES: tuple[str, ...] = (
 # are merged, so a feature may get fewer bins). "Category" features are small integers from their
 # lowest value here, the count clipping the top (chord_size: 8 means 1..7 and 8+): their edges are
 # fixed half-integers, so one `bin_index` quantizes both kinds.
-QUANTILE = (
-    "dstart", "duration", "dprev", "chord_asynchrony", "chord_span", "density_8", "density_128", "position",
-    "piece_density", "piece_mean_duration",
-)  # fmt: skip
+QUANTILE = ("dstart", "duration", "dprev", "chord_asynchrony", "chord_span", "density_8", "density_128", "position")
 CATEGORY = {"chord_size": 1, "chord_rank": 0, "top_voice": 0, "bottom_voice": 0, "pedal": 0}
 EMBEDDED = QUANTILE + tuple(CATEGORY)
 
@@ -147,8 +142,6 @@ def piece_features(notes: pd.DataFrame) -> dict[str, np.ndarray]:
     f["bottom_voice"] = (f["chord_rank"] == f["chord_size"] - 1).astype(np.float64)
     span = start[-1] - start[0] if n else 0.0
     f["position"] = (start - start[0]) / span if span > 0 else np.zeros(n)
-    f["piece_density"] = np.full(n, n / max(span, 1e-3))
-    f["piece_mean_duration"] = np.full(n, duration.mean() if n else 0.0)
     f["pedal"] = notes["pedal"].to_numpy(dtype=np.float64) if "pedal" in notes else np.zeros(n)  # sustain down at onset
     return f
 
