@@ -1,22 +1,25 @@
-"""Training throughput of the Velocity Transformer: tokens per second, and on CUDA also model FLOPs
-utilization and the time of one epoch over the given windows.
+"""Training throughput of the Velocity Transformer through the real training loop (model/harness.py):
+tokens per second for 1 or more processes (DistributedDataParallel through torchrun), and on
+CUDA also model FLOPs utilization.
 
-    python bench/train.py                                   # default config, synthetic windows, CPU/auto
+    python bench/train.py                                   # default config, synthetic windows, 1 process
+    python bench/train.py --processes 2                        # 2 processes (gloo on CPU, NCCL on CUDA)
     python bench/train.py --preset seed --device cuda --windows data/windows
-    python bench/train.py --windows data/windows --epoch     # actually time a whole epoch
 
 A "token" is one note: a (source, target) position that is not padding. FLOPs per token are
 estimated as 6 * (non-embedding parameters) for the matmuls, forward and backward, plus the
 attention scores and weighted sums: 12 * T * d_model per encoder layer (self-attention) and
-24 * T * d_model per decoder layer (self- and cross-attention), T = window length.
+24 * T * d_model per decoder layer (self- and cross-attention), T = window length. The timed steps
+follow untimed warm-up steps; one validation pass and one checkpoint write come after them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
+import os
 import sys
+import tempfile
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -26,8 +29,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from model.harness import LoopConfig, distributed_from_env, fit, launch_processes  # noqa: E402
 from model.runtime import pick_device, seed_everything  # noqa: E402
-from model.training import SEED_PRESET, TrainConfig, Windows, make_optimizer, train_step  # noqa: E402
+from model.training import SEED_PRESET, TrainConfig, VelocityTask, Windows  # noqa: E402
 from model.transformer import ModelConfig, build_model  # noqa: E402
 from stages import params as params_lib  # noqa: E402
 
@@ -78,27 +82,26 @@ def sync(device: torch.device) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    parser.add_argument("--processes", type=int, default=1, help="processes on this machine (torchrun; default 1)")
     parser.add_argument("--preset", choices=("default", "seed"), default="default", help="params.yaml's model, or the seed's")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--windows", type=Path, help="a data/windows folder (train split); default: synthetic windows")
     parser.add_argument("--synthetic", type=int, default=2048, help="synthetic windows when --windows is not given")
     parser.add_argument("--length", type=int, default=128, help="synthetic window length")
     parser.add_argument("--src-vocab", type=int, default=795, help="synthetic source vocabulary (the seed's: 795)")
-    parser.add_argument("--batch-size", type=int, help="override the preset's batch size")
+    parser.add_argument("--batch-size", type=int, help="override the preset's batch size (per process)")
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
     parser.add_argument("--warmup-steps", type=int, default=3, help="untimed steps first")
-    parser.add_argument("--epoch", action="store_true", help="also time one whole epoch over the windows")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    parser.add_argument("--loader-workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--peak-tflops", type=float, help="peak FLOP/s of the device for MFU, in TFLOP/s")
     args = parser.parse_args(argv)
+    if args.processes > 1 and "WORLD_SIZE" not in os.environ:
+        sys.exit(launch_processes(args.processes, [__file__, *(sys.argv[1:] if argv is None else argv)]))
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
+    dist = distributed_from_env()
     model_params, train_params = preset_params(args.preset, args.params)
-    batch_size = args.batch_size or int(train_params["batch_size"])
-    accum = int(train_params["accum"])
     if args.windows:
         windows = Windows.load(args.windows, "train")
         vocab_path = args.windows.parent / "vocab.json"
@@ -111,54 +114,47 @@ def main(argv: list[str] | None = None) -> None:
     if args.preset == "seed":
         windows = Windows(windows.src, windows.tgt, name=windows.name)  # the seed's model reads no features
         features = ()
+    known = {f.name for f in fields(TrainConfig)}
+    train_cfg = TrainConfig(**{**{k: v for k, v in train_params.items() if k in known}, "device": args.device, "eval_windows": 16,
+                               **({"batch_size": args.batch_size} if args.batch_size else {})})
     seed_everything(0)
     cfg = ModelConfig(src_vocab=src_vocab, tgt_vocab=131, max_len=windows.length, features=features, **model_params)
-    train_cfg = TrainConfig(**{k: v for k, v in train_params.items() if k in {f.name for f in fields(TrainConfig)}})
-    model = build_model(cfg).to(device)
-    optimizer = make_optimizer(model)
-    fpt = flops_per_token(model, cfg, windows.length)
+    model = build_model(cfg)
+    task = VelocityTask(cfg, train_cfg, windows, windows)
+    total = args.warmup_steps + args.steps
+    loop = LoopConfig(steps=total, batch_size=train_cfg.batch_size, accum=train_cfg.accum, eval_every=total, checkpoint_every=total,
+                      seed=0, device=args.device, compile=args.compile, loader_workers=args.loader_workers, progress=False)
+    device = pick_device(args.device)
+    if device.type == "cuda" and dist.active:
+        device = torch.device("cuda", dist.local_rank)
+    marks: dict[int, float] = {}
 
-    rng = np.random.default_rng(0)
+    def on_step(step: int) -> None:
+        if step in (args.warmup_steps, total):
+            sync(device)
+            marks[step] = time.perf_counter()
 
-    def step() -> int:
-        batches = [windows.batch(rng.integers(0, len(windows), batch_size), device) for _ in range(accum)]
-        _, n_tokens = train_step(model, optimizer, batches, 1e-4, train_cfg, device)
-        return n_tokens
-
-    print(f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else f', {torch.get_num_threads()} threads'}; "
-          f"autocast {'bf16' if device.type == 'cuda' else 'off (fp32)'}")
-    print(f"preset {args.preset}: {cfg.kind}, {len(cfg.features)} note features, layers {cfg.layers}, heads {cfg.heads}, d_model {cfg.d_model}, d_ff {cfg.d_ff}; "
-          f"{model.num_params():,} parameters; batch {batch_size} x accum {accum} windows of {windows.length}")
-    print(f"data: {windows.name}, {len(windows):,} windows")
-    for _ in range(args.warmup_steps):
-        step()
-    sync(device)
-    start, tokens = time.perf_counter(), 0
-    for _ in range(args.steps):
-        tokens += step()
-    sync(device)
-    seconds = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as checkpoints:
+        fit(task, model, loop, checkpoints, "bench", dist=dist, on_step=on_step)
+    if not dist.is_main:
+        return
+    seconds = marks[total] - marks[args.warmup_steps]
+    notes_per_window = float((np.asarray(windows.tgt[:4096]) != 0).sum(axis=1).mean())
+    tokens = args.steps * loop.batch_size * loop.accum * dist.world_size * notes_per_window
     tokens_per_s = tokens / seconds
-    step_s = seconds / args.steps
-    print(f"{args.steps} optimizer steps in {seconds:.2f} s: {step_s * 1000:.1f} ms/step, {tokens_per_s:,.0f} tokens/s (notes, padding excluded)")
+    fpt = flops_per_token(model, cfg, windows.length)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads each"
+    print(f"{dist.world_size} process(es) on {device.type} ({where}); autocast {'bf16' if device.type == 'cuda' else 'off (fp32)'}"
+          f"{'; torch.compile' if args.compile else ''}")
+    print(f"preset {args.preset}: {cfg.kind}, {len(cfg.features)} note features, layers {cfg.layers}, heads {cfg.heads}, d_model {cfg.d_model}, "
+          f"d_ff {cfg.d_ff}; {model.num_params():,} parameters; global batch {loop.batch_size} x accum {loop.accum} x {dist.world_size} "
+          f"processes windows of {windows.length}; data {windows.name}, {len(windows):,} windows")
+    print(f"{args.steps} optimizer steps in {seconds:.2f} s: {seconds / args.steps * 1000:.1f} ms/step, {tokens_per_s:,.0f} tokens/s (notes, padding excluded)")
     achieved = tokens_per_s * fpt
     print(f"model FLOPs: {fpt / 1e6:.1f} MFLOP/token -> {achieved / 1e12:.3f} TFLOP/s achieved")
     peak = peak_flops(device, args.peak_tflops)
     if peak:
-        print(f"MFU {100 * achieved / peak:.1f}% of {peak / 1e12:.0f} TFLOP/s peak")
-    steps_per_epoch = math.ceil(len(windows) / batch_size) / accum
-    print(f"one epoch over {len(windows):,} windows: {steps_per_epoch:,.0f} steps, estimated {steps_per_epoch * step_s / 60:.1f} min")
-
-    if args.epoch:
-        order = np.random.default_rng(1).permutation(len(windows))
-        sync(device)
-        start = time.perf_counter()
-        for first in range(0, len(order), batch_size * accum):
-            chunk = order[first : first + batch_size * accum]
-            batches = [windows.batch(chunk[i : i + batch_size], device) for i in range(0, len(chunk), batch_size)]
-            train_step(model, optimizer, batches, 1e-4, train_cfg, device)
-        sync(device)
-        print(f"one epoch measured: {(time.perf_counter() - start) / 60:.2f} min")
+        print(f"MFU {100 * achieved / peak:.1f}% of {peak / 1e12:.0f} TFLOP/s peak ({dist.world_size} device(s): {100 * achieved / peak / dist.world_size:.1f}% each)")
 
 
 if __name__ == "__main__":

@@ -90,10 +90,38 @@ def window_nll(model: PerformanceRNN, windows: torch.Tensor) -> tuple[torch.Tens
     return summed_nll(logits, targets)
 
 
-def window_loss(model: PerformanceRNN, windows: torch.Tensor) -> torch.Tensor:
-    """Mean NLL (nats per event) of predicting each window's next events: the training loss."""
-    nll, count = window_nll(model, windows)
-    return nll / max(count, 1)
+class PerformanceTask:
+    """What the shared training loop (model/harness.py) needs of the Performance RNN: event
+    windows, teacher-forced NLL summed over events, Adam at a constant rate."""
+
+    def __init__(self, train_windows: np.ndarray, val_windows: np.ndarray, lr: float, val_batch: int) -> None:
+        if len(train_windows) == 0:
+            raise ValueError("no training windows: the train split has no pieces with at least two events")
+        self.train_windows, self.val_windows = train_windows, val_windows
+        self.n_train, self.n_validation = len(train_windows), len(val_windows)
+        self.learning_rate, self.val_batch = lr, val_batch
+
+    def train_batch(self, indices: np.ndarray) -> tuple[torch.Tensor]:
+        return (torch.from_numpy(np.asarray(self.train_windows[np.sort(indices)], dtype=np.int64)),)  # sorted: kind to a memmap
+
+    def loss(self, model: nn.Module, batch: tuple[torch.Tensor], step: int) -> tuple[torch.Tensor, int]:
+        # fp32 even on CUDA: cuDNN RNNs take bf16 only from cuDNN 9.13 (pytorch#164411), and the
+        # LSTM is not the bottleneck anyway.
+        return window_nll(model, batch[0])
+
+    def validation_sums(self, model: nn.Module, indices: np.ndarray, device: torch.device) -> dict[str, float]:
+        loss, count = 0.0, 0
+        for first in range(0, len(indices), self.val_batch):
+            rows = indices[first : first + self.val_batch]
+            nll, n = window_nll(model, torch.from_numpy(np.asarray(self.val_windows[rows], dtype=np.int64)).to(device))
+            loss, count = loss + float(nll), count + n
+        return {"loss": loss, "count": float(count)}
+
+    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.Adam(model.parameters(), lr=self.learning_rate)
+
+    def lr(self, step: int) -> None:
+        return None  # constant: Adam's own
 
 
 @torch.no_grad()

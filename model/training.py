@@ -1,16 +1,12 @@
-"""Training the Velocity Transformer: data streaming, one optimizer step, evaluation, the loop.
+"""Training the Velocity Transformer: its windows, its loss, its validation, plugged into the
+shared loop of model/harness.py (accumulation, checkpoints, exact resume, DistributedDataParallel).
 
-The seed's recipe: label-smoothed KL loss divided by the number of target tokens, Adam(0.9, 0.98,
-eps 1e-9) driven by the Noam schedule, gradient accumulation. The loop checkpoints atomically every
-`checkpoint_every` steps (model, optimizer, step, RNG states) and resumes from that exactly: the
-data order is a pure function of (seed, epoch), so the step number alone says where in the data
-the run stopped.
+The seed's recipe: label-smoothed KL loss (or CRPS) per target token, Adam(0.9, 0.98, eps 1e-9)
+driven by the Noam schedule, gradient accumulation.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 from collections.abc import Callable
@@ -21,18 +17,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from torch import nn
 
-from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from model.checkpoint import save_checkpoint
+from model.harness import Distributed, FitResult, LoopConfig, distributed_from_env, fit
 from model.loss import abs_error_sum, crps, label_smoothed_kl
-from model.runtime import autocast, pick_device, seed_everything
+from model.runtime import autocast, seed_everything
 from model.schedule import lr_at
 from model.codec import N_SPECIALS, PAD, PIANO_PITCHES, START
 from model.transformer import EncoderOnly, ModelConfig, VelocityNet, build_model, decoder_input
 
 log = logging.getLogger(__name__)
-
-LAST, BEST = "last.pt", "best.pt"
 
 
 @dataclass(frozen=True)
@@ -71,11 +66,16 @@ class TrainConfig:
     # Pitch-transpose augmentation: each training window moves by a random -n..n semitones (0: off),
     # unless that would push a note off the keyboard. Timing features do not change with pitch.
     transpose: int = 0
+    # Processes on this machine: > 1 makes the train stage launch itself through torchrun
+    # (DistributedDataParallel; each process takes batch_size windows per micro-batch).
+    nproc_per_node: int = 1
+    compile: bool = False  # torch.compile the network (worth it on CUDA for long runs)
+    loader_workers: int = 0  # DataLoader processes reading the next steps' windows (0: in the training process)
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"train.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        for name in ("batch_size", "accum", "warmup", "epochs", "eval_every", "checkpoint_every"):
+        for name in ("batch_size", "accum", "warmup", "epochs", "eval_every", "checkpoint_every", "nproc_per_node"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be at least 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
@@ -84,6 +84,8 @@ class TrainConfig:
             raise ValueError(f"train.curriculum_steps must be >= 0 and train.curriculum_length >= 1, got {self.curriculum_steps} and {self.curriculum_length}")
         if not 0.0 <= self.input_dropout <= 1.0:
             raise ValueError(f"train.input_dropout must be in [0, 1], got {self.input_dropout}")
+        if self.loader_workers < 0:
+            raise ValueError(f"train.loader_workers must be >= 0, got {self.loader_workers}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
@@ -171,40 +173,7 @@ class Windows:
 
 
 # ---------------------------------------------------------------------------------------------
-# Data order: a pure function of (seed, epoch), so a resumed run reads exactly what it would have
-
-
-def epoch_order(n_windows: int, seed: int, epoch: int) -> np.ndarray:
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(n_windows, generator=generator).numpy()
-
-
-class BatchStream:
-    """Micro-batches of window indices, epoch after epoch; micro-batch k is always the same."""
-
-    def __init__(self, n_windows: int, batch_size: int, seed: int) -> None:
-        if n_windows == 0:
-            raise WindowsError("no training windows: the train split is empty")
-        self.n_windows, self.batch_size, self.seed = n_windows, batch_size, seed
-        self.batches_per_epoch = math.ceil(n_windows / batch_size)
-        self._order: tuple[int, np.ndarray] | None = None
-
-    def position(self, micro_batch: int) -> tuple[int, int]:
-        """(epoch, batch within the epoch) of the k-th micro-batch."""
-        return divmod(micro_batch, self.batches_per_epoch)
-
-    def indices(self, micro_batch: int) -> np.ndarray:
-        epoch, b = self.position(micro_batch)
-        if self._order is None or self._order[0] != epoch:
-            self._order = (epoch, epoch_order(self.n_windows, self.seed, epoch))
-        return self._order[1][b * self.batch_size : (b + 1) * self.batch_size]
-
-
-def total_steps(cfg: TrainConfig, n_train_windows: int) -> int:
-    """Optimizer steps of the whole run: `max_steps`, else what `epochs` of micro-batches give."""
-    if cfg.max_steps is not None:
-        return cfg.max_steps
-    return max(1, cfg.epochs * math.ceil(n_train_windows / cfg.batch_size) // cfg.accum)
+# The model's part of a step: augmentation, logits, loss
 
 
 def cut_windows(batch: Batch, length: int) -> Batch:
@@ -218,15 +187,6 @@ def cut_windows(batch: Batch, length: int) -> Batch:
     features = features[:, :usable].reshape(src.shape[0], length, -1)
     keep = src[:, 0] != PAD  # pads only trail a piece's notes, so a piece starting with one is empty
     return src[keep], tgt[keep], features[keep]
-
-
-# ---------------------------------------------------------------------------------------------
-# One step, one evaluation
-
-
-def make_optimizer(model: VelocityNet) -> torch.optim.Adam:
-    # lr is set before every step from the Noam schedule.
-    return torch.optim.Adam(model.parameters(), lr=0.0, betas=(0.9, 0.98), eps=1e-9)
 
 
 def drop_inputs(tgt_in: torch.Tensor, p: float) -> torch.Tensor:
@@ -251,11 +211,12 @@ def transpose_batch(batch: Batch, max_semitones: int, tokens_per_pitch: int) -> 
     return torch.where(note & fits, src + shift * tokens_per_pitch, src), tgt, features
 
 
-def velocity_logits(model: VelocityNet, batch: Batch, input_dropout: float = 0.0) -> torch.Tensor:
+def velocity_logits(model: nn.Module, batch: Batch, kind: str, input_dropout: float = 0.0) -> torch.Tensor:
     """(B, T, tgt_vocab) logits of a batch: teacher forced through the decoder (each input velocity
-    hidden with probability `input_dropout`), or in one pass for an encoder-only model."""
+    hidden with probability `input_dropout`), or in one pass for an encoder-only model. `model` may
+    be wrapped (DistributedDataParallel, torch.compile), hence `kind` rather than its class."""
     src, tgt, features = batch
-    if isinstance(model, EncoderOnly):
+    if kind == "encoder":
         return model(src, features)
     return model(src, drop_inputs(decoder_input(tgt), input_dropout), features=features)
 
@@ -265,123 +226,107 @@ def batch_loss(logits: torch.Tensor, tgt: torch.Tensor, loss: str, smoothing: fl
     return crps(logits, tgt) if loss == "crps" else label_smoothed_kl(logits, tgt, smoothing)
 
 
-def train_step(
-    model: VelocityNet,
-    optimizer: torch.optim.Optimizer,
-    micro_batches: list[Batch],
-    lr: float,
-    cfg: TrainConfig,
-    device: torch.device,
-) -> tuple[float, int]:
-    """One optimizer step over `micro_batches` (gradient accumulation); returns (loss sum, tokens).
-
-    Each micro-batch's loss is divided by its own token count, as the seed did, and by the number of
-    micro-batches so the step size does not grow with accumulation.
-    """
-    model.train()
-    loss_sum, n_tokens = 0.0, 0
-    for batch in micro_batches:
-        with autocast(device):
-            logits = velocity_logits(model, batch, cfg.input_dropout)  # (B, T, V)
-        batch_loss_sum, batch_tokens = batch_loss(logits, batch[1], cfg.loss, cfg.label_smoothing)
-        (batch_loss_sum / max(batch_tokens, 1) / len(micro_batches)).backward()
-        loss_sum += batch_loss_sum.item()
-        n_tokens += batch_tokens
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss_sum, n_tokens
-
-
 @torch.no_grad()
-def evaluate(
-    model: VelocityNet,
-    windows: Windows,
-    device: torch.device,
-    smoothing: float = 0.1,
-    batch_size: int = 64,
-    max_windows: int | None = None,
-    loss: str = "kl",
+def validation_sums(
+    model: nn.Module, windows: Windows, indices: np.ndarray, device: torch.device, kind: str,
+    smoothing: float = 0.1, batch_size: int = 64, loss: str = "kl",
 ) -> dict[str, float]:
-    """Teacher-forced validation per note: `loss` (the training criterion), `cross_entropy` (nats)
-    and `mae` (|argmax velocity - true velocity|)."""
-    was_training = model.training
-    model.eval()
-    n = len(windows) if max_windows is None else min(len(windows), max_windows)
-    loss_sum, ce_sum, err_sum, n_tokens = 0.0, 0.0, 0.0, 0
-    for start in range(0, n, batch_size):
-        batch = windows.batch(np.arange(start, min(start + batch_size, n)), device)
+    """Teacher-forced sums over the windows `indices`: `loss` (the training criterion),
+    `cross_entropy` (nats), `mae` (|argmax velocity - true velocity|) and the note `count`."""
+    sums = {"loss": 0.0, "cross_entropy": 0.0, "mae": 0.0, "count": 0.0}
+    for first in range(0, len(indices), batch_size):
+        batch = windows.batch(indices[first : first + batch_size], device)
         tgt = batch[1]
         with autocast(device):
-            logits = velocity_logits(model, batch)
+            logits = velocity_logits(model, batch, kind)
         batch_loss_sum, batch_tokens = batch_loss(logits, tgt, loss, smoothing)
-        batch_err, _ = abs_error_sum(logits.float(), tgt)
-        ce_sum += F.cross_entropy(logits.float().flatten(0, 1), tgt.flatten(), ignore_index=PAD, reduction="sum").item()
-        loss_sum += batch_loss_sum.item()
-        err_sum += batch_err.item()
-        n_tokens += batch_tokens
+        sums["loss"] += batch_loss_sum.item()
+        sums["cross_entropy"] += F.cross_entropy(logits.float().flatten(0, 1), tgt.flatten(), ignore_index=PAD, reduction="sum").item()
+        sums["mae"] += abs_error_sum(logits.float(), tgt)[0].item()
+        sums["count"] += batch_tokens
+    return sums
+
+
+def evaluate(
+    model: VelocityNet, windows: Windows, device: torch.device, smoothing: float = 0.1, batch_size: int = 64, loss: str = "kl"
+) -> dict[str, float]:
+    """Teacher-forced means per note over all `windows` (see `validation_sums`)."""
+    kind = "encoder" if isinstance(model, EncoderOnly) else "encoder-decoder"
+    was_training = model.training
+    model.eval()
+    sums = validation_sums(model, windows, np.arange(len(windows)), device, kind, smoothing, batch_size, loss)
     model.train(was_training)
-    if n_tokens == 0:
+    count = sums.pop("count")
+    if count == 0:
         raise WindowsError(f"{windows.name}: no notes to validate on")
-    return {"loss": loss_sum / n_tokens, "cross_entropy": ce_sum / n_tokens, "mae": err_sum / n_tokens}
+    return {name: value / count for name, value in sums.items()}
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints and resuming
+# Training: the Velocity Transformer as a task of the shared loop (model/harness.py)
 
 
-def fingerprint(*parts: Any, files: list[Path] = ()) -> str:
-    """sha256 over JSON-able `parts` and the bytes of `files`: what a checkpoint was trained on."""
-    h = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
-    for path in files:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
+def make_optimizer(model: nn.Module) -> torch.optim.Adam:
+    # lr is set before every step from the Noam schedule.
+    return torch.optim.Adam(model.parameters(), lr=0.0, betas=(0.9, 0.98), eps=1e-9)
 
 
-def rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+class VelocityTask:
+    """What the loop needs of the Velocity Transformer: windows, the loss of a step, validation."""
+
+    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, train_windows: Windows, val_windows: Windows) -> None:
+        self.model_cfg, self.cfg = model_cfg, cfg
+        self.train_windows, self.val_windows = train_windows, val_windows
+        self.n_train = len(train_windows)
+        if self.n_train == 0:
+            raise WindowsError(f"{train_windows.name}: no training windows (the train split is empty)")
+        self.n_validation = len(val_windows) if cfg.eval_windows is None else min(len(val_windows), cfg.eval_windows)
+        if self.n_validation == 0:
+            raise WindowsError(f"{val_windows.name}: no validation windows (the validation split is empty)")
+        self.tokens_per_pitch = (model_cfg.src_vocab - N_SPECIALS) // len(PIANO_PITCHES)
+
+    def train_batch(self, indices: np.ndarray) -> Batch:
+        return self.train_windows.batch(indices, torch.device("cpu"))
+
+    def loss(self, model: nn.Module, batch: Batch, step: int) -> tuple[torch.Tensor, int]:
+        cfg = self.cfg
+        if step < cfg.curriculum_steps:
+            batch = cut_windows(batch, cfg.curriculum_length)
+        if cfg.transpose:
+            batch = transpose_batch(batch, cfg.transpose, self.tokens_per_pitch)
+        with autocast(batch[0].device):
+            logits = velocity_logits(model, batch, self.model_cfg.kind, cfg.input_dropout)  # (B, T, V)
+        return batch_loss(logits, batch[1], cfg.loss, cfg.label_smoothing)
+
+    def validation_sums(self, model: nn.Module, indices: np.ndarray, device: torch.device) -> dict[str, float]:
+        cfg = self.cfg
+        return validation_sums(model, self.val_windows, indices, device, self.model_cfg.kind, cfg.label_smoothing, max(cfg.batch_size, 64), cfg.loss)
+
+    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        return make_optimizer(model)
+
+    def lr(self, step: int) -> float:
+        return lr_at(step, self.model_cfg.d_model, self.cfg.warmup, self.cfg.lr_factor)
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def total_steps(cfg: TrainConfig, n_train_windows: int, world_size: int = 1) -> int:
+    """Optimizer steps of the whole run: `max_steps`, else enough for `epochs` passes over the
+    windows at the global batch (batch_size x accum x processes)."""
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    return max(1, math.ceil(cfg.epochs * n_train_windows / (cfg.batch_size * cfg.accum * world_size)))
 
 
-def find_resumable(checkpoint_dir: Path | str, expected_fingerprint: str) -> dict[str, Any] | None:
-    """The last checkpoint in `checkpoint_dir` when it belongs to this very run, else None.
-
-    A checkpoint of other params or data (a stale one) or an unreadable one is ignored, so the run
-    starts over instead of continuing someone else's training.
-    """
-    path = Path(checkpoint_dir) / LAST
-    if not path.exists():
-        return None
-    try:
-        state = load_checkpoint(path)
-    except CheckpointError as err:
-        log.warning("ignoring %s", err)
-        return None
-    if state.get("fingerprint") != expected_fingerprint:
-        log.info("%s was trained with other params or data: starting over", path)
-        return None
-    return state
+def loop_config(cfg: TrainConfig, n_train_windows: int, world_size: int = 1, progress: bool = True) -> LoopConfig:
+    return LoopConfig(
+        steps=total_steps(cfg, n_train_windows, world_size), batch_size=cfg.batch_size, accum=cfg.accum,
+        eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, device=cfg.device,
+        compile=cfg.compile, loader_workers=cfg.loader_workers, progress=progress,
+    )  # fmt: skip
 
 
-@dataclass
-class TrainResult:
-    start_step: int  # 0 for a fresh run, else the step it resumed from
-    step: int  # optimizer steps done
-    best_step: int
-    best_val_loss: float
-    best_val_mae: float
-    best_model: dict[str, torch.Tensor]  # state dict of the best validation loss
+# Train params that do not change what is learned: a run may resume with other values of them.
+NOT_FINGERPRINTED = ("checkpoint_every", "device", "nproc_per_node", "compile", "loader_workers")
 
 
 def train(
@@ -391,99 +336,19 @@ def train(
     val_windows: Windows,
     checkpoint_dir: Path | str,
     run_fingerprint: str = "",
-    resume: dict[str, Any] | None = None,
-    log_metrics: Callable[[int, dict[str, float]], None] | None = None,
+    log_point: Callable[[dict[str, float]], None] | None = None,
     progress: bool = True,
-) -> TrainResult:
-    """Train from scratch, or continue from `resume` (a checkpoint from `find_resumable`).
-
-    Writes `checkpoint_dir/last.pt` every `checkpoint_every` steps and at the end, and
-    `checkpoint_dir/best.pt` whenever the validation loss improves. `log_metrics(step, metrics)`
-    receives train_loss, val_loss, val_mae and lr after every evaluation.
-    """
-    checkpoint_dir = Path(checkpoint_dir)
-    device = pick_device(cfg.device)
-    seed_everything(cfg.seed)
-    model = build_model(model_cfg).to(device)
-    optimizer = make_optimizer(model)
-    stream = BatchStream(len(train_windows), cfg.batch_size, cfg.seed)
-    n_steps = total_steps(cfg, len(train_windows))
-    tokens_per_pitch = (model_cfg.src_vocab - N_SPECIALS) // len(PIANO_PITCHES)
-
-    step, best = 0, {"step": 0, "val_loss": math.inf, "val_mae": math.inf}
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        step, best = int(resume["step"]), dict(resume["best"])
-        set_rng_state(resume["rng"])
-        log.info("resuming from step %d of %d (%s)", step, n_steps, checkpoint_dir / LAST)
-    else:
-        for name in (LAST, BEST):  # stale files of another run must not be mistaken for ours
-            (checkpoint_dir / name).unlink(missing_ok=True)
-    start_step = step
-    log.info(
-        "training %s parameters on %s for %d steps (%d windows, %d micro-batches/epoch, accum %d)",
-        f"{model.num_params():,}", device, n_steps, len(train_windows), stream.batches_per_epoch, cfg.accum,
-    )
-
-    def save_last() -> None:
-        epoch, batch = stream.position(step * cfg.accum)
-        save_checkpoint(checkpoint_dir / LAST, {
-            "fingerprint": run_fingerprint,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "epoch": epoch,  # where the next micro-batch comes from (informative; derived from step)
-            "batch_in_epoch": batch,
-            "dvclive_step": step,  # metrics are logged with the optimizer step as their x
-            "best": best,
-            "rng": rng_state(),
-        })
-
-    window_loss, window_tokens = 0.0, 0
-    bar = tqdm(total=n_steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
-    while step < n_steps:
-        first = step * cfg.accum
-        micro_batches = [train_windows.batch(stream.indices(k), device) for k in range(first, first + cfg.accum)]
-        if step < cfg.curriculum_steps:
-            micro_batches = [cut_windows(batch, cfg.curriculum_length) for batch in micro_batches]
-        if cfg.transpose:
-            micro_batches = [transpose_batch(batch, cfg.transpose, tokens_per_pitch) for batch in micro_batches]
-        lr = lr_at(step + 1, model_cfg.d_model, cfg.warmup, cfg.lr_factor)
-        loss_sum, n_tokens = train_step(model, optimizer, micro_batches, lr, cfg, device)
-        step += 1
-        window_loss, window_tokens = window_loss + loss_sum, window_tokens + n_tokens
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_sum / max(n_tokens, 1):.3f}", lr=f"{lr:.2e}")
-
-        if step % cfg.eval_every == 0 or step == n_steps:
-            val = evaluate(model, val_windows, device, cfg.label_smoothing, max(cfg.batch_size, 64), cfg.eval_windows, cfg.loss)
-            metrics = {"train_loss": window_loss / max(window_tokens, 1), "val_loss": val["loss"], "val_mae": val["mae"], "lr": lr}
-            window_loss, window_tokens = 0.0, 0
-            if val["loss"] < best["val_loss"]:
-                best = {"step": step, "val_loss": val["loss"], "val_mae": val["mae"]}
-                save_checkpoint(checkpoint_dir / BEST, {"fingerprint": run_fingerprint, "model": model.state_dict(), **best})
-            if log_metrics is not None:
-                log_metrics(step, metrics)
-            bar.write(f"step {step}: train loss {metrics['train_loss']:.4f}, val loss {val['loss']:.4f}, val MAE {val['mae']:.2f}")
-        if step % cfg.checkpoint_every == 0 or step == n_steps:
-            save_last()
-    bar.close()
-
-    best_state = load_checkpoint(checkpoint_dir / BEST)
-    if best_state.get("fingerprint") != run_fingerprint:
-        raise CheckpointError(f"{checkpoint_dir / BEST}: belongs to another run")
-    return TrainResult(
-        start_step=start_step,
-        step=step,
-        best_step=int(best["step"]),
-        best_val_loss=float(best["val_loss"]),
-        best_val_mae=float(best["val_mae"]),
-        best_model=best_state["model"],
-    )
+    dist: Distributed | None = None,
+) -> FitResult:
+    """Train from scratch, or continue the run of `run_fingerprint` in `checkpoint_dir`."""
+    dist = dist or distributed_from_env()
+    seed_everything(cfg.seed)  # the initial weights: the same on every process
+    model = build_model(model_cfg)
+    task = VelocityTask(model_cfg, cfg, train_windows, val_windows)
+    return fit(task, model, loop_config(cfg, len(train_windows), dist.world_size, progress), checkpoint_dir, run_fingerprint, log_point, dist)
 
 
-def export_model(path: Path | str, result: TrainResult, model_cfg: ModelConfig, cfg: TrainConfig, **extra: Any) -> None:
+def export_model(path: Path | str, result: FitResult, model_cfg: ModelConfig, cfg: TrainConfig, **extra: Any) -> None:
     """Write the self-contained `velocity.pt`: best weights plus all `velocity predict` needs."""
     from model.decode import FORMAT_VERSION, KIND
 
@@ -495,14 +360,13 @@ def export_model(path: Path | str, result: TrainResult, model_cfg: ModelConfig, 
         "train": asdict(cfg),
         "step": result.best_step,
         "steps_trained": result.step,
-        "best_val_loss": result.best_val_loss,
-        "val_mae": result.best_val_mae,
+        "best_val_loss": result.best["loss"],
+        "val_mae": result.best["mae"],
         **extra,  # vocab, bins, windows, calibration
     })
 
 
 __all__ = [
-    "TrainConfig", "Windows", "WindowsError", "BatchStream", "train", "train_step", "evaluate",
-    "find_resumable", "fingerprint", "export_model", "total_steps", "SEED_PRESET", "dvc_set_args",
-    "cut_windows", "make_optimizer",
+    "TrainConfig", "Windows", "WindowsError", "VelocityTask", "train", "evaluate", "validation_sums",
+    "export_model", "total_steps", "SEED_PRESET", "dvc_set_args", "cut_windows", "make_optimizer",
 ]

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from model.codec import window_starts
 from model.events import WINDOW_PAD, EventCodecError, encode_frame, shift_steps
 from stages.io import atomic_path, write_json
 from stages.params import PARAMS_FILE, read_params, section
@@ -52,16 +53,6 @@ class PerfEventsParams:
             raise ValueError(f"performance_rnn.events.window must be >= 2, got {self.window}")
         if not 1 <= self.step:
             raise ValueError(f"performance_rnn.events.step must be >= 1, got {self.step}")
-
-
-def window_starts(n_events: int, window: int, step: int) -> list[int]:
-    """Starts of the windows over one piece: every `step`, plus one ending at the last event."""
-    if n_events <= window:
-        return [0]
-    starts = list(range(0, n_events - window + 1, step))
-    if starts[-1] + window < n_events:
-        starts.append(n_events - window)
-    return starts
 
 
 def make_windows(events: np.ndarray, offsets: np.ndarray, window: int, step: int) -> np.ndarray:

@@ -4,20 +4,23 @@ Outputs: `{out_dir}/velocity.pt`, self-contained for `velocity predict` (weights
 vocab, bins, window stats, train params, step, best validation loss), and `{out_dir}/checkpoints/`
 (`last.pt` to resume from, `best.pt`), which dvc.yaml marks `persist: true` so an interrupted
 `dvc repro` continues where it stopped. Metrics go to dvclive (`dvclive/train`), one row per evaluation.
+
+`train.nproc_per_node` > 1 makes the stage run itself again under torchrun with that many processes
+(DistributedDataParallel, model/harness.py); started by torchrun already, it trains as one of them.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from stages import params as params_lib
-from stages.live import open_live
+from stages.live import Curves
 
 log = logging.getLogger(__name__)
 
@@ -39,24 +42,10 @@ class ModelParams:
 
 def code_files() -> list[Path]:
     """Sources whose change makes an old checkpoint unusable (other engineers' model/ files excluded)."""
-    import model.loss, model.schedule, model.training, model.transformer
+    import model.harness, model.loss, model.schedule, model.training, model.transformer
 
-    return [Path(m.__file__) for m in (model.transformer, model.loss, model.schedule, model.training)] + [Path(__file__)]
-
-
-def truncate_live_history(live_dir: Path, last_step: int) -> None:
-    """Drop dvclive plot rows logged after `last_step`: after a kill they were logged past the
-    checkpoint we resume from, and the resumed run logs those steps again."""
-    for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
-        with open(tsv, newline="") as f:
-            rows = list(csv.DictReader(f, delimiter="\t"))
-        if not rows or all(int(r["step"]) <= last_step for r in rows):
-            continue
-        fields = list(rows[0])
-        with open(tsv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields, delimiter="\t")
-            writer.writeheader()
-            writer.writerows(r for r in rows if int(r["step"]) <= last_step)
+    modules = (model.transformer, model.loss, model.schedule, model.training, model.harness)
+    return [Path(m.__file__) for m in modules] + [Path(__file__)]
 
 
 def run_training(
@@ -69,11 +58,12 @@ def run_training(
     live_dir: Path | None = LIVE_DIR,
     calibration_notes: Path | None = None,
 ) -> Any:
-    """Train (or resume) and export `out_dir/velocity.pt`; returns the `TrainResult`. With
+    """Train (or resume) and export `out_dir/velocity.pt`; returns the loop's `FitResult`. With
     `calibration_notes` (data/notes/validation.parquet) the `pianist` decoding's stretch is fitted
-    on them and saved in the model file."""
+    on them and saved in the model file. Under torchrun every process trains; rank 0 writes."""
     from model.features import feature_sizes
-    from model.training import Windows, WindowsError, export_model, find_resumable, fingerprint, train
+    from model.harness import distributed_from_env, end_process, fingerprint
+    from model.training import NOT_FINGERPRINTED, Windows, WindowsError, export_model, train
     from model.transformer import ModelConfig
 
     vocab = json.loads(vocab_path.read_text())
@@ -91,32 +81,17 @@ def run_training(
 
     checkpoint_dir = out_dir / "checkpoints"
     data_files = [path for s in ("train", "validation") for k in ("src", "tgt", "features") if (path := windows_dir / f"{s}_{k}.npy").exists()]
-    # checkpoint_every does not change what is learned, so it may differ between a run and its resume.
-    resumable_params = {k: v for k, v in asdict(train_params).items() if k != "checkpoint_every"}
-    run_fingerprint = fingerprint(
-        model_cfg.to_dict(), resumable_params, vocab, bins, files=data_files + code_files()
-    )
-    resume = find_resumable(checkpoint_dir, run_fingerprint)
+    resumable_params = {k: v for k, v in asdict(train_params).items() if k not in NOT_FINGERPRINTED}
+    run_fingerprint = fingerprint(model_cfg.to_dict(), resumable_params, vocab, bins, files=data_files + code_files())
 
-    live = None
-    if live_dir is not None:
-        if resume is not None:
-            truncate_live_history(live_dir, int(resume["dvclive_step"]))
-        live = open_live(live_dir, resume=resume is not None)
-
-    def log_metrics(step: int, metrics: dict[str, float]) -> None:
-        if live is None:
-            return
-        live.step = step
-        for name, value in metrics.items():
-            live.log_metric(name, value)
-        live.make_summary()
-
+    dist = distributed_from_env()
     try:
-        result = train(model_cfg, train_params, train_windows, val_windows, checkpoint_dir, run_fingerprint, resume, log_metrics)
+        with Curves(live_dir if dist.is_main else None) as curves:
+            result = train(model_cfg, train_params, train_windows, val_windows, checkpoint_dir, run_fingerprint, curves, dist=dist)
     finally:
-        if live is not None:
-            live.end()
+        end_process(dist)
+    if not dist.is_main:
+        return result
 
     extra = {"vocab": vocab, "bins": bins, "windows": windows_stats}
     if calibration_notes is not None:
@@ -125,7 +100,7 @@ def run_training(
     export_model(out_path, result, model_cfg, train_params, **extra)
     log.info(
         "wrote %s (best of %d steps at step %d: val loss %.4f, val MAE %.2f); checkpoints in %s",
-        out_path, result.step, result.best_step, result.best_val_loss, result.best_val_mae, checkpoint_dir,
+        out_path, result.step, result.best_step, result.best["loss"], result.best["mae"], checkpoint_dir,
     )
     return result
 
@@ -151,7 +126,7 @@ def calibrate(state: dict, model_cfg: Any, extra: dict, notes_path: Path, min_st
     return asdict(calibration)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("windows_dir", type=Path, help="data/windows")
     parser.add_argument("vocab", type=Path, help="data/vocab.json")
@@ -162,13 +137,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
+    from model.harness import relaunch_if_wanted
     from model.training import TrainConfig
 
     params = params_lib.read_params(args.params)
     model_params = params_lib.section(ModelParams, "model", params)
     train_params = params_lib.section(TrainConfig, "train", params)
+    exit_code = relaunch_if_wanted(train_params.nproc_per_node, "stages.train", sys.argv[1:] if argv is None else argv)
+    if exit_code is not None:  # trained by torchrun's processes
+        return exit_code
     run_training(args.windows_dir, args.vocab, args.bins, args.out_dir, model_params, train_params, calibration_notes=args.calibrate_on)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +23,11 @@ import pandas as pd
 import pretty_midi
 import pytest
 import torch
+import yaml
 
-from conftest import dvc, make_project, one_torch_thread, project_env
+from conftest import ROOT, dvc, make_project, one_torch_thread, project_env
 from model.checkpoint import load_checkpoint, save_checkpoint
+from model.harness import file_digest
 from model.events import VOCAB_SIZE, decode, duration_seconds, velocity_to_bin
 from model.performance_rnn import (
     PerformanceRNNConfig,
@@ -39,7 +41,8 @@ from pipeline.cli import main as velocity_main
 from stages.extract import extract_notes
 from stages.perf_evaluate import PerfEvaluateParams, evaluate_performance_rnn, load_split, untrained_model
 from stages.params import ParamsError
-from stages.perf_events import PerfEventsParams, build_perf_events, encode_split, load_perf_params, window_starts
+from model.codec import window_starts
+from stages.perf_events import PerfEventsParams, build_perf_events, encode_split, load_perf_params
 from stages.perf_train import PerfModelParams, PerfTrainParams, train_performance_rnn
 
 WINDOW = 64
@@ -72,7 +75,7 @@ def trained(tiny_data, tmp_path_factory):
     """A 150-step model on the tiny archive, and its file as `velocity generate` reads it."""
     ckpt_dir = tmp_path_factory.mktemp("perf_ckpt")
     with one_torch_thread():  # a module fixture runs outside the tests' single_threaded
-        model, history, finished = train_performance_rnn(
+        model, result = train_performance_rnn(
             load_windows(tiny_data["events"], "train"),
             load_windows(tiny_data["events"], "validation"),
             TINY_MODEL,
@@ -80,10 +83,10 @@ def trained(tiny_data, tmp_path_factory):
             ckpt_dir,
             data_digest="tiny",
         )
-    assert finished
+    assert result.step == TINY_TRAIN.steps
     model_path = ckpt_dir.parent / "performance_rnn.pt"
     save_checkpoint(model_path, checkpoint_state(model, init_seed=TINY_TRAIN.seed, step=TINY_TRAIN.steps, sustain=False))
-    return model, history, model_path
+    return model, result.history, model_path
 
 
 def test_window_starts_cover_each_piece_to_its_end():
@@ -154,7 +157,7 @@ def test_perf_events_writes_memmappable_sequences_that_decode_to_the_notes(tiny_
 def test_short_training_lowers_test_nll_well_below_the_untrained_model(trained, tiny_data):
     model, history, _ = trained
     assert [p["step"] for p in history] == [50, 100, 150]
-    assert history[-1]["val/loss"] < history[0]["val/loss"]
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
     untrained = untrained_model(model.cfg, TINY_TRAIN.seed)
     metrics = evaluate_performance_rnn(model, untrained, load_split(tiny_data["events"], "test"), PerfEvaluateParams(device="cpu"))
     assert metrics["vocab_size"] == 413
@@ -192,36 +195,52 @@ def weights_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 
 @pytest.mark.slow
-def test_interrupted_training_resumes_to_the_same_model_and_curves(tiny_data, tmp_path, caplog):
-    train_w, val_w = load_windows(tiny_data["events"], "train"), load_windows(tiny_data["events"], "validation")
-    params = replace(TINY_TRAIN, steps=30, eval_every=10, checkpoint_every=5, val_windows=16)
-    straight, straight_history, _ = train_performance_rnn(train_w, val_w, TINY_MODEL, params, tmp_path / "a", data_digest="d")
+def test_killed_training_resumes_to_the_same_model_and_curves(tiny_data, tmp_path, caplog):
+    """SIGKILL the stage after its first checkpoints; the rerun continues from the last one and
+    ends with the weights and curves of an uninterrupted run."""
+    events = tiny_data["events"]
+    train_w, val_w = load_windows(events, "train"), load_windows(events, "validation")
+    params = replace(TINY_TRAIN, steps=300, eval_every=10, checkpoint_every=5, val_windows=16)
+    digest = file_digest(events / "train_windows.npy", events / "validation_windows.npy")
+    straight, straight_result = train_performance_rnn(train_w, val_w, TINY_MODEL, params, tmp_path / "a", data_digest=digest)
 
-    live_dir = tmp_path / "live"
-    _, _, finished = train_performance_rnn(
-        train_w, val_w, TINY_MODEL, params, tmp_path / "b", data_digest="d", live_dir=live_dir, stop_after=15
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "params.yaml").write_text(yaml.safe_dump(
+        {"extract": {"sustain": False}, "performance_rnn": {"model": asdict(TINY_MODEL), "train": asdict(params)}}
+    ))  # fmt: skip
+    last = run_dir / "ckpt" / "last.pt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stages.perf_train", str(events), "model.pt", "ckpt", "live"],
+        cwd=run_dir, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
-    assert not finished
-    with caplog.at_level(logging.INFO, logger="stages.perf_train"):
-        resumed, resumed_history, finished = train_performance_rnn(
-            train_w, val_w, TINY_MODEL, params, tmp_path / "b", data_digest="d", live_dir=live_dir
-        )
-    assert finished and "resuming from" in caplog.text and "at step 15 of 30" in caplog.text
+    deadline = time.monotonic() + 120
+    while (not last.exists() or load_checkpoint(last)["step"] < 15) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    _, stderr = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, f"training ended before it could be killed:\n{stderr.decode()[-2000:]}"
+    killed_at = load_checkpoint(last)["step"]
+    assert 0 < killed_at < params.steps
+
+    live_dir = run_dir / "live"
+    with caplog.at_level(logging.INFO, logger="model.harness"):
+        resumed, resumed_result = train_performance_rnn(train_w, val_w, TINY_MODEL, params, run_dir / "ckpt", data_digest=digest, live_dir=live_dir)
+    assert f"resuming from step {killed_at} of 300" in caplog.text
     assert weights_equal(straight, resumed)
-    assert resumed_history == straight_history
+    assert resumed_result.history == straight_result.history
     # The curves hold each evaluation once, as if never interrupted.
-    loss_tsv = (live_dir / "plots" / "metrics" / "val" / "loss.tsv").read_text().split()
-    assert loss_tsv[0:2] == ["step", "loss"] and loss_tsv[2::2] == ["10", "20", "30"]
+    loss_tsv = (live_dir / "plots" / "metrics" / "val_loss.tsv").read_text().split()
+    assert loss_tsv[0:2] == ["step", "val_loss"] and loss_tsv[2::2] == [str(s) for s in range(10, 301, 10)]
 
     # Changed params (or data) must not resume an old run.
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="stages.perf_train"):
-        train_performance_rnn(
-            train_w, val_w, TINY_MODEL, replace(params, lr=0.001), tmp_path / "b", data_digest="d", stop_after=5
-        )
-        assert "changed since this checkpoint, starting over" in caplog.text
+    with caplog.at_level(logging.INFO, logger="model.harness"):
+        short = replace(params, steps=5, lr=0.001)
+        train_performance_rnn(train_w, val_w, TINY_MODEL, short, run_dir / "ckpt", data_digest=digest)
+        assert "starting over" in caplog.text
         caplog.clear()
-        train_performance_rnn(train_w, val_w, TINY_MODEL, replace(params, lr=0.001), tmp_path / "b", data_digest="other", stop_after=5)
+        train_performance_rnn(train_w, val_w, TINY_MODEL, short, run_dir / "ckpt", data_digest="other")
         assert "starting over" in caplog.text
 
 
@@ -351,12 +370,12 @@ def test_dvc_repro_perf_evaluate_resumes_after_kill_9(tmp_path, monkeypatch):
     assert not (project / "models" / "performance_rnn.pt").exists()
 
     result = dvc(project, "repro", "perf_evaluate")
-    assert f"resuming from models/perf_checkpoints/last.pt at step {killed_at} of 400" in result.stdout + result.stderr
+    assert f"resuming from step {killed_at} of 400" in result.stdout + result.stderr
     metrics = json.loads((project / "metrics" / "performance_rnn.json").read_text())
     assert set(metrics) >= {"nll_per_event", "perplexity", "vocab_size", "untrained_nll_per_event", "untrained_perplexity"}
     assert metrics["vocab_size"] == 413
     assert metrics["nll_per_event"] < metrics["untrained_nll_per_event"] - 0.5
-    curve = (project / "dvclive" / "perf_train" / "plots" / "metrics" / "val" / "loss.tsv").read_text().split()[2::2]
+    curve = (project / "dvclive" / "perf_train" / "plots" / "metrics" / "val_loss.tsv").read_text().split()[2::2]
     assert curve == ["100", "200", "300", "400"]
     state = load_checkpoint(project / "models" / "performance_rnn.pt")
     assert state["kind"] == "performance_rnn" and state["sustain"] is False

@@ -29,9 +29,8 @@ from model.training import (
     cut_windows,
     drop_inputs,
     dvc_set_args,
-    make_optimizer,
+    VelocityTask,
     train,
-    train_step,
 )
 from model.codec import N_SPECIALS, PAD, START
 from model.transformer import ModelConfig, build_model, decoder_input
@@ -101,7 +100,7 @@ def test_training_is_deterministic_on_cpu(tmp_path):
     a, b, c = (load_checkpoint(tmp_path / f"ckpt{i}" / "last.pt")["model"] for i in range(3))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
-    assert results[0].best_val_loss == results[1].best_val_loss
+    assert results[0].best == results[1].best
 
 
 def test_training_learns_and_exports_a_self_contained_model(tmp_path):
@@ -114,7 +113,7 @@ def test_training_learns_and_exports_a_self_contained_model(tmp_path):
     assert ckpt["model_config"] == tiny_config().to_dict()
     assert ckpt["vocab"]["tgt"][N_SPECIALS] == "v0" and ckpt["bins"]["velocity"] == [0, 64, 128]
     assert ckpt["windows"]["length"] == LENGTH and ckpt["train"]["max_steps"] == 80
-    assert ckpt["step"] == result.best_step and ckpt["best_val_loss"] == pytest.approx(result.best_val_loss)
+    assert ckpt["step"] == result.best_step and ckpt["best_val_loss"] == pytest.approx(result.best["loss"])
     # Learned something: the validation error beats always answering the validation set's median.
     val_tgt = np.load(root / "data" / "windows" / "validation_tgt.npy")
     notes = val_tgt[val_tgt > 0].astype(float)
@@ -182,24 +181,28 @@ def test_resumes_after_sigkill_from_the_last_checkpoint(tmp_path):
     a = load_checkpoint(root / "models" / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(reference_root / "models" / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert resumed.best_val_loss == reference.best_val_loss
+    assert resumed.best == reference.best
 
 
 def test_seed_configuration_builds_and_takes_one_step():
     """The seed's 6-layer, 8-head, 512/2048 model with its 795/131 vocabularies, one optimizer
-    step (accumulating over 2 micro-batches) on tiny windows."""
+    step on tiny windows through the training task's loss."""
     torch.manual_seed(0)
     cfg = ModelConfig(src_vocab=795, tgt_vocab=131, max_len=128, **SEED_PRESET["model"])
     model = build_model(cfg)
     assert (len(model.encoder_layers), model.encoder_layers[0].self_attn.heads) == (6, 8)
     assert 40e6 < model.num_params() < 50e6
-    optimizer = make_optimizer(model)
-    g = torch.Generator().manual_seed(0)
-    no_features = torch.zeros(2, 16, 0, dtype=torch.long)
-    batches = [(torch.randint(3, 795, (2, 16), generator=g), torch.randint(3, 131, (2, 16), generator=g), no_features) for _ in range(2)]
+    rng = np.random.default_rng(0)
+    windows = Windows(rng.integers(3, 795, (4, 16)).astype(np.int16), rng.integers(3, 131, (4, 16)).astype(np.int16))
+    task = VelocityTask(cfg, TrainConfig(**SEED_PRESET["train"]), windows, windows)
+    optimizer = task.make_optimizer(model)
     before = model.generator.proj.weight.detach().clone()
-    loss, n_tokens = train_step(model, optimizer, batches, 1e-4, TrainConfig(**SEED_PRESET["train"]), torch.device("cpu"))
-    assert n_tokens == 64 and np.isfinite(loss)
+    loss, n_tokens = task.loss(model, task.train_batch(np.arange(4)), step=0)
+    (loss / n_tokens).backward()
+    for group in optimizer.param_groups:
+        group["lr"] = task.lr(1)
+    optimizer.step()
+    assert n_tokens == 64 and np.isfinite(loss.item())
     assert not torch.equal(before, model.generator.proj.weight)
 
 
