@@ -28,7 +28,8 @@ import symusic
 import torch
 
 from model.pieces import DECODINGS, VelocityModel, load_velocity_model
-from pipeline.predict import DEFAULT_DECODING, predict_file, piece_notes, read_midi
+from pipeline.predict import DEFAULT_DECODING, predict_file
+from stages.extract import read_piece
 from stages.bins import BinsParams, learn_bins
 from stages.params import load
 from stages.train import ModelParams
@@ -59,7 +60,7 @@ def untrained_default_model(piece: Path) -> VelocityModel:
     from model.transformer import ModelConfig, build_model
 
     shape = load(ModelParams, "model", ROOT / "params.yaml")
-    notes = piece_notes(read_midi(piece))
+    notes = read_piece(piece).notes
     bins = learn_bins(notes, BinsParams(dstart=3, duration=3, velocity=3))
     vocab = build_vocab(bins, velocity_hint=False)
     config = ModelConfig(src_vocab=len(vocab.src), tgt_vocab=len(vocab.tgt), max_len=128, **vars(shape))
