@@ -13,7 +13,8 @@ import pytest
 
 from conftest import one_torch_thread
 from pipeline.cli import main as velocity
-from stages.extract import read_notes
+from stages.extract import NOTE_COLUMNS, read_notes
+from stages.midi import read_midi
 
 TEST_PIECE = "maestro-v3.0.0/2008/MIDI-Unprocessed_13_R1_2008_01-04_ORIG_MID--AUDIO_13_R1_2008_wav--1__Prelude_bwv_862.midi"
 
@@ -262,3 +263,116 @@ def test_a_model_file_from_before_features_loads_and_says_what_it_lacks(trained_
     with caplog.at_level(logging.ERROR):
         assert predict(source, "-o", tmp_path / "out3.mid", "--model", tmp_path / "v99.pt") == 1
     assert "format version 99 is newer" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged files: predict keeps, warns about and refuses exactly what extract does
+
+
+def test_damaged_files_give_the_same_notes_in_extract_and_predict(trained_model, tmp_path, caplog):
+    import csv
+
+    from model.pieces import load_velocity_model, predict_notes
+    from stages.extract import extract_notes
+    from test_midi import DAMAGED, write_case
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    with open(raw / "maestro-v3.0.0.csv", "w", newline="") as f:
+        rows = csv.writer(f)
+        rows.writerow(["canonical_composer", "canonical_title", "split", "year", "midi_filename", "audio_filename", "duration"])
+        for name in DAMAGED:
+            write_case(raw, name)
+            rows.writerow(["Anon", name, "test", "2024", f"{name}.mid", "", "1"])
+    report = extract_notes(raw, tmp_path / "notes", sustain=False, workers=1)
+    extracted = pd.read_parquet(tmp_path / "notes/test.parquet")
+    model = load_velocity_model(trained_model)
+
+    for name, (data, expected, _) in DAMAGED.items():
+        source, out = raw / f"{name}.mid", tmp_path / "out" / f"{name}.mid"
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            code = predict(source, "-o", out, "--model", trained_model, "--decoding", "notes-only")
+        if isinstance(expected, str):  # unusable: the same one line in both, nothing written
+            assert code == 1 and not out.exists(), name
+            assert report["skipped"][f"{name}.mid"] == f"{source}: {expected}"
+            assert report["skipped"][f"{name}.mid"] in caplog.text
+            continue
+        assert code == 0, name
+        for warning in report["warnings"].get(f"{name}.mid", []):
+            assert f"{source}: {warning}" in caplog.text  # the same warnings, printed
+        new = out.read_bytes()
+        assert len(new) == len(data)  # the file as it was, damage included: only velocity bytes differ
+        offsets = read_midi(source).notes["offset"].to_numpy()
+        differ = np.flatnonzero(np.frombuffer(new, np.uint8) != np.frombuffer(data, np.uint8))
+        assert set(differ) <= set(offsets)
+        piece = extracted[extracted["piece_id"] == f"{name}.mid"][NOTE_COLUMNS].reset_index(drop=True)
+        after = read_notes(out)
+        pd.testing.assert_frame_equal(after.drop(columns="velocity"), piece.drop(columns="velocity"))
+        expected_velocity = np.clip(predict_notes(model, piece, decoding="notes-only"), 1, 127)
+        np.testing.assert_array_equal(after["velocity"].to_numpy(), expected_velocity)
+
+
+# ---------------------------------------------------------------------------------------------
+# Several files, folders, and a musician's controls
+
+
+def test_folder_with_one_bad_file_among_good_ones(trained_model, tiny_raw, tmp_path, caplog):
+    from test_midi import DAMAGED
+
+    songs = tmp_path / "songs"
+    (songs / "sub").mkdir(parents=True)
+    (songs / "a.mid").write_bytes((tiny_raw.parent / TEST_PIECE).read_bytes())
+    (songs / "sub" / "b.MIDI").write_bytes(DAMAGED["truncated_mid_track"][0])
+    (songs / "sub" / "broken.mid").write_bytes(DAMAGED["text"][0])
+    (songs / "notes.txt").write_text("not a MIDI file, and not named like one: not read")
+    out = tmp_path / "human"
+    with caplog.at_level(logging.INFO):
+        assert predict(songs, "-o", out, "--model", trained_model, "--decoding", "notes-only") == 1
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["a.mid", "sub", "sub/b.MIDI"]
+    assert f"{songs / 'sub' / 'broken.mid'}: not a readable MIDI file (no MThd header)" in caplog.text
+    assert "2 files written, 1 failed" in caplog.text
+    assert assert_only_note_on_velocities_differ(songs / "a.mid", out / "a.mid") > 0
+    assert not list(out.rglob(".*.tmp"))
+
+    # Files named one by one into a folder; a rerun over a folder holding its own output skips it.
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert predict(songs / "a.mid", songs / "sub" / "b.MIDI", "-o", songs / "out", "--model", trained_model, "--decoding", "notes-only") == 0
+        assert "2 files written, 0 failed" in caplog.text
+        caplog.clear()
+        assert predict(songs, "-o", songs / "out", "--model", trained_model, "--decoding", "notes-only") == 1
+    assert "2 files written, 1 failed" in caplog.text  # a.mid, sub/b.MIDI; not out/a.mid or out/b.MIDI
+    assert sorted(p.name for p in (songs / "out").rglob("*.*")) == ["a.mid", "b.MIDI", "b.MIDI"]
+
+
+def test_two_inputs_with_one_name_are_refused_before_any_work(trained_model, tiny_raw, tmp_path, caplog):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    for folder in ("x", "y"):
+        (tmp_path / folder / "same.mid").write_bytes((tiny_raw.parent / TEST_PIECE).read_bytes())
+    assert predict(tmp_path / "x/same.mid", tmp_path / "y/same.mid", "-o", tmp_path / "out", "--model", trained_model) == 2
+    assert "would both be written to" in caplog.text and not (tmp_path / "out").exists()
+
+
+def test_loudness_and_dynamics_shape_the_prediction():
+    from pipeline.predict import Controls, shape_dynamics
+
+    predicted, original = np.array([50.0, 60.0, 70.0]), np.array([64, 64, 64])
+    np.testing.assert_array_equal(shape_dynamics(predicted, original, Controls()), [50, 60, 70])
+    np.testing.assert_array_equal(shape_dynamics(predicted, original, Controls(loudness=90)), [80, 90, 100])
+    np.testing.assert_array_equal(shape_dynamics(predicted, original, Controls(dynamics=2.0)), [40, 60, 80])
+    np.testing.assert_array_equal(shape_dynamics(predicted, original, Controls(loudness=120, dynamics=2.0)), [100, 120, 127])  # clipped
+    np.testing.assert_array_equal(shape_dynamics(predicted, original, Controls(loudness=80, dynamics=0.5, strength=0.5)), [70, 72, 75])  # (75, 80, 85) and 64, halves up
+
+
+def test_loudness_dynamics_and_plot_on_a_real_file(trained_model, tiny_raw, tmp_path):
+    source = tiny_raw.parent / TEST_PIECE
+    flat, plot = tmp_path / "flat.mid", tmp_path / "roll.png"
+    assert predict(source, "-o", flat, "--model", trained_model, "--loudness", "80", "--dynamics", "0", "--plot", plot) == 0
+    assert set(read_notes(flat)["velocity"]) == {80}
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit):
+        predict(source, "-o", flat, "--model", trained_model, "--loudness", "0")
+    with pytest.raises(SystemExit):
+        predict(source, "-o", flat, "--model", trained_model, "--dynamics", "-1")
