@@ -13,7 +13,7 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "predict": ("pipeline.predict", "replace the velocities of a MIDI file with the model's"),
+    "predict": ("pipeline.predict", "replace the velocities of MIDI files (or folders of them) with the model's"),
     "generate": ("pipeline.generate", "sample a performance with the Performance RNN"),
     "run": ("pipeline.flows", "run the DVC pipeline once as a Prefect flow"),
     "serve": ("pipeline.serve", "serve the pipeline flow on a schedule (needs a Prefect server)"),

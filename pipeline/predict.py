@@ -1,13 +1,22 @@
-"""`velocity predict IN.mid -o OUT.mid`: give every piano note of a MIDI file the model's velocity.
+"""`velocity predict IN... -o OUT`: give every piano note of MIDI files the model's velocity.
 
-All notes of all non-drum tracks form one piece, quantized exactly as the training data was (the
-extract stage's note reading and `add_timing`, the bins, note features and vocabulary saved in the
-model file), cut into the model's windows and decoded in batches (`--decoding`, default pianist:
-distributions averaged over windows, then the dynamics stretched as calibrated; model/pieces.py). Only the velocity byte of those notes' note-on messages changes: the output is
-the input's bytes with those bytes replaced, so note timing in ticks, the tempo map, pedals, other
-tracks and controllers, meta and system-exclusive events and the drum channel stay exactly as they
-were. Notes outside the piano's 21..108 keep their velocity. `--strength s` blends: new = round(s *
-predicted + (1 - s) * original), half up, kept in 1..127.
+A file is read by the extract stage's reader and note rules (stages/midi.py, `stages.extract.piece_notes`):
+the same notes as training data, in the same order, the same warnings about damage and the same
+rule for which notes are the piano (GM programs 0-7, off the drum channel, keys 21..108). Those
+notes are quantized as the model file says (bins, note features, vocabulary), cut into the model's
+windows and decoded in batches (`--decoding`, default pianist: distributions averaged over windows,
+then the dynamics stretched as calibrated; model/pieces.py). Only the velocity byte of those notes'
+note-on messages changes: the output is the input's bytes with those bytes replaced, so note timing
+in ticks, the tempo map, pedals, other tracks and programs, controllers, meta and system-exclusive
+events, the drum channel and any damage the file had stay exactly as they were.
+
+The new velocity of each piano note: the model's prediction p, its spread around the piece's own
+predicted mean m scaled by `--dynamics d` and the mean moved to `--loudness L` (m when not given):
+q = L + d * (p - m); then blended with the original o by `--strength s`: round(s * q + (1 - s) * o),
+half up, kept in 1..127.
+
+Several files, or folders (every *.mid / *.midi inside, recursively, the layout mirrored), go to an
+output folder with one model load; a file that fails is reported and the others still processed.
 
 Sustain: note ends are pedal-extended only when the model file records `{"extract": {"sustain":
 true}}` (the training data was extracted that way); a model file without that key means off.
@@ -17,17 +26,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import numpy as np
-    import pandas as pd
-    import symusic
 
     from model.pieces import VelocityModel
+    from stages.extract import PieceNotes
+    from stages.midi import MidiFile, MidiWarning
 
 log = logging.getLogger(__name__)
 
@@ -35,27 +45,47 @@ log = logging.getLogger(__name__)
 # distributions averaged over windows, stretched to a pianist's range (README, Results).
 DEFAULT_DECODING = "pianist"
 DEFAULT_MODEL = Path("models/velocity.pt")
-DRUM_CHANNEL = 9  # channel 10 in 1-based numbering
+MIDI_SUFFIXES = (".mid", ".midi")
+PLOT_NOTES = 2000  # notes drawn by --plot: a piano roll of a whole long piece is unreadable (and slow)
 
 
 class PredictError(Exception):
-    """An input file that cannot be given new velocities; the message names the file."""
+    """Inputs and outputs the command cannot work with (a file's own problems are MidiError)."""
 
 
-def _strength(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"strength must be between 0 and 1, got {text}")
-    return value
+def _number(low: float, high: float | None, name: str):
+    def parse(text: str) -> float:
+        value = float(text)
+        if not (low <= value and (high is None or value <= high)):
+            raise argparse.ArgumentTypeError(f"{name} must be {'between %g and %g' % (low, high) if high is not None else 'at least %g' % low}, got {text}")
+        return value
+
+    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", type=Path, metavar="IN.mid", help="MIDI file to read")
-    parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.mid", help="MIDI file to write")
+    parser.add_argument(
+        "inputs", type=Path, nargs="+", metavar="IN",
+        help="MIDI file(s) or folder(s); a folder means every *.mid and *.midi inside it, recursively",
+    )  # fmt: skip
+    parser.add_argument(
+        "-o", "--output", type=Path, required=True, metavar="OUT",
+        help="for one input file: the MIDI file to write; else a folder (created if needed), each input "
+        "file written under its name and each input folder's files under their path inside it",
+    )  # fmt: skip
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"trained model (default: {DEFAULT_MODEL})")
     parser.add_argument(
-        "--strength", type=_strength, default=1.0, metavar="0..1",
+        "--strength", type=_number(0.0, 1.0, "strength"), default=1.0, metavar="0..1",
         help="1: the model's velocities (default); 0: the original ones; in between: a blend",
+    )  # fmt: skip
+    parser.add_argument(
+        "--loudness", type=_number(1.0, 127.0, "loudness"), default=None, metavar="1..127",
+        help="the mean velocity of each piece's prediction (default: the model's own); applied before --strength",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dynamics", type=_number(0.0, None, "dynamics"), default=1.0, metavar="D",
+        help="scale each predicted velocity's distance from the piece's mean by D: 1 as predicted (default), "
+        "0 flat, 1.5 more contrast; applied before --strength",
     )  # fmt: skip
     parser.add_argument(
         "--decoding", choices=("pianist", "averaged", "notes-only", "median", "greedy"), default=DEFAULT_DECODING,
@@ -65,193 +95,75 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the note; median: medians fed back note by note; greedy: the likeliest velocity fed back (the seed's)",
     )  # fmt: skip
     parser.add_argument("--batch-windows", type=int, default=256, help="windows decoded at once (default: 256)")
+    parser.add_argument(
+        "--plot", type=Path, default=None, metavar="PNG",
+        help=f"also draw the original and predicted piano rolls (the evaluate stage's figure, the first {PLOT_NOTES} "
+        "notes): a PNG file for one input file, else a folder of PNGs laid out like the output",
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading: the notes as the extract stage sees them, each tied to its note-on message
+# Which files go where
 
 
-@dataclass
-class MidiPiece:
-    """A MIDI file's bytes, its symusic parse (the extract stage's reading) and its notes."""
-
-    path: Path
-    data: bytes  # the file as read; the output is these bytes with new velocity bytes
-    score: "symusic.Score"  # tick time
-    notes: "pd.DataFrame"  # one row per non-drum note: pitch, start_tick, end_tick, velocity, offset
+@dataclass(frozen=True)
+class Job:
+    source: Path
+    target: Path
+    plot: Path | None = None
 
 
-def read_midi(path: Path) -> MidiPiece:
-    """Parse `path` and tie every non-drum note to its note-on's velocity byte; raises PredictError."""
-    import symusic
+def plan_jobs(inputs: list[Path], output: Path, plot: Path | None = None) -> list[Job]:
+    """Input and output paths: one file to one file, else everything into the folder `output`.
 
-    try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        raise PredictError(f"{path}: cannot read file ({err.strerror or err})") from None
-    try:
-        score = symusic.Score.from_midi(data, ttype="tick")
-    except Exception as err:  # symusic raises several types for truncated or foreign files
-        raise PredictError(f"{path}: not a readable MIDI file ({err.__class__.__name__}: {err})") from None
-    if score.ticks_per_quarter <= 0:
-        raise PredictError(f"{path}: SMPTE time division is not supported")
-    note_ons = scan_note_ons(data, path)
-    return MidiPiece(Path(path), data, score, _tie_notes(path, score, note_ons))
-
-
-# Data bytes after a channel status byte, by its high nibble (program change, channel pressure: 1).
-_CHANNEL_DATA_BYTES = {0x80: 2, 0x90: 2, 0xA0: 2, 0xB0: 2, 0xC0: 1, 0xD0: 1, 0xE0: 2}
-# System common messages that may (rarely) appear in a file, and their data bytes.
-_SYSTEM_DATA_BYTES = {0xF1: 1, 0xF2: 2, 0xF3: 1, 0xF6: 0, 0xF8: 0, 0xFA: 0, 0xFB: 0, 0xFC: 0, 0xFE: 0}
-
-
-def scan_note_ons(data: bytes, path: Path | str = "<bytes>") -> dict[tuple[int, int, int], list[int]]:
-    """Byte offset of the velocity of every sounding note-on (velocity > 0, not on the drum
-    channel), keyed by (absolute tick, pitch, velocity), in file order within a key.
-
-    Walks the Standard MIDI File's track chunks event by event (delta times, running status, meta
-    and system-exclusive events) without decoding anything else, so rewriting those bytes changes
-    nothing but the velocities. Raises PredictError on a malformed file.
+    Raises PredictError when two inputs would be written to one output path.
     """
-
-    def bad(why: str) -> PredictError:
-        return PredictError(f"{path}: not a readable MIDI file ({why})")
-
-    def read_varlen(pos: int, end: int) -> tuple[int, int]:
-        """A MIDI variable-length number at `pos`: its value and the position after it."""
-        value = 0
-        while True:
-            if pos >= end:
-                raise bad("event cut off at the end of a track")
-            byte = data[pos]
-            pos += 1
-            value = (value << 7) | (byte & 0x7F)
-            if byte < 0x80:
-                return value, pos
-
-    if data[:4] != b"MThd" or len(data) < 14:
-        raise bad("no MThd header")
-    n_tracks = int.from_bytes(data[10:12], "big")
-    pos = 8 + int.from_bytes(data[4:8], "big")
-    found: dict[tuple[int, int, int], list[int]] = {}
-    tracks_seen = 0
-    while tracks_seen < n_tracks and pos + 8 <= len(data):
-        chunk, size = data[pos : pos + 4], int.from_bytes(data[pos + 4 : pos + 8], "big")
-        pos, end = pos + 8, min(pos + 8 + size, len(data))
-        if chunk != b"MTrk":  # an unknown chunk: the standard says skip it
-            pos = end
-            continue
-        tracks_seen += 1
-        tick, running = 0, 0  # running: the last channel status, reused by events that omit theirs
-        while pos < end:
-            delta, pos = read_varlen(pos, end)
-            tick += delta
-            if pos >= end:
-                raise bad("event cut off at the end of a track")
-            if data[pos] & 0x80:
-                status = data[pos]
-                pos += 1
-            elif running:
-                status = running
-            else:
-                raise bad(f"data byte without a status byte at offset {pos}")
-            if status == 0xFF or status in (0xF0, 0xF7):  # meta or system exclusive: skip its bytes
-                if status == 0xFF:
-                    pos += 1  # meta type
-                else:
-                    running = 0  # system exclusive cancels running status (meta events, as read by symusic and mido, do not)
-                length, pos = read_varlen(pos, end)
-                pos += length
-                if pos > end:
-                    raise bad("event cut off at the end of a track")
-                continue
-            if status >= 0xF0:
-                if status not in _SYSTEM_DATA_BYTES:
-                    raise bad(f"undefined status byte 0x{status:02X} at offset {pos - 1}")
-                pos += _SYSTEM_DATA_BYTES[status]
-                running = 0
-                continue
-            running = status
-            n_data = _CHANNEL_DATA_BYTES[status & 0xF0]
-            if pos + n_data > end:
-                raise bad("event cut off at the end of a track")
-            if status & 0xF0 == 0x90 and data[pos + 1] > 0 and status & 0x0F != DRUM_CHANNEL:
-                found.setdefault((tick, data[pos], data[pos + 1]), []).append(pos + 1)
-            pos += n_data
-        pos = end
-    if tracks_seen < n_tracks:
-        raise bad(f"the header announces {n_tracks} tracks, the file holds {tracks_seen}")
-    return found
-
-
-def _tie_notes(path: Path, score: "symusic.Score", note_ons: dict[tuple[int, int, int], list[int]]) -> "pd.DataFrame":
-    """symusic's non-drum notes, each with the byte offset of its note-on's velocity.
-
-    A note and its note-on share start tick, pitch and velocity; identical triples (a note doubled
-    on another channel or track) are tied in file order: they are the same input to the model.
-    """
-    import numpy as np
-    import pandas as pd
-
-    columns = ("pitch", "start_tick", "end_tick", "velocity", "offset")
-    parts = [track.notes.numpy() for track in score.tracks if not track.is_drum]
-    if sum(len(p["time"]) for p in parts) == 0:
-        return pd.DataFrame({c: np.zeros(0, dtype=np.int64) for c in columns})
-    start = np.concatenate([p["time"] for p in parts]).astype(np.int64)
-    end = start + np.concatenate([p["duration"] for p in parts]).astype(np.int64)
-    pitch = np.concatenate([p["pitch"] for p in parts]).astype(np.int64)  # symusic gives int8
-    velocity = np.concatenate([p["velocity"] for p in parts]).astype(np.int64)
-    offset = np.empty(len(start), dtype=np.int64)
-    taken: dict[tuple[int, int, int], int] = {}
-    for i, key in enumerate(zip(start.tolist(), pitch.tolist(), velocity.tolist())):
-        candidates = note_ons.get(key, [])
-        k = taken.get(key, 0)
-        if k >= len(candidates):
-            raise PredictError(f"{path}: note {key[1]} at tick {key[0]} has no note-on of velocity {key[2]} in the file's bytes")
-        offset[i] = candidates[k]
-        taken[key] = k + 1
-    return pd.DataFrame(dict(zip(columns, (pitch, start, end, velocity, offset))))
-
-
-def piece_notes(piece: MidiPiece, sustain: bool = False) -> "pd.DataFrame":
-    """The piano-range notes as the extract stage writes them (pitch, start, end, duration, dstart,
-    velocity, in its order), plus `note`: the row of each in `piece.notes`."""
-    import numpy as np
-    import pandas as pd
-
-    from stages.extract import add_timing, apply_sustain, pedal_down_at, sustain_pedal, ticks_to_seconds
-    from model.codec import PIANO_PITCHES
-
-    notes = piece.notes
-    start, end = notes["start_tick"].to_numpy(), notes["end_tick"].to_numpy()
-    pitch, velocity = notes["pitch"].to_numpy(), notes["velocity"].to_numpy()
-    keep = np.ones(len(notes), dtype=bool)
-    pedal_ticks, pedal_values = sustain_pedal([t for t in piece.score.tracks if not t.is_drum])
-    pedal = pedal_down_at(start, pedal_ticks, pedal_values)
-    if sustain:  # pedal-extended note ends, as `extract.sustain: true` made them for training
-        end, keep = apply_sustain(start, end, pitch, pedal_ticks, pedal_values)
-    keep &= (pitch >= PIANO_PITCHES.start) & (pitch < PIANO_PITCHES.stop)
-    rows = np.flatnonzero(keep)
-    # The extract stage's order: by ticks with every column as a key, then add_timing's stable sort.
-    rows = rows[np.lexsort((velocity[rows], end[rows], pitch[rows], start[rows]))]
-    seconds = ticks_to_seconds(piece.score, np.concatenate([start[rows], end[rows]]))
-    return add_timing(pd.DataFrame({
-        "pitch": pitch[rows], "start": seconds[: len(rows)], "end": seconds[len(rows):],
-        "velocity": velocity[rows], "pedal": pedal[rows], "note": rows,
-    }))  # fmt: skip
+    one_file = len(inputs) == 1 and not inputs[0].is_dir() and not output.is_dir() and not str(output).endswith(os.sep)
+    if one_file:
+        return [Job(inputs[0], output, plot)]
+    jobs = []
+    for item in inputs:
+        if item.is_dir():
+            inside = output.resolve()
+            files = sorted(
+                path for path in item.rglob("*")
+                if path.suffix.lower() in MIDI_SUFFIXES and path.is_file() and inside not in path.resolve().parents
+            )  # fmt: skip  (files already written into an output folder inside the input are not inputs)
+            relative = [path.relative_to(item) for path in files]
+        else:
+            files, relative = [item], [Path(item.name)]
+        jobs += [Job(path, output / rel, plot / rel.with_suffix(".png") if plot else None) for path, rel in zip(files, relative)]
+    seen: dict[Path, Path] = {}
+    for job in jobs:
+        if job.target in seen:
+            raise PredictError(f"{seen[job.target]} and {job.source} would both be written to {job.target}")
+        seen[job.target] = job.source
+    return jobs
 
 
 # ---------------------------------------------------------------------------------------------
 # Predicting and writing
 
 
+@dataclass(frozen=True)
+class Controls:
+    """What a musician asks of the new velocities (see the module doc)."""
+
+    strength: float = 1.0
+    loudness: float | None = None
+    dynamics: float = 1.0
+    decoding: str = DEFAULT_DECODING
+    batch_windows: int = 256
+
+
 @dataclass
 class PredictReport:
-    notes: int  # non-drum notes in the file
+    notes: int  # notes in the file, every channel and program
     predicted: int  # notes that got the model's velocity
-    kept: int  # notes that kept theirs (outside 21..108, or dropped by the sustain rule)
+    kept: int  # notes that kept theirs (drums, other programs, outside 21..108, sustain duplicates)
     mean_abs_change: float  # mean |new - original| over the predicted notes
     seconds: float  # reading, predicting and writing
+    warnings: list["MidiWarning"] = field(default_factory=list)
 
 
 def blend(predicted: "np.ndarray", original: "np.ndarray", strength: float) -> "np.ndarray":
@@ -262,82 +174,134 @@ def blend(predicted: "np.ndarray", original: "np.ndarray", strength: float) -> "
     return np.clip(np.floor(mixed + 0.5), 1, 127).astype(np.int64)  # round half up
 
 
-def new_velocities(
-    piece: MidiPiece, model: "VelocityModel", strength: float, batch_windows: int = 256, decoding: str = DEFAULT_DECODING
-) -> tuple["np.ndarray", int]:
-    """The new velocity of every row of `piece.notes`, and how many got a prediction."""
+def shape_dynamics(predicted: "np.ndarray", original: "np.ndarray", controls: Controls) -> "np.ndarray":
+    """A piece's new velocities: the prediction's spread around its mean scaled by `dynamics`, the
+    mean moved to `loudness`, then blended with the original by `strength`, in 1..127."""
+    import numpy as np
+
+    predicted = np.asarray(predicted, dtype=np.float64)
+    mean = float(predicted.mean()) if len(predicted) else 0.0
+    target = mean if controls.loudness is None else controls.loudness
+    return blend(target + controls.dynamics * (predicted - mean), original, controls.strength)
+
+
+def model_sustain(model: "VelocityModel") -> bool:
+    """Whether the model's training data had pedal-extended note ends (extract.sustain)."""
+    return bool(model.checkpoint.get("extract", {}).get("sustain", False))
+
+
+def new_velocities(piece: "PieceNotes", model: "VelocityModel", controls: Controls) -> "np.ndarray":
+    """The new velocity of every note of `piece.midi` (the piece's notes predicted, the rest kept)."""
     from model.pieces import predict_notes
 
-    sustain = bool(model.checkpoint.get("extract", {}).get("sustain", False))
-    notes = piece_notes(piece, sustain=sustain)
-    velocity = piece.notes["velocity"].to_numpy().copy()
-    if len(notes) == 0:
-        return velocity, 0
-    predicted = predict_notes(model, notes, batch_windows=batch_windows, decoding=decoding)
-    rows = notes["note"].to_numpy()
-    velocity[rows] = blend(predicted, velocity[rows], strength)
-    return velocity, len(rows)
+    velocity = piece.midi.notes["velocity"].to_numpy().copy()
+    rows = piece.notes["note"].to_numpy()
+    predicted = predict_notes(model, piece.notes, batch_windows=controls.batch_windows, decoding=controls.decoding)
+    velocity[rows] = shape_dynamics(predicted, velocity[rows], controls)
+    return velocity
 
 
-def write_midi(piece: MidiPiece, velocity: "np.ndarray", out_path: Path) -> None:
-    """`piece`'s bytes with the notes' velocity bytes replaced, written atomically."""
+def write_midi(midi: "MidiFile", velocity: "np.ndarray", out_path: Path) -> None:
+    """`midi`'s bytes with every note-on's velocity byte set to `velocity`, written atomically."""
+    import numpy as np
+
     from stages.io import atomic_path
 
-    data = bytearray(piece.data)
-    for offset, v in zip(piece.notes["offset"].tolist(), velocity.tolist()):
-        data[offset] = v
+    data = np.frombuffer(midi.data, dtype=np.uint8).copy()
+    data[midi.notes["offset"].to_numpy()] = velocity
     with atomic_path(out_path) as tmp:
-        tmp.write_bytes(bytes(data))
+        tmp.write_bytes(data.tobytes())
+
+
+def plot_file(piece: "PieceNotes", velocity: "np.ndarray", path: Path) -> None:
+    """The evaluate stage's piano-roll figure of the piece's first PLOT_NOTES notes."""
+    from stages.evaluate import plot_piano_rolls
+
+    shown = piece.notes.iloc[:PLOT_NOTES]
+    title = f"{piece.midi.path.name}: original vs predicted velocities"
+    if len(piece.notes) > PLOT_NOTES:
+        title += f" (first {PLOT_NOTES:,} of {len(piece.notes):,} notes)"
+    plot_piano_rolls(shown, velocity[shown["note"].to_numpy()], title, path)
 
 
 def predict_file(
-    in_path: Path, out_path: Path, model: "VelocityModel", strength: float = 1.0, batch_windows: int = 256, decoding: str = DEFAULT_DECODING
+    in_path: Path, out_path: Path, model: "VelocityModel", controls: Controls = Controls(), plot_path: Path | None = None
 ) -> PredictReport:
-    """Read `in_path`, predict, write `out_path`; raises PredictError (nothing written) on bad input."""
+    """Read `in_path`, predict, write `out_path` (and the `plot_path` figure); raises MidiError
+    naming the file (nothing written) when it holds no usable piano note, PredictError when
+    `out_path` is `in_path`."""
     import numpy as np
 
+    from stages.extract import piece_notes
+    from stages.midi import read_midi
+
     began = time.perf_counter()
-    piece = read_midi(in_path)
-    if len(piece.notes) == 0:
-        raise PredictError(f"{in_path}: no notes to give velocities to (only drums, or none at all)")
-    velocity, n_predicted = new_velocities(piece, model, strength, batch_windows, decoding)
-    n_kept = len(piece.notes) - n_predicted
-    if n_predicted == 0:
-        raise PredictError(f"{in_path}: none of its {len(piece.notes)} notes lies in the piano range 21..108")
-    if n_kept:
-        log.info("%s: %d of %d notes lie outside the piano range 21..108 (or were merged by the sustain rule) and keep their velocity",
-                 in_path, n_kept, len(piece.notes))
-    original = piece.notes["velocity"].to_numpy()
-    write_midi(piece, velocity, out_path)
-    changed = np.abs(velocity - original)
+    if Path(in_path).resolve() == Path(out_path).resolve():
+        raise PredictError(f"{in_path}: the output would overwrite the input")
+    piece = piece_notes(read_midi(in_path), sustain=model_sustain(model))
+    velocity = new_velocities(piece, model, controls)
+    write_midi(piece.midi, velocity, out_path)
+    if plot_path is not None:
+        plot_file(piece, velocity, plot_path)
+    rows = piece.notes["note"].to_numpy()
+    original = piece.midi.notes["velocity"].to_numpy()
     return PredictReport(
-        notes=len(piece.notes), predicted=n_predicted, kept=n_kept,
-        mean_abs_change=float(changed.sum() / n_predicted), seconds=time.perf_counter() - began,
+        notes=len(piece.midi.notes), predicted=len(rows), kept=len(piece.midi.notes) - len(rows),
+        mean_abs_change=float(np.abs(velocity[rows] - original[rows]).mean()), seconds=time.perf_counter() - began,
+        warnings=piece.warnings,
+    )  # fmt: skip
+
+
+def _log_report(job: Job, report: PredictReport, controls: Controls) -> None:
+    for warning in report.warnings:
+        # Damage is written back as it was: say so rather than repair the user's file silently.
+        kept = "; the output keeps this damage, only velocities are rewritten" if warning.kind.startswith("files_") else ""
+        log.warning("%s: %s%s", job.source, warning.text, kept)
+    log.info(
+        "wrote %s: %d notes given the model's velocities at strength %g (mean change %.1f), %d kept theirs, in %.2f s",
+        job.target, report.predicted, controls.strength, report.mean_abs_change, report.kept, report.seconds,
     )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from model.checkpoint import CheckpointError
     from model.pieces import load_velocity_model
+    from stages.midi import MidiError
 
     if args.batch_windows < 1:
         log.error("--batch-windows must be positive, got %d", args.batch_windows)
         return 2
     try:
-        model = load_velocity_model(args.model)
+        jobs = plan_jobs(args.inputs, args.output, args.plot)
+    except PredictError as err:
+        log.error("%s", err)
+        return 2
+    if not jobs:
+        log.error("no *.mid or *.midi files in %s", ", ".join(map(str, args.inputs)))
+        return 1
+    try:
+        model = load_velocity_model(args.model)  # once, for every file
     except CheckpointError as err:
         log.error("%s", err)
         return 1
-    try:
-        report = predict_file(args.input, args.output, model, args.strength, args.batch_windows, args.decoding)
-    except (PredictError, CheckpointError) as err:
-        log.error("%s", err)
-        return 1
-    except OSError as err:  # the output cannot be written (no such folder, read-only, ...)
-        log.error("%s: cannot write output (%s)", args.output, err.strerror or err)
-        return 1
-    log.info(
-        "wrote %s: %d notes given the model's velocities at strength %g (mean change %.1f), %d kept theirs, in %.2f s",
-        args.output, report.predicted, args.strength, report.mean_abs_change, report.kept, report.seconds,
-    )
-    return 0
+    controls = Controls(args.strength, args.loudness, args.dynamics, args.decoding, args.batch_windows)
+    failed = 0
+    with logging_redirect_tqdm():
+        for job in tqdm(jobs, desc="predict", unit="file", disable=len(jobs) == 1):
+            try:
+                report = predict_file(job.source, job.target, model, controls, job.plot)
+            except (MidiError, PredictError, CheckpointError) as err:
+                log.error("%s", err)
+                failed += 1
+                continue
+            except OSError as err:  # an output cannot be written (read-only folder, disk full, ...)
+                log.error("%s: cannot write output (%s)", err.filename or job.target, err.strerror or err)
+                failed += 1
+                continue
+            _log_report(job, report, controls)
+    log.info("%d file%s written, %d failed%s", len(jobs) - failed, "" if len(jobs) - failed == 1 else "s", failed,
+             f" (output: {args.output})" if len(jobs) > 1 else "")  # fmt: skip
+    return 1 if failed else 0

@@ -3,22 +3,28 @@
     python -m stages.extract data/raw/maestro-v3.0.0 data/notes
 
 Writes `data/notes/{train,validation,test}.parquet` (columns and order in `NOTE_SCHEMA`, see the
-contract in CONTRIBUTING.md) and `data/notes/report.json` (files read and skipped with reasons,
-notes dropped). MIDI is parsed with symusic in tick time; ticks become float64 seconds here, from
-the file's own tempo map and resolution, because symusic's own seconds are float32 (whose steps
+contract in CONTRIBUTING.md) and `data/notes/report.json` (files read and skipped with reasons, each
+kind of damage worked around and notes left out, counted, and each file's warnings). Files are read
+by `stages/midi.py`, the reader `velocity predict` uses too, in tick time; ticks become float64
+seconds from the file's own tempo map and resolution (symusic's own seconds are float32, whose steps
 are already 6e-5 s at ten minutes).
 
-Note semantics, matching pretty_midi on real files except where said:
+Note semantics, the same for `velocity predict` (`piece_notes`), matching pretty_midi on intact
+real files except where said:
 - A note lasts from key press to key release; a velocity-0 note-on ends a note like a note-off.
 - A zero-length note (press and release on one tick) is kept with duration 0; pretty_midi drops it.
+- A note never released ends at its track's last event, with a warning; a file cut off mid-track
+  keeps the notes before the cut, with a warning (the reader's policy, stages/midi.py).
 - With `sustain=True` note ends follow the sustain pedal the way magenta note-seq's
   `apply_sustain_control_changes` does (see `apply_sustain`).
-- All piano tracks (GM programs 0-7) are merged into one instrument; drum-channel notes are ignored.
+- The piano is every note on GM programs 0-7 off the drum channel, all tracks and channels merged
+  into one instrument. Drum-channel notes and notes of other programs are ignored, counted, with a
+  warning; a file without a piano note is skipped with a reason saying what it holds.
 - Notes outside the 88 keys 21..108 are dropped and counted.
 - `dstart` is the next note's start minus this note's start; the last note of a piece, which has no
   next note, gets its own duration instead (so no piece ends in a made-up gap).
-- `pedal` is 1 when the sustain pedal (CC64 >= 64, any piano track) is down at the note's onset
-  tick (a pedal event on the onset tick counts), else 0; read whether or not `sustain` is on.
+- `pedal` is 1 when the sustain pedal (CC64 >= 64, any channel but the drums') is down at the note's
+  onset tick (a pedal event on the onset tick counts), else 0; read whether or not `sustain` is on.
 """
 
 from __future__ import annotations
@@ -38,10 +44,24 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import symusic
 from tqdm import tqdm
 
 from stages.io import atomic_path, write_json
+from stages.midi import (
+    DRUM_CHANNEL,
+    FILES_BAD_CHUNK_LENGTH,
+    FILES_BAD_EVENT,
+    FILES_MISSING_TRACKS,
+    FILES_TRUNCATED,
+    FILES_TYPE_2,
+    NOTES_CLOSED_AT_TRACK_END,
+    MidiError,
+    MidiFile,
+    MidiWarning,
+    read_midi,
+    ticks_to_seconds,
+    warning_counts,
+)
 from stages.params import load
 from model.codec import PIANO_PITCHES
 
@@ -51,9 +71,12 @@ CSV_NAME = "maestro-v3.0.0.csv"
 CSV_COLUMNS = ["canonical_composer", "canonical_title", "split", "midi_filename"]
 SPLITS = ("train", "validation", "test")
 PIANO_PROGRAMS = range(0, 8)  # General MIDI pianos, 0-based: acoustic grand .. clavinet
-SUSTAIN_CONTROL = 64
+PIANO_RULE = f"{PIANO_PROGRAMS.start}-{PIANO_PROGRAMS.stop - 1}"
 SUSTAIN_DOWN_FROM = 64  # MAESTRO's pedal values are continuous; >= 64 reads as down (note-seq's rule)
-DEFAULT_MICROSECONDS_PER_QUARTER = 500_000  # 120 bpm, the MIDI default before any tempo event
+NOTES_IGNORED_NON_PIANO_PROGRAM = "notes_ignored_non_piano_program"
+# The report's counters of damage worked around and notes left out by the program rule.
+WARNING_KINDS = (FILES_TRUNCATED, FILES_BAD_CHUNK_LENGTH, FILES_BAD_EVENT, FILES_MISSING_TRACKS, FILES_TYPE_2,
+                 NOTES_CLOSED_AT_TRACK_END, NOTES_IGNORED_NON_PIANO_PROGRAM)  # fmt: skip
 
 NOTE_COLUMNS = ["pitch", "start", "end", "duration", "dstart", "velocity", "pedal"]
 NOTE_SCHEMA = pa.schema(
@@ -74,10 +97,6 @@ NOTE_SCHEMA = pa.schema(
 ROW_GROUP_NOTES = 500_000  # notes buffered per split before a Parquet row group is written
 
 
-class MidiError(Exception):
-    """A MIDI file that cannot be used: unreadable, empty, drum-only, not a piano, ..."""
-
-
 class CsvError(ValueError):
     """The MAESTRO csv is missing, lacks a column, or names an unknown split or a file twice."""
 
@@ -92,42 +111,8 @@ class ExtractParams:
 # One file
 
 
-def ticks_to_seconds(score: symusic.Score, ticks: np.ndarray) -> np.ndarray:
-    """Seconds (float64) of each tick time, exact to `score`'s tempo map and ticks per quarter.
-
-    `score` must be in tick time. Before the first tempo event the MIDI default of 120 bpm holds;
-    of several tempo events on one tick the last one wins.
-    """
-    ticks_per_quarter = int(score.ticks_per_quarter)
-    if ticks_per_quarter <= 0:
-        raise ValueError(f"ticks per quarter must be positive, got {ticks_per_quarter}")
-    tempos = score.tempos.numpy()
-    tempo_ticks = tempos["time"].astype(np.int64)
-    mspq = tempos["mspq"].astype(np.float64)
-    order = np.argsort(tempo_ticks, kind="stable")
-    tempo_ticks, mspq = tempo_ticks[order], mspq[order]
-    if len(tempo_ticks) == 0 or tempo_ticks[0] > 0:
-        tempo_ticks = np.concatenate([[0], tempo_ticks])
-        mspq = np.concatenate([[DEFAULT_MICROSECONDS_PER_QUARTER], mspq])
-    seconds_per_tick = mspq / (1e6 * ticks_per_quarter)
-    # Seconds at each tempo event: the sum of the whole segments before it.
-    segment_start = np.concatenate([[0.0], np.cumsum(np.diff(tempo_ticks) * seconds_per_tick[:-1])])
-    ticks = np.asarray(ticks, dtype=np.int64)
-    segment = np.searchsorted(tempo_ticks, ticks, side="right") - 1
-    return segment_start[segment] + (ticks - tempo_ticks[segment]) * seconds_per_tick[segment]
-
-
 # Event kinds in the order note-seq processes them when they fall on the same time.
 _PEDAL_DOWN, _PEDAL_UP, _NOTE_ON, _NOTE_OFF = 0, 1, 2, 3
-
-
-def sustain_pedal(tracks: list[symusic.core.TrackTick]) -> tuple[np.ndarray, np.ndarray]:
-    """The sustain pedal's (ticks, values) over `tracks`, merged into one timeline in tick order."""
-    controls = [track.controls.numpy() for track in tracks]
-    ticks = np.concatenate([c["time"][c["number"] == SUSTAIN_CONTROL] for c in controls] or [np.zeros(0)]).astype(np.int64)
-    values = np.concatenate([c["value"][c["number"] == SUSTAIN_CONTROL] for c in controls] or [np.zeros(0)]).astype(np.int16)
-    order = np.argsort(ticks, kind="stable")
-    return ticks[order], values[order]
 
 
 def pedal_down_at(ticks: np.ndarray, pedal_ticks: np.ndarray, pedal_values: np.ndarray) -> np.ndarray:
@@ -206,12 +191,16 @@ def apply_sustain(
 
 @dataclass
 class PieceNotes:
-    """One file's notes (columns NOTE_COLUMNS) and what was left out of them."""
+    """One file's piece: its notes and what was left out of them."""
 
+    # NOTE_COLUMNS, then `note`: each note's row in `midi.notes` (predict writes its velocity there).
     notes: pd.DataFrame
+    midi: MidiFile
     dropped_out_of_range: int = 0
     dropped_sustain_duplicates: int = 0
     drum_notes_ignored: int = 0
+    non_piano_notes_ignored: int = 0
+    warnings: list[MidiWarning] = field(default_factory=list)  # the reader's, then the note rules'
 
 
 def _timing(pitch: np.ndarray, start: np.ndarray, end: np.ndarray) -> dict[str, np.ndarray]:
@@ -247,87 +236,80 @@ def add_timing(notes: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
-def _load_score(path: Path) -> symusic.Score:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise MidiError(f"{path}: no such file") from None
-    except OSError as err:
-        raise MidiError(f"{path}: cannot read file ({err.strerror or err})") from None
-    try:
-        score = symusic.Score.from_midi(data, ttype="tick")
-    except (RuntimeError, ValueError) as err:  # symusic's parse errors: truncated, not MIDI, ...
-        raise MidiError(f"{path}: not a readable MIDI file ({err})") from None
-    if score.ticks_per_quarter <= 0:
-        raise MidiError(f"{path}: SMPTE time division is not supported (ticks per quarter {score.ticks_per_quarter})")
-    if np.any(score.tempos.numpy()["mspq"] <= 0):
-        raise MidiError(f"{path}: tempo event with zero microseconds per quarter note")
-    return score
+def _unusable(midi: MidiFile, problem: str) -> MidiError:
+    """One line naming the file, the problem and any damage the reader met (it may be the cause)."""
+    damage = "; ".join(w.text for w in midi.warnings if w.kind.startswith("files_"))
+    return MidiError(f"{midi.path}: {problem}" + (f" ({damage})" if damage else ""))
 
 
-def read_piece(path: Path, sustain: bool = False) -> PieceNotes:
-    """Notes of one MIDI file with the counts of what was dropped; raises MidiError naming the file."""
-    path = Path(path)
-    score = _load_score(path)
-    note_parts, piano_tracks = [], []
-    drum_notes = 0
-    for track in score.tracks:
-        if track.is_drum:  # channel 10: percussion, not piano keys
-            drum_notes += len(track.notes)
-            continue
-        if len(track.notes) and track.program not in PIANO_PROGRAMS:
-            raise MidiError(
-                f"{path}: track '{track.name}' holds {len(track.notes)} notes of GM program {track.program}, "
-                f"not a piano (programs {PIANO_PROGRAMS.start}-{PIANO_PROGRAMS.stop - 1})"
-            )
-        note_parts.append(track.notes.numpy())
-        piano_tracks.append(track)
-    n_notes = sum(len(part["time"]) for part in note_parts)
-    if n_notes == 0:
-        if drum_notes:
-            raise MidiError(f"{path}: only drum-channel notes ({drum_notes}), no piano notes")
-        raise MidiError(f"{path}: no notes")
+def piece_notes(midi: MidiFile, sustain: bool = False) -> PieceNotes:
+    """The piece in `midi`: its notes by the rules of the module doc, with the counts and warnings of
+    what was left out. Raises MidiError naming the file when no note is usable."""
+    notes = midi.notes
+    warnings = list(midi.warnings)
+    drum = notes["channel"].to_numpy() == DRUM_CHANNEL
+    program = notes["program"].to_numpy()
+    foreign = ~drum & ~np.isin(program, PIANO_PROGRAMS)
+    n_drum, n_foreign = int(drum.sum()), int(foreign.sum())
+    if n_drum:
+        warnings.append(MidiWarning("drum_notes_ignored", n_drum, f"{n_drum} drum-channel note(s) ignored"))
+    programs = ", ".join(f"{count} of program {p}" for p, count in zip(*np.unique(program[foreign], return_counts=True)))
+    if n_foreign:
+        warnings.append(MidiWarning(
+            NOTES_IGNORED_NON_PIANO_PROGRAM, n_foreign,
+            f"{n_foreign} note(s) of GM programs other than the pianos ({PIANO_RULE}) ignored: {programs}",
+        ))  # fmt: skip
+    rows = np.flatnonzero(~drum & ~foreign)
+    if len(rows) == 0:
+        if not len(notes):
+            raise _unusable(midi, "no notes")
+        held = [f"{n_drum} on the drum channel"] * bool(n_drum) + [f"{n_foreign} of non-piano programs ({programs})"] * bool(n_foreign)
+        raise _unusable(midi, f"no piano notes (GM programs {PIANO_RULE}, off the drum channel), only {' and '.join(held)}")
 
-    start = np.concatenate([p["time"] for p in note_parts]).astype(np.int64)
-    end = start + np.concatenate([p["duration"] for p in note_parts]).astype(np.int64)
-    # symusic gives int8 pitch and velocity: widen before any arithmetic or comparison.
-    pitch = np.concatenate([p["pitch"] for p in note_parts]).astype(np.int16)
-    velocity = np.concatenate([p["velocity"] for p in note_parts]).astype(np.int16)
-    pedal_ticks, pedal_values = sustain_pedal(piano_tracks)  # merged piano tracks: one pedal timeline
-    pedal = pedal_down_at(start, pedal_ticks, pedal_values)
+    start = notes["start_tick"].to_numpy()[rows]
+    end = notes["end_tick"].to_numpy()[rows]
+    pitch = notes["pitch"].to_numpy()[rows].astype(np.int16)
+    velocity = notes["velocity"].to_numpy()[rows].astype(np.int16)
+    pedal = pedal_down_at(start, midi.pedal_ticks, midi.pedal_values)
 
     dropped_duplicates = 0
     if sustain:
-        end, keep = apply_sustain(start, end, pitch, pedal_ticks, pedal_values)
+        end, keep = apply_sustain(start, end, pitch, midi.pedal_ticks, midi.pedal_values)
         dropped_duplicates = int((~keep).sum())
-        start, end, pitch, velocity, pedal = start[keep], end[keep], pitch[keep], velocity[keep], pedal[keep]
+        start, end, pitch, velocity, pedal, rows = start[keep], end[keep], pitch[keep], velocity[keep], pedal[keep], rows[keep]
 
     in_range = (pitch >= PIANO_PITCHES.start) & (pitch < PIANO_PITCHES.stop)
     dropped_out_of_range = int((~in_range).sum())
     if not in_range.any():
-        raise MidiError(
-            f"{path}: no notes in the piano range {PIANO_PITCHES.start}..{PIANO_PITCHES.stop - 1} "
-            f"({dropped_out_of_range} outside it)"
-        )
-    start, end, pitch, velocity, pedal = start[in_range], end[in_range], pitch[in_range], velocity[in_range], pedal[in_range]
+        raise _unusable(midi, f"no notes in the piano range {PIANO_PITCHES.start}..{PIANO_PITCHES.stop - 1} ({dropped_out_of_range} outside it)")
+    if dropped_out_of_range:
+        warnings.append(MidiWarning("notes_dropped_out_of_range", dropped_out_of_range,
+                                    f"{dropped_out_of_range} note(s) outside the piano's {PIANO_PITCHES.start}..{PIANO_PITCHES.stop - 1} left out"))  # fmt: skip
+    start, end, pitch, velocity, pedal, rows = start[in_range], end[in_range], pitch[in_range], velocity[in_range], pedal[in_range], rows[in_range]
 
     # Sort in ticks (exact) with every column as a key, so the order never depends on track order.
     # Tick order is second order: ticks_to_seconds is increasing. Then what add_timing would add.
     order = np.lexsort((velocity, end, pitch, start))
-    seconds = ticks_to_seconds(score, np.concatenate([start[order], end[order]]))
+    seconds = ticks_to_seconds(midi.tempo_map, np.concatenate([start[order], end[order]]))
     n_kept = len(order)
     columns = _timing(pitch[order], seconds[:n_kept], seconds[n_kept:])
     columns["velocity"] = velocity[order]
     columns["pedal"] = pedal[order]
-    return PieceNotes(pd.DataFrame(columns), dropped_out_of_range, dropped_duplicates, drum_notes)
+    columns["note"] = rows[order]
+    return PieceNotes(pd.DataFrame(columns), midi, dropped_out_of_range, dropped_duplicates, n_drum, n_foreign, warnings)
+
+
+def read_piece(path: Path, sustain: bool = False) -> PieceNotes:
+    """The piece in one MIDI file (see `piece_notes`); raises MidiError naming the file."""
+    return piece_notes(read_midi(path), sustain)
 
 
 def read_notes(path: Path, sustain: bool = False) -> pd.DataFrame:
-    """Notes of one MIDI file: pitch, start, end, duration, dstart, velocity (see the module doc).
+    """Notes of one MIDI file: pitch, start, end, duration, dstart, velocity, pedal (see the module doc).
 
     Raises MidiError naming the file and the problem.
     """
-    return read_piece(path, sustain).notes
+    return read_piece(path, sustain).notes[NOTE_COLUMNS]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,6 +325,7 @@ class _Outcome:
     dropped_out_of_range: int = 0
     dropped_sustain_duplicates: int = 0
     drum_notes_ignored: int = 0
+    warnings: list[MidiWarning] = field(default_factory=list)
     reason: str | None = None
 
 
@@ -358,6 +341,7 @@ def _read_or_reason(task: tuple[Path, bool]) -> _Outcome:
         dropped_out_of_range=piece.dropped_out_of_range,
         dropped_sustain_duplicates=piece.dropped_sustain_duplicates,
         drum_notes_ignored=piece.drum_notes_ignored,
+        warnings=piece.warnings,
     )
 
 
@@ -450,8 +434,10 @@ def extract_notes(raw_dir: Path, out_dir: Path, sustain: bool, workers: int) -> 
 
     split_counts = {s: {"files_listed": 0, "files_read": 0, "files_skipped": 0, "notes": 0} for s in SPLITS}
     skipped: dict[str, str] = {}
+    warned: dict[str, list[str]] = {}
     totals = dict(notes_read=0, notes_written=0, notes_dropped_out_of_range=0,
                   notes_dropped_sustain_duplicates=0, drum_notes_ignored=0)  # fmt: skip
+    totals.update(dict.fromkeys(WARNING_KINDS, 0))
     out_paths = {s: out_dir / f"{s}.parquet" for s in SPLITS}
     with contextlib.ExitStack() as stack:
         writers = {}
@@ -478,6 +464,13 @@ def extract_notes(raw_dir: Path, out_dir: Path, sustain: bool, workers: int) -> 
             totals["notes_dropped_out_of_range"] += outcome.dropped_out_of_range
             totals["notes_dropped_sustain_duplicates"] += outcome.dropped_sustain_duplicates
             totals["drum_notes_ignored"] += outcome.drum_notes_ignored
+            for kind, count in warning_counts(outcome.warnings).items():
+                if kind in WARNING_KINDS:  # the other kinds have their own counters above
+                    totals[kind] += count
+            if outcome.warnings:
+                warned[row.midi_filename] = [w.text for w in outcome.warnings]
+                for warning in outcome.warnings:
+                    log.warning("%s: %s", row.midi_filename, warning.text)
             meta = {"piece_id": row.midi_filename, "composer": row.canonical_composer,
                     "title": row.canonical_title, "split": row.split}  # fmt: skip
             writers[row.split].add(meta, outcome.columns)
@@ -493,12 +486,13 @@ def extract_notes(raw_dir: Path, out_dir: Path, sustain: bool, workers: int) -> 
         **totals,
         "splits": split_counts,
         "skipped": skipped,  # midi_filename -> reason
+        "warnings": warned,  # midi_filename -> what was wrong with it and worked around, or left out
     }
     write_json(out_dir / "report.json", report)
     log.info(
-        "extract: %d notes from %d of %d files -> %s; %d files skipped, %d notes out of range dropped; report %s",
+        "extract: %d notes from %d of %d files -> %s; %d files skipped, %d read with warnings, %d notes out of range dropped; report %s",
         report["notes_written"], report["files_read"], report["files_listed"],
-        ", ".join(str(p) for p in out_paths.values()), report["files_skipped"],
+        ", ".join(str(p) for p in out_paths.values()), report["files_skipped"], len(warned),
         report["notes_dropped_out_of_range"], out_dir / "report.json",
     )  # fmt: skip
     return report

@@ -26,6 +26,7 @@ from stages.extract import (
     read_piece,
     ticks_to_seconds,
 )
+from stages.midi import read_midi
 
 TPQ = 480
 NOTE_COLUMNS = ["pitch", "start", "end", "duration", "dstart", "velocity", "pedal"]
@@ -99,8 +100,7 @@ def test_tempo_changes_mid_file_give_exact_seconds(tmp_path):
 
 def test_ticks_before_the_first_tempo_event_run_at_120_bpm(tmp_path):
     path = write_midi(tmp_path / "late_tempo.mid", note(60, 0, 960), tempos=((480, 1_000_000),))
-    score = symusic.Score(str(path), ttype="tick")
-    seconds = ticks_to_seconds(score, np.array([0, 240, 480, 960]))
+    seconds = ticks_to_seconds(read_midi(path).tempo_map, np.array([0, 240, 480, 960]))
     assert seconds.dtype == np.float64
     np.testing.assert_allclose(seconds, [0.0, 0.25, 0.5, 1.5], rtol=0, atol=1e-12)
 
@@ -109,8 +109,7 @@ def test_ticks_to_seconds_keeps_float64_precision_late_in_a_long_file(tmp_path):
     # An hour in, float32 seconds would be off by ~1e-4 s; float64 must not be.
     ticks = np.array([3600 * 960 + 1])
     path = write_midi(tmp_path / "long.mid", note(60, 0, 10))
-    score = symusic.Score(str(path), ttype="tick")
-    assert abs(ticks_to_seconds(score, ticks)[0] - (3600 + 1 / 960)) < 1e-9
+    assert abs(ticks_to_seconds(read_midi(path).tempo_map, ticks)[0] - (3600 + 1 / 960)) < 1e-9
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,10 +227,10 @@ def test_sustain_drops_the_first_of_two_same_key_notes_struck_on_one_tick(tmp_pa
 
 def test_bad_files_raise_midi_error_naming_the_file(tmp_path):
     good = write_midi(tmp_path / "good.mid", note(60, 0, 100)).read_bytes()
-    (tmp_path / "truncated.mid").write_bytes(good[: len(good) - 9])
+    (tmp_path / "truncated.mid").write_bytes(good[:30])  # inside the tempo track: no note read
     (tmp_path / "empty.mid").write_bytes(b"")
     (tmp_path / "text.mid").write_text("this is not a MIDI file\n" * 5)
-    cases = {"truncated.mid": "not a readable MIDI", "empty.mid": "not a readable MIDI",
+    cases = {"truncated.mid": "no notes .the file ends inside track 1", "empty.mid": "not a readable MIDI",
              "text.mid": "not a readable MIDI", "missing.mid": "no such file"}  # fmt: skip
     for name, problem in cases.items():
         with pytest.raises(MidiError, match=problem) as err:
@@ -262,43 +261,53 @@ def test_bad_files_are_skipped_with_reasons_and_good_files_written(tmp_path):
     (raw / "2024/text.midi").write_text("Certainly a MIDI file\n")
     write_midi(raw / "2024/drums.midi", note(36, 0, 100, channel=9))
     violin = [(0, mido.Message("program_change", program=40, channel=1))] + note(76, 0, 100, channel=1)
-    write_midi(raw / "2024/violin.midi", note(60, 0, 100), violin)
+    write_midi(raw / "2024/violin.midi", violin)
+    write_midi(raw / "2024/piano_and_violin.midi", note(60, 0, sec(0.5), velocity=90), violin)  # the violin is ignored
+    cut = write_midi(tmp_path / "cut.mid", note(62, 0, sec(0.5), velocity=70) + note(64, sec(1), sec(2), velocity=75)).read_bytes()
+    (raw / "2024/cut.midi").write_bytes(cut[: len(cut) - 8])  # 64 loses its release and End of Track: closed at its onset
     write_dataset(
         raw,
         [("train", "2024/good_a.midi", "A"), ("train", "2024/truncated.midi", None),
          ("validation", "2024/empty.midi", None), ("validation", "2024/missing.midi", None),
          ("validation", "2024/text.midi", None), ("validation", "2024/no_notes.midi", None),
          ("test", "2024/drums.midi", None), ("test", "2024/violin.midi", None),
-         ("test", "2024/good_b.midi", "B")],
+         ("test", "2024/good_b.midi", "B"), ("test", "2024/piano_and_violin.midi", None), ("train", "2024/cut.midi", None)],
     )  # fmt: skip
 
     report = extract_notes(raw, out, sustain=False, workers=2)
 
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk == report
-    assert (report["files_listed"], report["files_read"], report["files_skipped"]) == (9, 2, 7)
+    assert (report["files_listed"], report["files_read"], report["files_skipped"]) == (11, 4, 7)
     reasons = report["skipped"]
     assert set(reasons) == {"2024/truncated.midi", "2024/empty.midi", "2024/missing.midi", "2024/text.midi",
                             "2024/no_notes.midi", "2024/drums.midi", "2024/violin.midi"}  # fmt: skip
-    assert "not a readable MIDI" in reasons["2024/truncated.midi"]
+    assert "no notes (the file ends inside track 1" in reasons["2024/truncated.midi"]
     assert "not a readable MIDI" in reasons["2024/empty.midi"]
     assert "no such file" in reasons["2024/missing.midi"]
     assert "not a readable MIDI" in reasons["2024/text.midi"]
     assert "no notes" in reasons["2024/no_notes.midi"]
     assert "drum" in reasons["2024/drums.midi"]
-    assert "program 40" in reasons["2024/violin.midi"]
+    assert "no piano notes" in reasons["2024/violin.midi"] and "1 of program 40" in reasons["2024/violin.midi"]
     assert all("2024/" in r for r in reasons.values())  # each reason names its file
-    assert report["notes_read"] == 4 and report["notes_written"] == 3 and report["notes_dropped_out_of_range"] == 1
+    assert report["notes_read"] == 7 and report["notes_written"] == 6 and report["notes_dropped_out_of_range"] == 1
     assert report["splits"]["validation"] == {"files_listed": 4, "files_read": 0, "files_skipped": 4, "notes": 0}
-    assert report["splits"]["train"]["notes"] == 2 and report["splits"]["test"]["notes"] == 1
+    assert report["splits"]["train"]["notes"] == 4 and report["splits"]["test"]["notes"] == 2
+    # Damage worked around and notes left out: counted, and each file's warnings listed.
+    assert report["files_truncated"] == 1 and report["notes_closed_at_track_end"] == 1
+    assert report["notes_ignored_non_piano_program"] == 1 and report["drum_notes_ignored"] == 0
+    assert sorted(report["warnings"]) == ["2024/cut.midi", "2024/good_a.midi", "2024/piano_and_violin.midi"]
+    assert any("never released" in w for w in report["warnings"]["2024/cut.midi"])
+    assert any("program 40" in w for w in report["warnings"]["2024/piano_and_violin.midi"])
 
     train = pd.read_parquet(out / "train.parquet")
-    assert train["piece_id"].tolist() == ["2024/good_a.midi"] * 2
-    assert train["composer"].tolist() == ["A", "A"] and train["split"].tolist() == ["train", "train"]
-    np.testing.assert_array_equal(train["velocity"], [30, 64])
+    assert train["piece_id"].tolist() == ["2024/good_a.midi"] * 2 + ["2024/cut.midi"] * 2
+    assert train["composer"].tolist() == ["A", "A", "Anon", "Anon"] and train["split"].tolist() == ["train"] * 4
+    np.testing.assert_array_equal(train["velocity"], [30, 64, 70, 75])
     test = pd.read_parquet(out / "test.parquet")
-    assert test["piece_id"].tolist() == ["2024/good_b.midi"]
-    assert test["title"].tolist() == ["Title of 2024/good_b.midi"]
+    assert test["piece_id"].tolist() == ["2024/good_b.midi", "2024/piano_and_violin.midi"]
+    assert test["title"].tolist() == ["Title of 2024/good_b.midi", "Title of 2024/piano_and_violin.midi"]
+    np.testing.assert_array_equal(test["pitch"], [70, 60])
     # A split without a single note still gets its table, with the full schema.
     validation = pq.read_table(out / "validation.parquet")
     assert validation.num_rows == 0 and validation.schema.equals(NOTE_SCHEMA)

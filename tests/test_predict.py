@@ -13,7 +13,8 @@ import pytest
 
 from conftest import one_torch_thread
 from pipeline.cli import main as velocity
-from stages.extract import read_notes
+from stages.extract import NOTE_COLUMNS, read_notes
+from stages.midi import read_midi
 
 TEST_PIECE = "maestro-v3.0.0/2008/MIDI-Unprocessed_13_R1_2008_01-04_ORIG_MID--AUDIO_13_R1_2008_wav--1__Prelude_bwv_862.midi"
 
@@ -178,7 +179,9 @@ def test_multi_track_file_with_drums_pedals_and_out_of_range_notes(trained_model
 
     with caplog.at_level(logging.INFO):
         assert predict(source, "-o", out, "--model", trained_model) == 0
-    assert "6 of 64 notes lie outside the piano range 21..108" in caplog.text
+    assert f"{source}: 6 note(s) outside the piano's 21..108 left out" in caplog.text
+    assert f"{source}: 12 drum-channel note(s) ignored" in caplog.text
+    assert "58 notes given the model's velocities" in caplog.text and "18 kept theirs" in caplog.text
 
     changed = assert_only_note_on_velocities_differ(source, out)
     assert changed > 30
@@ -202,15 +205,12 @@ def test_bad_inputs_fail_clearly_without_output(trained_model, tiny_raw, tmp_pat
     below_piano = build_midi(tmp_path / "below_piano.mid", [notes_track(0, [10, 12], velocity=90)])
     garbage = tmp_path / "garbage.mid"
     garbage.write_bytes(b"this is not a MIDI file at all")
-    truncated = tmp_path / "truncated.mid"
-    truncated.write_bytes((tiny_raw.parent / TEST_PIECE).read_bytes()[:200])
     cases = {
         tempo_only: "no notes",
-        drums_only: "no notes",
-        below_piano: "none of its 2 notes lies in the piano range",
+        drums_only: "no piano notes",
+        below_piano: "no notes in the piano range 21..108 (2 outside it)",
         garbage: "not a readable MIDI file",
-        truncated: "not a readable MIDI file",
-        tmp_path / "missing.mid": "cannot read file",
+        tmp_path / "missing.mid": "no such file",
     }
     for source, reason in cases.items():
         out = tmp_path / f"{source.stem}.out.mid"
@@ -230,42 +230,6 @@ def test_missing_or_foreign_model_fails_clearly(tiny_raw, tmp_path, caplog):
         assert predict(source, "-o", tmp_path / "out.mid", "--model", model) == 1
         assert str(model) in caplog.text
     assert not (tmp_path / "out.mid").exists()
-
-
-def test_note_on_scan_follows_running_status_across_meta_events(tmp_path):
-    """Raw bytes as real files write them: running status (also across a meta event), a note-on of
-    velocity 0 as note end, system exclusive, the drum channel. Only sounding non-drum note-ons count."""
-    import struct
-
-    from pipeline.predict import PredictError, read_midi, scan_note_ons
-
-    events = bytes([
-        0x00, 0x90, 60, 50,               # note-on C4 velocity 50
-        0x00, 0xFF, 0x01, 0x01, 0x41,     # text meta event; running status survives it
-        0x00, 62, 60,                     # running status: note-on D4 velocity 60
-        0x60, 60, 0,                      # running status: C4 velocity 0 = note end
-        0x00, 62, 0,
-        0x00, 0xF0, 0x02, 0x01, 0xF7,     # system exclusive
-        0x00, 0x99, 36, 100,              # drum channel note-on
-        0x10, 0x89, 36, 0,
-        0x00, 0x91, 64, 70,               # channel 2 note-on E4
-        0x20, 0x81, 64, 0,
-        0x00, 0xFF, 0x2F, 0x00,           # end of track
-    ])  # fmt: skip
-    data = b"MThd" + struct.pack(">IHHH", 6, 0, 1, 480) + b"MTrk" + struct.pack(">I", len(events)) + events
-    found = scan_note_ons(data)
-    assert sorted(found) == [(0, 60, 50), (0, 62, 60), (0x70, 64, 70)]
-    for (_, _, velocity), offsets in found.items():
-        assert [data[o] for o in offsets] == [velocity]
-
-    path = tmp_path / "running.mid"
-    path.write_bytes(data)
-    piece = read_midi(path)  # symusic's notes tie to those bytes
-    assert sorted(zip(piece.notes["pitch"], piece.notes["start_tick"], piece.notes["end_tick"])) == [(60, 0, 96), (62, 0, 96), (64, 112, 144)]
-
-    cut = data[:-6]  # the last event loses its bytes but the chunk length still claims them
-    with pytest.raises(PredictError, match="not a readable MIDI file"):
-        scan_note_ons(cut, "cut.mid")
 
 
 def test_a_model_file_from_before_features_loads_and_says_what_it_lacks(trained_model, tiny_raw, tmp_path, caplog):
@@ -299,3 +263,116 @@ def test_a_model_file_from_before_features_loads_and_says_what_it_lacks(trained_
     with caplog.at_level(logging.ERROR):
         assert predict(source, "-o", tmp_path / "out3.mid", "--model", tmp_path / "v99.pt") == 1
     assert "format version 99 is newer" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged files: predict keeps, warns about and refuses exactly what extract does
+
+
+def test_damaged_files_give_the_same_notes_in_extract_and_predict(trained_model, tmp_path, caplog):
+    import csv
+
+    from model.pieces import load_velocity_model, predict_notes
+    from stages.extract import extract_notes
+    from test_midi import DAMAGED, write_case
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    with open(raw / "maestro-v3.0.0.csv", "w", newline="") as f:
+        rows = csv.writer(f)
+        rows.writerow(["canonical_composer", "canonical_title", "split", "year", "midi_filename", "audio_filename", "duration"])
+        for name in DAMAGED:
+            write_case(raw, name)
+            rows.writerow(["Anon", name, "test", "2024", f"{name}.mid", "", "1"])
+    report = extract_notes(raw, tmp_path / "notes", sustain=False, workers=1)
+    extracted = pd.read_parquet(tmp_path / "notes/test.parquet")
+    model = load_velocity_model(trained_model)
+
+    for name, (data, expected, _) in DAMAGED.items():
+        source, out = raw / f"{name}.mid", tmp_path / "out" / f"{name}.mid"
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            code = predict(source, "-o", out, "--model", trained_model, "--decoding", "notes-only")
+        if isinstance(expected, str):  # unusable: the same one line in both, nothing written
+            assert code == 1 and not out.exists(), name
+            assert report["skipped"][f"{name}.mid"] == f"{source}: {expected}"
+            assert report["skipped"][f"{name}.mid"] in caplog.text
+            continue
+        assert code == 0, name
+        for warning in report["warnings"].get(f"{name}.mid", []):
+            assert f"{source}: {warning}" in caplog.text  # the same warnings, printed
+        new = out.read_bytes()
+        assert len(new) == len(data)  # the file as it was, damage included: only velocity bytes differ
+        offsets = read_midi(source).notes["offset"].to_numpy()
+        differ = np.flatnonzero(np.frombuffer(new, np.uint8) != np.frombuffer(data, np.uint8))
+        assert set(differ) <= set(offsets)
+        piece = extracted[extracted["piece_id"] == f"{name}.mid"][NOTE_COLUMNS].reset_index(drop=True)
+        after = read_notes(out)
+        pd.testing.assert_frame_equal(after.drop(columns="velocity"), piece.drop(columns="velocity"))
+        expected_velocity = np.clip(predict_notes(model, piece, decoding="notes-only"), 1, 127)
+        np.testing.assert_array_equal(after["velocity"].to_numpy(), expected_velocity)
+
+
+# ---------------------------------------------------------------------------------------------
+# Several files, folders, and a musician's controls
+
+
+def test_folder_with_one_bad_file_among_good_ones(trained_model, tiny_raw, tmp_path, caplog):
+    from test_midi import DAMAGED
+
+    songs = tmp_path / "songs"
+    (songs / "sub").mkdir(parents=True)
+    (songs / "a.mid").write_bytes((tiny_raw.parent / TEST_PIECE).read_bytes())
+    (songs / "sub" / "b.MIDI").write_bytes(DAMAGED["truncated_mid_track"][0])
+    (songs / "sub" / "broken.mid").write_bytes(DAMAGED["text"][0])
+    (songs / "notes.txt").write_text("not a MIDI file, and not named like one: not read")
+    out = tmp_path / "human"
+    with caplog.at_level(logging.INFO):
+        assert predict(songs, "-o", out, "--model", trained_model, "--decoding", "notes-only") == 1
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["a.mid", "sub", "sub/b.MIDI"]
+    assert f"{songs / 'sub' / 'broken.mid'}: not a readable MIDI file (no MThd header)" in caplog.text
+    assert "2 files written, 1 failed" in caplog.text
+    assert assert_only_note_on_velocities_differ(songs / "a.mid", out / "a.mid") > 0
+    assert not list(out.rglob(".*.tmp"))
+
+    # Files named one by one into a folder; a rerun over a folder holding its own output skips it.
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert predict(songs / "a.mid", songs / "sub" / "b.MIDI", "-o", songs / "out", "--model", trained_model, "--decoding", "notes-only") == 0
+        assert "2 files written, 0 failed" in caplog.text
+        caplog.clear()
+        assert predict(songs, "-o", songs / "out", "--model", trained_model, "--decoding", "notes-only") == 1
+    assert "2 files written, 1 failed" in caplog.text  # a.mid, sub/b.MIDI; not out/a.mid or out/b.MIDI
+    assert sorted(p.name for p in (songs / "out").rglob("*.*")) == ["a.mid", "b.MIDI", "b.MIDI"]
+
+
+def test_two_inputs_with_one_name_are_refused_before_any_work(trained_model, tiny_raw, tmp_path, caplog):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    for folder in ("x", "y"):
+        (tmp_path / folder / "same.mid").write_bytes((tiny_raw.parent / TEST_PIECE).read_bytes())
+    assert predict(tmp_path / "x/same.mid", tmp_path / "y/same.mid", "-o", tmp_path / "out", "--model", trained_model) == 2
+    assert "would both be written to" in caplog.text and not (tmp_path / "out").exists()
+
+
+def test_loudness_and_dynamics_shape_the_prediction():
+    from pipeline.predict import Controls, shape_dynamics
+
+    predicted, original = np.array([50.0, 60.0, 70.0]), np.array([64, 64, 64])
+    np.testing.assert_array_equal(shape_dynamics(predicted, original, Controls()), [50, 60, 70])
+    np.testing.assert_array_equal(shape_dynamics(predicted, original, Controls(loudness=90)), [80, 90, 100])
+    np.testing.assert_array_equal(shape_dynamics(predicted, original, Controls(dynamics=2.0)), [40, 60, 80])
+    np.testing.assert_array_equal(shape_dynamics(predicted, original, Controls(loudness=120, dynamics=2.0)), [100, 120, 127])  # clipped
+    np.testing.assert_array_equal(shape_dynamics(predicted, original, Controls(loudness=80, dynamics=0.5, strength=0.5)), [70, 72, 75])  # (75, 80, 85) and 64, halves up
+
+
+def test_loudness_dynamics_and_plot_on_a_real_file(trained_model, tiny_raw, tmp_path):
+    source = tiny_raw.parent / TEST_PIECE
+    flat, plot = tmp_path / "flat.mid", tmp_path / "roll.png"
+    assert predict(source, "-o", flat, "--model", trained_model, "--loudness", "80", "--dynamics", "0", "--plot", plot) == 0
+    assert set(read_notes(flat)["velocity"]) == {80}
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit):
+        predict(source, "-o", flat, "--model", trained_model, "--loudness", "0")
+    with pytest.raises(SystemExit):
+        predict(source, "-o", flat, "--model", trained_model, "--dynamics", "-1")
