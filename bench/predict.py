@@ -77,7 +77,7 @@ def untrained_default_model(piece: Path, path: Path) -> VelocityModel:
     shape = load(ModelParams, "model", ROOT / "params.yaml")
     features = yaml.safe_load((ROOT / "params.yaml").read_text())["features"] or {}
     notes = read_piece(piece).notes
-    bins = learn_bins(notes, BinsParams(dstart=3, duration=3, velocity=3))
+    bins = learn_bins(notes, BinsParams(dstart=3, duration=3, velocity=3, fixed_edges=None))
     bins["features"] = learn_feature_edges(notes, features)
     vocab = build_vocab(bins, velocity_hint=False)
     torch.manual_seed(0)

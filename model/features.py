@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy.ndimage import maximum_filter1d, minimum_filter1d
 
+from model.config import ParamsError
 from model.codec import bin_index, piece_bounds
 
 CHORD_GAP = 0.030  # onsets closer than this belong to one chord
@@ -162,10 +163,10 @@ def learn_feature_edges(train_notes: pd.DataFrame, counts: dict[str, int]) -> di
     """Bin edges of each feature in `counts` (name -> bins), in that order, from the train notes."""
     unknown = [name for name in counts if name not in EMBEDDED]
     if unknown:
-        raise ValueError(f"features.{unknown[0]}: not an embeddable note feature (expected one of {', '.join(EMBEDDED)})")
+        raise ParamsError(f"features.{unknown[0]}: not an embeddable note feature (expected one of {', '.join(EMBEDDED)})")
     bad = [name for name, n in counts.items() if not isinstance(n, int) or n < 2]
     if bad:
-        raise ValueError(f"features.{bad[0]}: the bin count must be an integer >= 2, got {counts[bad[0]]!r}")
+        raise ParamsError(f"features.{bad[0]}: the bin count must be an integer >= 2, got {counts[bad[0]]!r}")
     if len(train_notes) == 0 and any(name in QUANTILE for name in counts):
         raise ValueError("cannot learn feature bin edges from an empty train split")
     values = note_features(train_notes, [name for name in counts if name in QUANTILE])

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.checkpoint import save_checkpoint
+from model.config import ParamsError
 from model.harness import Distributed, FitResult, LoopConfig, distributed_from_env, fit
 from model.loss import abs_error_sum, crps, label_smoothed_kl
 from model.runtime import autocast, seed_everything
@@ -34,60 +35,60 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """The `train:` section of params.yaml."""
 
-    batch_size: int = 16  # windows per micro-batch
-    accum: int = 1  # micro-batches per optimizer step (the seed: 10)
-    warmup: int = 4000  # Noam warmup, optimizer steps
-    lr_factor: float = 1.0  # Noam factor
-    epochs: int = 5
-    max_steps: int | None = None  # optimizer steps; None: as many as `epochs` give
-    label_smoothing: float = 0.1
-    seed: int = 0
-    device: str = "auto"  # auto: CUDA when present, else CPU
-    eval_every: int = 100  # optimizer steps between validation passes
-    checkpoint_every: int = 100  # optimizer steps between resumable checkpoints
-    eval_windows: int | None = None  # validate on the first N windows only; None: all
+    batch_size: int  # windows per micro-batch
+    accum: int  # micro-batches per optimizer step (the seed: 10)
+    warmup: int  # Noam warmup, optimizer steps
+    lr_factor: float  # Noam factor
+    epochs: int
+    max_steps: int | None  # optimizer steps; None: as many as `epochs` give
+    label_smoothing: float
+    seed: int
+    device: str  # auto: CUDA when present, else CPU
+    eval_every: int  # optimizer steps between validation passes
+    checkpoint_every: int  # optimizer steps between resumable checkpoints
+    eval_windows: int | None  # validate on the first N windows only; None: all
     # Length curriculum: the first `curriculum_steps` steps train on the windows cut into pieces of
     # `curriculum_length` notes. Cross-attention must learn to find note t among the window's notes:
     # on a synthetic token -> velocity task it did so in ~150 steps over 16 notes and carried over
     # to 128, but not within 600 steps over 128 notes. (On the demo corpus: no gain in 400 steps.)
-    curriculum_steps: int = 0
-    curriculum_length: int = 16
+    curriculum_steps: int
+    curriculum_length: int
     # Each decoder-input velocity is replaced by <s> ("previous velocity unknown", as at the first
     # note) with this probability, so the decoder cannot lean on copying the previous velocity, which
     # teacher forcing rewards and free-running decoding punishes. 0: off, as the seed.
-    input_dropout: float = 0.0
+    input_dropout: float
     # kl: the seed's label-smoothed KL. crps: the squared distance between the predicted and the
     # true velocity's cumulative distributions, an ordinal loss whose per-note optimum is the true
     # distribution and which, unlike KL, charges a guess 30 velocities off more than one 3 off.
-    loss: str = "kl"
+    loss: str
     # The `pianist` decoding's stretch is fitted on the validation notes so that its predictions
     # spread at least this share of the true velocities' standard deviation (model/pieces.py).
-    min_std_ratio: float = 0.8
+    min_std_ratio: float
     # Pitch-transpose augmentation: each training window moves by a random -n..n semitones (0: off),
     # unless that would push a note off the keyboard. Timing features do not change with pitch.
-    transpose: int = 0
+    transpose: int
     # Processes on this machine: > 1 makes the train stage launch itself through torchrun
     # (DistributedDataParallel; each process takes batch_size windows per micro-batch).
-    nproc_per_node: int = 1
-    compile: bool = False  # torch.compile the network (worth it on CUDA for long runs)
-    loader_workers: int = 0  # DataLoader processes reading the next steps' windows (0: in the training process)
+    nproc_per_node: int
+    compile: bool  # torch.compile the network (worth it on CUDA for long runs)
+    loader_workers: int  # DataLoader processes reading the next steps' windows (0: in the training process)
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
-            raise ValueError(f"train.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+            raise ParamsError(f"train.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         for name in ("batch_size", "accum", "warmup", "epochs", "eval_every", "checkpoint_every", "nproc_per_node"):
             if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+                raise ParamsError(f"train.{name} must be at least 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"train.max_steps must be at least 1 or null, got {self.max_steps}")
+            raise ParamsError(f"train.max_steps must be at least 1 or null, got {self.max_steps}")
         if self.curriculum_steps < 0 or self.curriculum_length < 1:
-            raise ValueError(f"train.curriculum_steps must be >= 0 and train.curriculum_length >= 1, got {self.curriculum_steps} and {self.curriculum_length}")
+            raise ParamsError(f"train.curriculum_steps must be >= 0 and train.curriculum_length >= 1, got {self.curriculum_steps} and {self.curriculum_length}")
         if not 0.0 <= self.input_dropout <= 1.0:
-            raise ValueError(f"train.input_dropout must be in [0, 1], got {self.input_dropout}")
+            raise ParamsError(f"train.input_dropout must be in [0, 1], got {self.input_dropout}")
         if self.loader_workers < 0:
-            raise ValueError(f"train.loader_workers must be >= 0, got {self.loader_workers}")
+            raise ParamsError(f"train.loader_workers must be >= 0, got {self.loader_workers}")
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+            raise ParamsError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
 # The seed's configuration (blog post and original code), as overrides of params.yaml's sections.
@@ -284,6 +285,8 @@ class VelocityTask:
         if self.n_validation == 0:
             raise WindowsError(f"{val_windows.name}: no validation windows (the validation split is empty)")
         self.tokens_per_pitch = (model_cfg.src_vocab - N_SPECIALS) // len(PIANO_PITCHES)
+        if cfg.transpose and self.tokens_per_pitch == 0:
+            raise ParamsError(f"train.transpose: the {model_cfg.src_vocab}-token source vocabulary has no pitch-major layout to transpose")
 
     def train_batch(self, indices: np.ndarray) -> Batch:
         return self.train_windows.batch(indices, torch.device("cpu"))

@@ -18,6 +18,7 @@ import pandas as pd
 from sklearn.preprocessing import KBinsDiscretizer
 
 from stages import params as params_lib
+from model.config import ParamsError
 from stages.io import write_json
 from model.codec import bin_index
 from model.features import learn_feature_edges
@@ -32,7 +33,7 @@ class BinsParams:
     dstart: int
     duration: int
     velocity: int
-    fixed_edges: dict[str, list[float]] | None = None
+    fixed_edges: dict[str, list[float]] | None
 
 
 def quantile_edges(values: np.ndarray, n_bins: int) -> list[float]:
@@ -57,19 +58,19 @@ def learn_bins(train_notes: pd.DataFrame, params: BinsParams) -> dict:
     fixed = params.fixed_edges or {}
     unknown = set(fixed) - set(FEATURES)
     if unknown:
-        raise ValueError(f"bins.fixed_edges: unknown feature '{sorted(unknown)[0]}'")
+        raise ParamsError(f"bins.fixed_edges: unknown feature '{sorted(unknown)[0]}'")
     result: dict = {}
     for name in FEATURES:
         values = train_notes[name].to_numpy(dtype=np.float64)
         if name in fixed:
             edges = [float(e) for e in fixed[name]]
             if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
-                raise ValueError(f"bins.fixed_edges.{name}: need at least 2 strictly increasing edges, got {edges}")
+                raise ParamsError(f"bins.fixed_edges.{name}: need at least 2 strictly increasing edges, got {edges}")
         else:
             try:
                 edges = quantile_edges(values, getattr(params, name))
             except ValueError as err:
-                raise ValueError(f"bins.{name}: {err}") from None
+                raise ParamsError(f"bins.{name}: {err}") from None
         result[name] = edges
     counts = {
         name: np.bincount(bin_index(train_notes[name].to_numpy(), result[name]), minlength=len(result[name]) - 1)

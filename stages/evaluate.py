@@ -55,10 +55,10 @@ DECODINGS = {
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    batch_windows: int = 256  # windows decoded (or teacher-forced) at once
-    segments: int = 3  # test segments drawn as piano rolls and written as MIDI
-    segment_notes: int = 128  # notes per segment
-    figures: str = "pianist"  # the decoding the figures and MIDI samples show
+    batch_windows: int  # windows decoded (or teacher-forced) at once
+    segments: int  # test segments drawn as piano rolls and written as MIDI
+    segment_notes: int  # notes per segment
+    figures: str  # the decoding the figures and MIDI samples show
 
     def __post_init__(self) -> None:
         if self.figures not in DECODINGS:

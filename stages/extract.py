@@ -46,6 +46,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from model.config import ParamsError
 from stages.io import atomic_path, write_json
 from stages.midi import (
     DRUM_CHANNEL,
@@ -365,7 +366,7 @@ def read_csv(csv_path: Path) -> pd.DataFrame:
 def resolve_workers(workers: int) -> int:
     """Processes to use: `workers`, or every core this process may run on when it is 0."""
     if workers < 0:
-        raise ValueError(f"extract.workers must be >= 0 (0 = all cores), got {workers}")
+        raise ParamsError(f"extract.workers must be >= 0 (0 = all cores), got {workers}")
     if workers:
         return workers
     try:

@@ -1,7 +1,8 @@
 """Read one params.yaml section into a frozen dataclass.
 
-A missing or unknown key is an error that names the key, so a typo in params.yaml
-fails loudly instead of silently falling back to a default.
+The dataclasses have no defaults: params.yaml holds every value. A missing or unknown key is a
+`ParamsError` naming the key and the file, so a typo fails loudly instead of falling back to a
+default somewhere in the code.
 """
 
 from __future__ import annotations
@@ -12,13 +13,11 @@ from typing import Any, TypeVar
 
 import yaml
 
+from model.config import ParamsError
+
 T = TypeVar("T")
 
 PARAMS_FILE = Path("params.yaml")
-
-
-class ParamsError(ValueError):
-    """params.yaml is missing a section or key, or has one we do not know."""
 
 
 def read_params(path: Path | str = PARAMS_FILE) -> dict[str, Any]:

@@ -37,9 +37,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PerfEvaluateParams:
-    device: str = "auto"
-    batch_pieces: int = 16  # pieces read side by side
-    chunk_events: int = 1024  # events per forward call (the state carries over)
+    device: str
+    batch_pieces: int  # pieces read side by side
+    chunk_events: int  # events per forward call (the state carries over)
 
 
 def load_split(events_dir: Path, split: str) -> list[np.ndarray]:

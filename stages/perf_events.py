@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from model.config import ParamsError
 from model.codec import window_starts
 from model.events import WINDOW_PAD, EventCodecError, encode_frame, shift_steps
 from stages.io import atomic_path, write_json
@@ -45,14 +46,14 @@ def load_perf_params(cls: type[T], name: str, path: Path | str = PARAMS_FILE) ->
 
 @dataclass(frozen=True)
 class PerfEventsParams:
-    window: int = 256  # events per training window
-    step: int = 128  # hop between train window starts
+    window: int  # events per training window
+    step: int  # hop between train window starts
 
     def __post_init__(self) -> None:
         if self.window < 2:
-            raise ValueError(f"performance_rnn.events.window must be >= 2, got {self.window}")
+            raise ParamsError(f"performance_rnn.events.window must be >= 2, got {self.window}")
         if not 1 <= self.step:
-            raise ValueError(f"performance_rnn.events.step must be >= 1, got {self.step}")
+            raise ParamsError(f"performance_rnn.events.step must be >= 1, got {self.step}")
 
 
 def make_windows(events: np.ndarray, offsets: np.ndarray, window: int, step: int) -> np.ndarray:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.config import ParamsError
 from model.checkpoint import save_checkpoint
 from model.harness import FitResult, LoopConfig, distributed_from_env, end_process, file_digest, fingerprint, fit, relaunch_if_wanted
 from model.performance_rnn import PerformanceRNN, PerformanceRNNConfig, PerformanceTask, build_model, checkpoint_state
@@ -39,9 +40,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PerfModelParams:
-    hidden_size: int = 256
-    layers: int = 2
-    dropout: float = 0.0
+    hidden_size: int
+    layers: int
+    dropout: float
 
     def config(self) -> PerformanceRNNConfig:
         return PerformanceRNNConfig(hidden_size=self.hidden_size, layers=self.layers, dropout=self.dropout)
@@ -49,21 +50,21 @@ class PerfModelParams:
 
 @dataclass(frozen=True)
 class PerfTrainParams:
-    seed: int = 0  # init weights, data order and dropout
-    steps: int = 1000  # optimizer steps in all
-    batch_size: int = 32  # windows per step (per process)
-    lr: float = 0.001  # Adam, constant
-    clip_norm: float = 3.0  # gradient norm clipping
-    eval_every: int = 100  # steps between validation losses (one dvclive point each)
-    checkpoint_every: int = 50  # steps between resumable checkpoints
-    val_windows: int = 256  # validation windows per evaluation (the first ones; all if fewer)
-    device: str = "auto"  # auto = CUDA when present
-    nproc_per_node: int = 1  # > 1: that many processes through torchrun
+    seed: int  # init weights, data order and dropout
+    steps: int  # optimizer steps in all
+    batch_size: int  # windows per step (per process)
+    lr: float  # Adam, constant
+    clip_norm: float  # gradient norm clipping
+    eval_every: int  # steps between validation losses (one dvclive point each)
+    checkpoint_every: int  # steps between resumable checkpoints
+    val_windows: int  # validation windows per evaluation (the first ones; all if fewer)
+    device: str  # auto = CUDA when present
+    nproc_per_node: int  # > 1: that many processes through torchrun
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "nproc_per_node"):
             if getattr(self, name) < 1:
-                raise ValueError(f"performance_rnn.train.{name} must be >= 1, got {getattr(self, name)}")
+                raise ParamsError(f"performance_rnn.train.{name} must be >= 1, got {getattr(self, name)}")
 
 
 def code_files() -> list[Path]:

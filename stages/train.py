@@ -31,13 +31,13 @@ LIVE_DIR = Path("dvclive/train")
 class ModelParams:
     """The `model:` section of params.yaml; vocabulary sizes and max_len come from the data."""
 
-    layers: int = 2
-    heads: int = 4
-    d_model: int = 128
-    d_ff: int = 512
-    dropout: float = 0.1
-    aligned: bool = False  # decoder input t also carries note t's encoder state (see model/transformer.py)
-    kind: str = "encoder-decoder"  # or "encoder": bidirectional, every velocity in one pass
+    layers: int
+    heads: int
+    d_model: int
+    d_ff: int
+    dropout: float
+    aligned: bool  # decoder input t also carries note t's encoder state (see model/transformer.py)
+    kind: str  # or "encoder": bidirectional, every velocity in one pass
 
 
 def code_files() -> list[Path]:

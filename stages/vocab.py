@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class VocabParams:
-    velocity_hint: bool = False
+    velocity_hint: bool
 
 
 def build_vocab(bins: dict, velocity_hint: bool) -> Vocab:

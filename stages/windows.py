@@ -35,10 +35,10 @@ SPLITS = ("train", "validation", "test")
 
 @dataclass(frozen=True)
 class WindowsParams:
-    length: int = 128
-    step: int = 64
-    tail: str = "last"
-    short: str = "pad"
+    length: int
+    step: int
+    tail: str
+    short: str
 
     def __post_init__(self) -> None:
         if self.length < 1:

@@ -81,6 +81,17 @@ def deep_update(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, An
     return base
 
 
+def params_section(cls: type, name: str, **overrides: Any) -> Any:
+    """Section `name` of the project's params.yaml as a `cls`, with `overrides` laid over it: the
+    params dataclasses have no defaults of their own. `name` may be dotted (performance_rnn.train)."""
+    from stages.params import read_params, section
+
+    values: Any = read_params(ROOT / "params.yaml")
+    for part in name.split("."):
+        values = values[part]
+    return section(cls, name, {name: {**values, **overrides}})
+
+
 def make_project(dest: Path, params: dict[str, Any] | None = None) -> Path:
     """Copy the project's code into `dest`, `git init` + `dvc init` it, and apply param overrides."""
     dest.mkdir(parents=True, exist_ok=True)

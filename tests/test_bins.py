@@ -20,7 +20,7 @@ def train_notes(n: int = 5000, seed: int = 0) -> pd.DataFrame:
 
 def test_edges_are_the_train_quantiles():
     notes = train_notes()
-    bins = learn_bins(notes, BinsParams(dstart=3, duration=4, velocity=5))
+    bins = learn_bins(notes, BinsParams(dstart=3, duration=4, velocity=5, fixed_edges=None))
     for name, k in [("dstart", 3), ("duration", 4), ("velocity", 5)]:
         values = notes[name].to_numpy(dtype=float)
         assert bins[name] == np.percentile(values, np.linspace(0, 100, k + 1)).tolist()
@@ -30,7 +30,7 @@ def test_edges_are_the_train_quantiles():
 
 def test_bin_index_matches_kbinsdiscretizer_transform():
     notes = train_notes()
-    bins = learn_bins(notes, BinsParams(dstart=3, duration=3, velocity=3))
+    bins = learn_bins(notes, BinsParams(dstart=3, duration=3, velocity=3, fixed_edges=None))
     probe = np.concatenate([notes["dstart"].to_numpy(), [-1.0, 0.0, 1e6], bins["dstart"]])
     kbd = KBinsDiscretizer(n_bins=3, encode="ordinal", strategy="quantile", quantile_method="linear", subsample=None)
     kbd.fit(notes[["dstart"]].to_numpy())
@@ -39,7 +39,7 @@ def test_bin_index_matches_kbinsdiscretizer_transform():
 
 
 def test_quantile_bins_share_notes_about_equally():
-    bins = learn_bins(train_notes(30000), BinsParams(dstart=3, duration=3, velocity=3))
+    bins = learn_bins(train_notes(30000), BinsParams(dstart=3, duration=3, velocity=3, fixed_edges=None))
     assert bins["share"]["dstart"] == pytest.approx([1 / 3] * 3, abs=0.01)
 
 
@@ -60,7 +60,7 @@ def test_bad_fixed_edges_and_degenerate_features_are_clear_errors():
         learn_bins(notes, BinsParams(3, 3, 3, fixed_edges={"pitch": [0.0, 1.0]}))
     flat = notes.assign(velocity=64)
     with pytest.raises(ValueError, match="bins.velocity"):
-        learn_bins(flat, BinsParams(3, 3, 3))
+        learn_bins(flat, BinsParams(3, 3, 3, fixed_edges=None))
 
 
 def test_a_corpus_of_one_repeated_pattern_stops_the_stage_with_one_clear_line(tmp_path):

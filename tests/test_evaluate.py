@@ -10,7 +10,7 @@ import pretty_midi
 import pytest
 import torch
 
-from conftest import dvc, make_project
+from conftest import dvc, make_project, params_section
 from stages.evaluate import bin_distance, mae, per_pitch_means, pick_segments, teacher_forced, write_segment_midi
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -40,7 +40,7 @@ def test_every_decoding_has_a_metric_and_figures_name_a_decoding():
     assert sorted(SCORED) == sorted(DECODINGS)
     assert set(SCORED.values()) <= METRIC_KEYS
     with pytest.raises(params_lib.ParamsError, match="evaluate.figures"):
-        EvaluateParams(figures="beam")
+        params_section(EvaluateParams, "evaluate", figures="beam")
 
 
 def test_bin_distance_and_mae():

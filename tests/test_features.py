@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import params_section
 from model.codec import N_SPECIALS, PAD, bin_index
 from model.features import GBT_FEATURES, feature_ids, feature_sizes, learn_feature_edges, note_features
 
@@ -77,11 +78,11 @@ def test_no_features_gives_the_seeds_tokens_and_model_exactly():
     from stages.windows import WindowsParams, make_windows
 
     notes = NOTES.assign(velocity=np.arange(len(NOTES)) + 40)
-    bins = learn_bins(notes, BinsParams(3, 3, 3))
+    bins = learn_bins(notes, BinsParams(3, 3, 3, fixed_edges=None))
     vocab = build_vocab(bins, velocity_hint=False)
     assert len(vocab.src) == 795
-    seed = make_windows(notes, bins, vocab, WindowsParams(length=4, step=2))
-    rich = make_windows(notes, {**bins, "features": learn_feature_edges(notes, {"dprev": 4, "chord_rank": 3})}, vocab, WindowsParams(length=4, step=2))
+    seed = make_windows(notes, bins, vocab, params_section(WindowsParams, "windows", length=4, step=2))
+    rich = make_windows(notes, {**bins, "features": learn_feature_edges(notes, {"dprev": 4, "chord_rank": 3})}, vocab, params_section(WindowsParams, "windows", length=4, step=2))
     np.testing.assert_array_equal(seed.src, rich.src)
     np.testing.assert_array_equal(seed.tgt, rich.tgt)
     assert seed.features.shape == (*seed.src.shape, 0) and rich.features.shape == (*seed.src.shape, 2)

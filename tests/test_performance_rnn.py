@@ -25,7 +25,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, dvc, make_project, one_torch_thread, project_env
+from conftest import ROOT, dvc, make_project, one_torch_thread, params_section, project_env
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.harness import file_digest
 from model.events import VOCAB_SIZE, decode, duration_seconds, velocity_to_bin
@@ -46,8 +46,9 @@ from stages.perf_events import PerfEventsParams, build_perf_events, encode_split
 from stages.perf_train import PerfModelParams, PerfTrainParams, train_performance_rnn
 
 WINDOW = 64
-TINY_MODEL = PerfModelParams(hidden_size=64, layers=1, dropout=0.0)
-TINY_TRAIN = PerfTrainParams(
+TINY_MODEL = params_section(PerfModelParams, "performance_rnn.model", hidden_size=64, layers=1, dropout=0.0)
+TINY_TRAIN = params_section(
+    PerfTrainParams, "performance_rnn.train",
     seed=0, steps=150, batch_size=16, lr=0.003, clip_norm=3.0, eval_every=50, checkpoint_every=50, val_windows=64, device="cpu"
 )
 
@@ -62,7 +63,7 @@ def tiny_data(tiny_zip: Path, tmp_path_factory) -> dict[str, Path]:
     with zipfile.ZipFile(tiny_zip) as archive:
         archive.extractall(root / "raw")
     extract_notes(root / "raw" / "maestro-v3.0.0", root / "notes", sustain=False, workers=1)
-    build_perf_events(root / "notes", root / "perf_events", PerfEventsParams(window=WINDOW, step=WINDOW // 2))
+    build_perf_events(root / "notes", root / "perf_events", params_section(PerfEventsParams, "performance_rnn.events", window=WINDOW, step=WINDOW // 2))
     return {"raw": root / "raw" / "maestro-v3.0.0", "notes": root / "notes", "events": root / "perf_events"}
 
 
@@ -159,7 +160,7 @@ def test_short_training_lowers_test_nll_well_below_the_untrained_model(trained, 
     assert [p["step"] for p in history] == [50, 100, 150]
     assert history[-1]["val_loss"] < history[0]["val_loss"]
     untrained = untrained_model(model.cfg, TINY_TRAIN.seed)
-    metrics = evaluate_performance_rnn(model, untrained, load_split(tiny_data["events"], "test"), PerfEvaluateParams(device="cpu"))
+    metrics = evaluate_performance_rnn(model, untrained, load_split(tiny_data["events"], "test"), params_section(PerfEvaluateParams, "performance_rnn.evaluate", device="cpu"))
     assert metrics["vocab_size"] == 413
     assert metrics["perplexity"] == pytest.approx(math.exp(metrics["nll_per_event"]))
     assert metrics["untrained_perplexity"] == pytest.approx(math.exp(metrics["untrained_nll_per_event"]))

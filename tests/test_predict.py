@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import one_torch_thread
+from conftest import one_torch_thread, params_section
 from pipeline.cli import main as velocity
 from stages.extract import NOTE_COLUMNS, read_notes
 from stages.midi import read_midi
@@ -39,12 +39,12 @@ def trained_model(tmp_path_factory, tiny_raw) -> Path:
     root = tmp_path_factory.mktemp("tiny_model")
     extract_notes(tiny_raw, root / "notes", sustain=False, workers=1)
     train_notes = pd.read_parquet(root / "notes/train.parquet")
-    bins = learn_bins(train_notes, BinsParams(dstart=3, duration=3, velocity=3))
+    bins = learn_bins(train_notes, BinsParams(dstart=3, duration=3, velocity=3, fixed_edges=None))
     bins["features"] = learn_feature_edges(train_notes, {"dprev": 8, "chord_rank": 4})
     vocab = build_vocab(bins, velocity_hint=False)
     write_json(root / "bins.json", bins)
     write_json(root / "vocab.json", vocab.to_dict())
-    windows_params = WindowsParams(length=32, step=16)
+    windows_params = params_section(WindowsParams, "windows", length=32, step=16)
     for split in ("train", "validation"):
         windows = make_windows(pd.read_parquet(root / f"notes/{split}.parquet"), bins, vocab, windows_params)
         save_npy(root / f"windows/{split}_src.npy", windows.src)
@@ -54,8 +54,9 @@ def trained_model(tmp_path_factory, tiny_raw) -> Path:
     with one_torch_thread():  # a session fixture runs outside the tests' single_threaded
         run_training(
             root / "windows", root / "vocab.json", root / "bins.json", root / "models",
-            ModelParams(layers=1, heads=2, d_model=32, d_ff=64, dropout=0.0),
-            TrainConfig(batch_size=16, warmup=10, lr_factor=2.0, max_steps=20, eval_every=20, checkpoint_every=20, device="cpu", eval_windows=16),
+            params_section(ModelParams, "model", layers=1, heads=2, d_model=32, d_ff=64, dropout=0.0),
+            params_section(TrainConfig, "train", batch_size=16, warmup=10, lr_factor=2.0, max_steps=20, eval_every=20, checkpoint_every=20,
+                           device="cpu", eval_windows=16),
             live_dir=None, calibration_notes=root / "notes/validation.parquet",
         )  # fmt: skip
     return root / "models/velocity.pt"
@@ -89,7 +90,7 @@ def assert_only_note_on_velocities_differ(original: Path, predicted: Path) -> in
 
 @pytest.mark.parametrize("decoding", [None, "median", "greedy"])
 def test_real_file_gets_the_models_velocities_and_nothing_else_changes(trained_model, tiny_raw, tmp_path, decoding):
-    from model.pieces import load_velocity_model, predict_notes
+    from model.pieces import DEFAULT_DECODING, load_velocity_model, predict_notes
 
     source = tiny_raw.parent / TEST_PIECE
     out = tmp_path / "out.mid"
@@ -100,7 +101,7 @@ def test_real_file_gets_the_models_velocities_and_nothing_else_changes(trained_m
     assert changed > len(before) // 2
     pd.testing.assert_frame_equal(before.drop(columns="velocity"), after.drop(columns="velocity"))
     # The new velocities are the model's stitched prediction on the notes exactly as extract reads them.
-    expected = predict_notes(load_velocity_model(trained_model), before, decoding=decoding or "notes-only")
+    expected = predict_notes(load_velocity_model(trained_model), before, decoding=decoding or DEFAULT_DECODING)
     np.testing.assert_array_equal(after["velocity"].to_numpy(), np.clip(expected, 1, 127))
 
 
@@ -272,7 +273,7 @@ def test_a_model_file_from_before_features_loads_and_says_what_it_lacks(trained_
 def test_damaged_files_give_the_same_notes_in_extract_and_predict(trained_model, tmp_path, caplog):
     import csv
 
-    from model.pieces import load_velocity_model, predict_notes
+    from model.pieces import DEFAULT_DECODING, load_velocity_model, predict_notes
     from stages.extract import extract_notes
     from test_midi import DAMAGED, write_case
 

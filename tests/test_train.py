@@ -35,11 +35,14 @@ from model.training import (
 from model.codec import N_SPECIALS, PAD, START
 from model.transformer import ModelConfig, build_model, decoder_input
 from stages.train import ModelParams, run_training
-from conftest import ROOT, dvc, make_project, one_torch_thread, project_env
+from conftest import ROOT, dvc, make_project, one_torch_thread, params_section, project_env
 
-TINY_MODEL = {"layers": 1, "heads": 2, "d_model": 16, "d_ff": 32, "dropout": 0.1}
-TINY_TRAIN = TrainConfig(batch_size=4, accum=2, warmup=10, lr_factor=1.0, epochs=1, max_steps=8, seed=0,
-                         device="cpu", eval_every=4, checkpoint_every=4)
+# The encoder-decoder, teacher forced: the synthetic velocities below follow a per-window level that
+# only the previous velocities reveal.
+TINY_MODEL = {"layers": 1, "heads": 2, "d_model": 16, "d_ff": 32, "dropout": 0.1, "kind": "encoder-decoder", "aligned": False}
+TINY_TRAIN = params_section(TrainConfig, "train", batch_size=4, accum=2, warmup=10, lr_factor=1.0, epochs=1, max_steps=8, seed=0,
+                             device="cpu", eval_every=4, checkpoint_every=4, loss="kl", input_dropout=0.0,
+                             transpose=0)  # synthetic tokens: no pitches to move
 SRC_VOCAB, TGT_VOCAB, LENGTH = 40, 131, 16
 
 
@@ -79,13 +82,13 @@ def write_windows_project(root: Path, n_train: int = 24, n_val: int = 6, seed: i
 
 
 def tiny_config() -> ModelConfig:
-    return ModelConfig(src_vocab=SRC_VOCAB, tgt_vocab=TGT_VOCAB, max_len=LENGTH, **TINY_MODEL)
+    return ModelConfig(src_vocab=SRC_VOCAB, tgt_vocab=TGT_VOCAB, max_len=LENGTH, **asdict(params_section(ModelParams, "model", **TINY_MODEL)))
 
 
 def run_in(root: Path, cfg: TrainConfig, live: bool = False):
     return run_training(
         root / "data" / "windows", root / "data" / "vocab.json", root / "data" / "bins.json", root / "models",
-        ModelParams(**TINY_MODEL), cfg, live_dir=root / "dvclive" / "train" if live else None,
+        params_section(ModelParams, "model", **TINY_MODEL), cfg, live_dir=root / "dvclive" / "train" if live else None,
     )
 
 
@@ -194,7 +197,7 @@ def test_seed_configuration_builds_and_takes_one_step():
     assert 40e6 < model.num_params() < 50e6
     rng = np.random.default_rng(0)
     windows = Windows(rng.integers(3, 795, (4, 16)).astype(np.int16), rng.integers(3, 131, (4, 16)).astype(np.int16))
-    task = VelocityTask(cfg, TrainConfig(**SEED_PRESET["train"]), windows, windows)
+    task = VelocityTask(cfg, params_section(TrainConfig, "train", **SEED_PRESET["train"]), windows, windows)
     optimizer = task.make_optimizer(model)
     before = model.generator.proj.weight.detach().clone()
     loss, n_tokens = task.loss(model, task.train_batch(np.arange(4)), step=0)
@@ -209,8 +212,8 @@ def test_seed_configuration_builds_and_takes_one_step():
 def test_seed_preset_command_line_sets_every_key_the_sections_know():
     line = dvc_set_args(SEED_PRESET)
     assert "-S model.layers=6" in line and "-S train.accum=10" in line and "-S train.max_steps=null" in line
-    TrainConfig(**SEED_PRESET["train"])  # the preset's keys are real train params
-    ModelParams(**SEED_PRESET["model"])
+    params_section(TrainConfig, "train", **SEED_PRESET["train"])  # the preset's keys are real train params
+    params_section(ModelParams, "model", **SEED_PRESET["model"])
 
 
 def test_readme_gives_the_whole_seed_preset():
@@ -244,7 +247,7 @@ def test_input_dropout_hides_velocities_behind_start_and_leaves_padding_alone():
     assert 0.72 < changed[:, 1:101].float().mean().item() < 0.78
     assert (drop_inputs(tgt_in, 1.0)[:, :101] == START).all()
     with pytest.raises(ValueError, match="train.input_dropout"):
-        TrainConfig(input_dropout=1.5)
+        params_section(TrainConfig, "train", input_dropout=1.5)
 
 
 def test_missing_windows_name_the_file(tmp_path):
@@ -254,7 +257,7 @@ def test_missing_windows_name_the_file(tmp_path):
 
 def test_bad_train_params_are_named():
     with pytest.raises(ValueError, match="train.batch_size"):
-        TrainConfig(batch_size=0)
+        params_section(TrainConfig, "train", batch_size=0)
 
 
 def _velocity_checkpoint(project: Path) -> dict:

@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 
 from stages.params import ParamsError
+from conftest import params_section
 from model.codec import PAD, id_to_velocity, tokenize
 from stages.vocab import build_vocab
 from model.codec import window_starts
@@ -37,7 +38,7 @@ def test_window_starts_step_tail_and_short_pieces():
 
 def test_windows_shapes_overlap_and_never_cross_pieces():
     notes = pd.concat([piece("a", 300, 0), piece("b", 50, 1), piece("c", 128, 2)], ignore_index=True)
-    w = make_windows(notes, BINS, VOCAB, WindowsParams(length=128, step=64))
+    w = make_windows(notes, BINS, VOCAB, params_section(WindowsParams, "windows", length=128, step=64))
     assert w.src.shape == w.tgt.shape == w.rows.shape == (4 + 1 + 1, 128)
     assert w.src.dtype == np.int16 and w.rows.dtype == np.int32
     # Consecutive windows of piece a overlap by length - step notes.
@@ -59,18 +60,18 @@ def test_windows_shapes_overlap_and_never_cross_pieces():
 
 def test_drop_policies_leave_out_tails_and_short_pieces():
     notes = pd.concat([piece("a", 300, 0), piece("b", 50, 1)], ignore_index=True)
-    w = make_windows(notes, BINS, VOCAB, WindowsParams(length=128, step=64, tail="drop", short="drop"))
+    w = make_windows(notes, BINS, VOCAB, params_section(WindowsParams, "windows", length=128, step=64, tail="drop", short="drop"))
     assert len(w.rows) == 3 and w.rows.max() == 255
 
 
 def test_bad_window_params_are_named():
     with pytest.raises(ParamsError, match="windows.step"):
-        WindowsParams(length=128, step=200)
+        params_section(WindowsParams, "windows", length=128, step=200)
     with pytest.raises(ParamsError, match="windows.tail"):
-        WindowsParams(tail="wrap")
+        params_section(WindowsParams, "windows", tail="wrap")
 
 
 def test_non_contiguous_pieces_are_refused():
     notes = pd.concat([piece("a", 10, 0), piece("b", 10, 1), piece("a", 10, 2)], ignore_index=True)
     with pytest.raises(ValueError, match="contiguous"):
-        make_windows(notes, BINS, VOCAB, WindowsParams())
+        make_windows(notes, BINS, VOCAB, params_section(WindowsParams, "windows"))

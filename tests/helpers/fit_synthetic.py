@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
 
 from model.checkpoint import save_checkpoint  # noqa: E402
 from model.harness import LoopConfig, distributed_from_env, end_process, fit  # noqa: E402
@@ -23,6 +24,7 @@ from model.performance_rnn import PerformanceRNNConfig, PerformanceTask, build_m
 from model.runtime import seed_everything  # noqa: E402
 from model.training import TrainConfig, VelocityTask, Windows  # noqa: E402
 from model.transformer import ModelConfig, build_model  # noqa: E402
+from stages.params import read_params, section  # noqa: E402
 
 
 def velocity_task(batch_size: int) -> tuple[VelocityTask, torch.nn.Module]:
@@ -31,7 +33,9 @@ def velocity_task(batch_size: int) -> tuple[VelocityTask, torch.nn.Module]:
     tgt = (rng.integers(40, 90, size=(40, 1)) + 8 * (src % 2) + 3).astype(np.int16)
     src[-1, 8:], tgt[-1, 8:] = 0, 0  # one half-padded window: token counts differ between ranks
     windows = Windows(src, tgt, name="synthetic")
-    cfg = TrainConfig(batch_size=batch_size, warmup=4, max_steps=1, device="cpu", loss="crps")
+    train = {**read_params(ROOT / "params.yaml")["train"], "batch_size": batch_size, "warmup": 4, "lr_factor": 1.0, "max_steps": 1,
+             "device": "cpu", "transpose": 0, "input_dropout": 0.0}
+    cfg = section(TrainConfig, "train", {"train": train})
     model_cfg = ModelConfig(src_vocab=40, tgt_vocab=131, max_len=16, layers=1, heads=2, d_model=16, d_ff=32, dropout=0.0, kind="encoder")
     seed_everything(0)
     return VelocityTask(model_cfg, cfg, windows, windows), build_model(model_cfg)
