@@ -52,6 +52,16 @@ def section(cls: type[T], name: str, params: dict[str, Any]) -> T:
     return cls(**values)
 
 
+def value(params: dict[str, Any], dotted: str) -> Any:
+    """One value, e.g. `extract.sustain`, for a stage that reads a single key of another section."""
+    node: Any = params
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ParamsError(f"params.yaml: missing key '{dotted}'")
+        node = node[part]
+    return node
+
+
 def load(cls: type[T], name: str, path: Path | str = PARAMS_FILE) -> T:
     """Section `name` of the params file at `path` as a `cls`."""
     return section(cls, name, read_params(path))

@@ -32,7 +32,7 @@ from model.harness import FitResult, LoopConfig, distributed_from_env, end_proce
 from model.performance_rnn import PerformanceRNN, PerformanceRNNConfig, PerformanceTask, build_model, checkpoint_state
 from model.runtime import seed_everything
 from stages.live import Curves
-from stages.params import read_params
+from stages.params import read_params, value
 from stages.perf_events import load_perf_params
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     exit_code = relaunch_if_wanted(train_params.nproc_per_node, "stages.perf_train", sys.argv[1:] if argv is None else argv)
     if exit_code is not None:  # trained by torchrun's processes
         return exit_code
-    sustain = bool((read_params().get("extract") or {}).get("sustain", False))
+    sustain = bool(value(read_params(), "extract.sustain"))
     train_path = args.events_dir / "train_windows.npy"
     val_path = args.events_dir / "validation_windows.npy"
     for path in (train_path, val_path):

@@ -57,10 +57,12 @@ def run_training(
     train_params: Any,
     live_dir: Path | None = LIVE_DIR,
     calibration_notes: Path | None = None,
+    sustain: bool = False,
 ) -> Any:
     """Train (or resume) and export `out_dir/velocity.pt`; returns the loop's `FitResult`. With
     `calibration_notes` (data/notes/validation.parquet) the `pianist` decoding's stretch is fitted
-    on them and saved in the model file. Under torchrun every process trains; rank 0 writes."""
+    on them and saved in the model file, as is `sustain` (extract.sustain: how the notes were read, so
+`velocity predict` reads a new file the same way). Under torchrun every process trains; rank 0 writes."""
     from model.features import feature_sizes
     from model.harness import distributed_from_env, end_process, fingerprint
     from model.training import NOT_FINGERPRINTED, Windows, WindowsError, export_model, train
@@ -93,7 +95,7 @@ def run_training(
     if not dist.is_main:
         return result
 
-    extra = {"vocab": vocab, "bins": bins, "windows": windows_stats}
+    extra = {"vocab": vocab, "bins": bins, "windows": windows_stats, "extract": {"sustain": sustain}}
     if calibration_notes is not None:
         extra["calibration"] = calibrate(result.best_model, model_cfg, extra, calibration_notes, train_params.min_std_ratio)
     out_path = out_dir / "velocity.pt"
@@ -146,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     exit_code = relaunch_if_wanted(train_params.nproc_per_node, "stages.train", sys.argv[1:] if argv is None else argv)
     if exit_code is not None:  # trained by torchrun's processes
         return exit_code
-    run_training(args.windows_dir, args.vocab, args.bins, args.out_dir, model_params, train_params, calibration_notes=args.calibrate_on)
+    sustain = bool(params_lib.value(params, "extract.sustain"))
+    run_training(args.windows_dir, args.vocab, args.bins, args.out_dir, model_params, train_params,
+                 calibration_notes=args.calibrate_on, sustain=sustain)
     return 0
 
 

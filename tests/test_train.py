@@ -85,10 +85,11 @@ def tiny_config() -> ModelConfig:
     return ModelConfig(src_vocab=SRC_VOCAB, tgt_vocab=TGT_VOCAB, max_len=LENGTH, **asdict(params_section(ModelParams, "model", **TINY_MODEL)))
 
 
-def run_in(root: Path, cfg: TrainConfig, live: bool = False):
+def run_in(root: Path, cfg: TrainConfig, live: bool = False, sustain: bool = False):
     return run_training(
         root / "data" / "windows", root / "data" / "vocab.json", root / "data" / "bins.json", root / "models",
         params_section(ModelParams, "model", **TINY_MODEL), cfg, live_dir=root / "dvclive" / "train" if live else None,
+        sustain=sustain,
     )
 
 
@@ -109,13 +110,14 @@ def test_training_is_deterministic_on_cpu(tmp_path):
 def test_training_learns_and_exports_a_self_contained_model(tmp_path):
     root = write_windows_project(tmp_path, n_train=48)
     cfg = replace(TINY_TRAIN, max_steps=80, accum=1, warmup=30, lr_factor=1.0, eval_every=20, checkpoint_every=40)
-    result = run_in(root, cfg)
+    result = run_in(root, cfg, sustain=True)
     assert result.start_step == 0 and result.step == 80
     ckpt = load_checkpoint(root / "models" / "velocity.pt")  # weights_only=True inside
     assert ckpt["kind"] == "velocity-transformer"
     assert ckpt["model_config"] == tiny_config().to_dict()
     assert ckpt["vocab"]["tgt"][N_SPECIALS] == "v0" and ckpt["bins"]["velocity"] == [0, 64, 128]
     assert ckpt["windows"]["length"] == LENGTH and ckpt["train"]["max_steps"] == 80
+    assert ckpt["extract"] == {"sustain": True}  # predict reads a new file's pedal as the training notes were read
     assert ckpt["step"] == result.best_step and ckpt["best_val_loss"] == pytest.approx(result.best["loss"])
     # Learned something: the validation error beats always answering the validation set's median.
     val_tgt = np.load(root / "data" / "windows" / "validation_tgt.npy")
