@@ -159,7 +159,7 @@ def test_resumes_after_sigkill_from_the_last_checkpoint(tmp_path):
     # The length curriculum ends part-way, so the resumed run must also pick the right data view.
     cfg = replace(TINY_TRAIN, max_steps=150, accum=1, eval_every=10, checkpoint_every=3, curriculum_steps=20, curriculum_length=4)
     root = write_windows_project(tmp_path / "killed")
-    params = {"model": TINY_MODEL, "train": asdict(cfg)}
+    params = {**yaml.safe_load((ROOT / "params.yaml").read_text()), "model": asdict(params_section(ModelParams, "model", **TINY_MODEL)), "train": asdict(cfg)}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     proc = subprocess.Popen(
         [sys.executable, "-m", "stages.train", "data/windows", "data/vocab.json", "data/bins.json", "models"],
