@@ -140,17 +140,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     from model.harness import relaunch_if_wanted
-    from model.training import TrainConfig
+    from model.training import TrainConfig, WindowsError
 
-    params = params_lib.read_params(args.params)
-    model_params = params_lib.section(ModelParams, "model", params)
-    train_params = params_lib.section(TrainConfig, "train", params)
-    exit_code = relaunch_if_wanted(train_params.nproc_per_node, "stages.train", sys.argv[1:] if argv is None else argv)
-    if exit_code is not None:  # trained by torchrun's processes
-        return exit_code
-    sustain = bool(params_lib.value(params, "extract.sustain"))
-    run_training(args.windows_dir, args.vocab, args.bins, args.out_dir, model_params, train_params,
-                 calibration_notes=args.calibrate_on, sustain=sustain)
+    try:
+        params = params_lib.read_params(args.params)
+        model_params = params_lib.section(ModelParams, "model", params)
+        train_params = params_lib.section(TrainConfig, "train", params)
+        sustain = bool(params_lib.value(params, "extract.sustain"))
+        exit_code = relaunch_if_wanted(train_params.nproc_per_node, "stages.train", sys.argv[1:] if argv is None else argv)
+        if exit_code is not None:  # trained by torchrun's processes
+            return exit_code
+        run_training(args.windows_dir, args.vocab, args.bins, args.out_dir, model_params, train_params,
+                     calibration_notes=args.calibrate_on, sustain=sustain)
+    except (params_lib.ParamsError, WindowsError) as err:  # bad params or empty data: one line, no traceback
+        raise SystemExit(f"train: {err}") from None
     return 0
 
 

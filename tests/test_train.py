@@ -252,6 +252,19 @@ def test_input_dropout_hides_velocities_behind_start_and_leaves_padding_alone():
         params_section(TrainConfig, "train", input_dropout=1.5)
 
 
+def test_an_empty_validation_split_stops_the_stage_with_one_line(tmp_path):
+    root = write_windows_project(tmp_path)
+    for kind in ("src", "tgt"):
+        np.save(root / "data" / "windows" / f"validation_{kind}.npy", np.zeros((0, LENGTH), dtype=np.int16))
+    params = {**yaml.safe_load((ROOT / "params.yaml").read_text()), "model": asdict(params_section(ModelParams, "model", **TINY_MODEL)), "train": asdict(TINY_TRAIN)}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = subprocess.run([sys.executable, "-m", "stages.train", "data/windows", "data/vocab.json", "data/bins.json", "models"],
+                          cwd=root, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "train: data/windows/validation_{src,tgt,features}.npy: no validation windows (the validation split is empty)"
+    assert not (root / "models" / "velocity.pt").exists()
+
+
 def test_missing_windows_name_the_file(tmp_path):
     with pytest.raises(WindowsError, match="train_src.npy"):
         Windows.load(tmp_path, "train")
