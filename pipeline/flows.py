@@ -3,15 +3,18 @@
 The stage order comes from DVC's own graph (dvc.yaml read through `dvc.repo.Repo`), never from a
 list kept here, and each task runs exactly its stage with `dvc repro --single-item`, so DVC still
 decides what is up to date: a rerun with nothing changed only prints "didn't change, skipping".
-After the stages, the flow publishes keyed artifacts (metrics table, run summary, figure links) so
-the flow run in the Prefect UI shows what was trained and how well it did.
+After the stages, the flow publishes keyed artifacts (metrics table, run summary, and the figures
+themselves, embedded in markdown) so the flow run in the Prefect UI shows what was trained and how
+well it did.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import dataclasses
 import functools
+import io
 import json
 import logging
 import os
@@ -32,7 +35,13 @@ import yaml
 METRICS_ARTIFACT = "velocity-metrics"
 SUMMARY_ARTIFACT = "velocity-run-summary"
 FIGURES_ARTIFACT = "velocity-figures"
-FIGURE_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg")
+FIGURE_MIME_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
+FIGURE_SUFFIXES = tuple(FIGURE_MIME_TYPES)
+# The figures travel inside the artifact (the server stores it in its database, once per run), so keep
+# them modest: wider images are downscaled (evaluate's are about 1,000 px wide at its dpi 110), and
+# figures past the total budget are listed by path instead of embedded.
+FIGURE_MAX_WIDTH_PX = 1200
+FIGURES_ARTIFACT_MAX_CHARS = 3_000_000
 OUTPUT_TAIL_LINES = 20  # how much of a failing stage's output goes into the error message
 PROGRESS_LOG_SECONDS = 30.0  # how often a running progress bar's state reaches the log
 
@@ -293,10 +302,63 @@ def summary_markdown(
     return "\n".join(lines) + "\n"
 
 
-def figures_markdown(figures: Sequence[Path]) -> str:
-    """Markdown links (file:// URLs) to the figures."""
-    lines = ["# Figures", ""]
-    lines += [f"- [{path.name}]({path.as_uri()}) `{path}`" for path in figures]
+def figure_bytes(path: Path, max_width_px: int = FIGURE_MAX_WIDTH_PX) -> tuple[bytes, str]:
+    """The image file `path` as (bytes, MIME type); a raster image wider than `max_width_px` is
+    downscaled to that width (same aspect ratio, same format), anything else is returned as it is."""
+    mime = FIGURE_MIME_TYPES[path.suffix.lower()]
+    data = path.read_bytes()
+    if mime == "image/svg+xml":
+        return data, mime
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        if image.width <= max_width_px:
+            return data, mime
+        height_px = max(1, round(image.height * max_width_px / image.width))
+        small = image.resize((max_width_px, height_px), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    if mime == "image/png":
+        small.save(buffer, format="PNG", optimize=True)
+    else:
+        small.convert("RGB").save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue(), mime
+
+
+def data_uri(data: bytes, mime: str) -> str:
+    """`data` as a base64 `data:` URI."""
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def figures_markdown(
+    root: Path | str, figures: Sequence[Path], max_chars: int = FIGURES_ARTIFACT_MAX_CHARS
+) -> str:
+    """Markdown carrying the figures themselves, each under the file it came from.
+
+    A browser cannot open a `file://` link from a web page, so each image is embedded as a
+    `data:image/...;base64` URI, which both Prefect UIs show inline in a markdown artifact (the V2
+    UI's sanitizer lets `data:image/` through for <img> only). Figures that would take the markdown
+    past `max_chars` are listed by path instead.
+    """
+    root = Path(root).resolve()
+    lines = ["# Figures", "", f"The images the stages wrote in `{root}`, embedded in this artifact.", ""]
+    left_out: list[str] = []
+    used_chars = sum(len(line) + 1 for line in lines)
+    for path in figures:
+        name = path.relative_to(root) if path.is_relative_to(root) else path
+        try:
+            image = f"![{name}]({data_uri(*figure_bytes(path))})"
+        except OSError as err:  # unreadable or not an image after all: list it, publish the rest
+            left_out.append(f"- `{path}`: cannot be read as an image ({err})")
+            continue
+        block = [f"## `{name}`", "", image, ""]
+        size = sum(len(line) + 1 for line in block)
+        if used_chars + size > max_chars:
+            left_out.append(f"- `{path}`: the artifact would pass {max_chars:,} characters")
+            continue
+        lines += block
+        used_chars += size
+    if left_out:
+        lines += ["## Not embedded", "", *left_out]
     return "\n".join(lines) + "\n"
 
 
@@ -307,8 +369,9 @@ def publish_artifacts(
     params: Sequence[dict[str, Any]],
     failed: str | None = None,
 ) -> None:
-    """Create the flow run's keyed artifacts: the summary always; the metrics table and figure links
-    when the stages that finished in this run (ran or were up to date) declare any."""
+    """Create the flow run's keyed artifacts: the summary always; the metrics table and the figures
+    (embedded, see `figures_markdown`) when the stages that finished in this run (ran or were up to
+    date) declare any."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     planned = [stage.address for stage in plan]
@@ -326,7 +389,9 @@ def publish_artifacts(
         create_table_artifact(rows, key=METRICS_ARTIFACT, description="dvc metrics show")
     figures = figure_paths(root, [path for stage in finished_stages for path in stage.outs])
     if figures:
-        create_markdown_artifact(figures_markdown(figures), key=FIGURES_ARTIFACT, description="Figures the stages wrote")
+        create_markdown_artifact(
+            figures_markdown(root, figures), key=FIGURES_ARTIFACT, description="Figures the stages wrote"
+        )
 
 
 # --- the flow ------------------------------------------------------------------------------------

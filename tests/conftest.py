@@ -5,8 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 import zipfile
 from pathlib import Path
 from collections.abc import Iterator
@@ -147,3 +151,80 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+# --- a real `prefect server start` -----------------------------------------------------------------
+
+SERVER_START_TIMEOUT_SECONDS = 180  # 2 shared cores: migrations on a fresh database take a while
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def velocity_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
+    """A clean Prefect environment for a `velocity` subprocess: its own PREFECT_HOME, no inherited API URL."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env.update(overrides)
+    return env
+
+
+def velocity(args: list[str], env: dict[str, str], cwd: Path, timeout_seconds: float = 120) -> subprocess.CompletedProcess:
+    """Run the real `velocity` command (this checkout's code) in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], cwd=cwd, env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=timeout_seconds,
+    )
+
+
+def wait_for_health(api_url: str, server: subprocess.Popen, timeout_seconds: float) -> None:
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"prefect server exited with {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"no answer from {api_url}/health within {timeout_seconds}s")
+
+
+def stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Stop a process we started in its own session, and everything it started."""
+    if process.poll() is None:
+        os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # children left behind by a clean exit of the leader
+    except ProcessLookupError:
+        pass
+
+
+@contextlib.contextmanager
+def prefect_server_process(tmp_path: Path, ui: bool = False) -> Iterator[tuple[str, dict[str, str]]]:
+    """A real `prefect server start` on 127.0.0.1 and a free port, with its own PREFECT_HOME (and so
+    its own sqlite database); yields its API URL and an environment pointing at it; killed afterwards."""
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    # The UI asks /ui-settings where the API is; that comes from settings, not from --port.
+    env = velocity_env(tmp_path, PREFECT_UI_ENABLED=str(ui).lower(), PREFECT_UI_API_URL=api_url)
+    with (tmp_path / "server.log").open("w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        try:
+            wait_for_health(api_url, server, SERVER_START_TIMEOUT_SECONDS)
+            yield api_url, {**env, "PREFECT_API_URL": api_url}
+        finally:
+            stop(server)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -11,9 +14,20 @@ from uuid import UUID
 
 import pytest
 import yaml
-from conftest import ROOT, SMALL_DEMO, deep_update, make_project
+from conftest import ROOT, SMALL_DEMO, deep_update, make_project, prefect_server_process, velocity
+from headless_browser import chromium_page, find_chromium
 
-from pipeline.flows import PipelineError, figure_paths, read_stages, stage_order, stage_status, stream_command
+from pipeline.flows import (
+    FIGURE_MAX_WIDTH_PX,
+    FIGURES_ARTIFACT,
+    PipelineError,
+    figure_paths,
+    figures_markdown,
+    read_stages,
+    stage_order,
+    stage_status,
+    stream_command,
+)
 
 # The demo corpus with models so small that the whole pipeline takes seconds per stage.
 TINY_PIPELINE: dict[str, Any] = deep_update(
@@ -83,6 +97,22 @@ def read_flow_run(flow_run_id: UUID) -> dict[str, Any]:
     }
 
 
+def embedded_images(markdown: str) -> dict[str, bytes]:
+    """The images a markdown artifact carries as data: URIs, {alt text: file bytes}, in order."""
+    found = re.findall(r"!\[([^\]]*)\]\(data:image/[a-z+]+;base64,([A-Za-z0-9+/=]+)\)", markdown)
+    return {alt: base64.b64decode(data) for alt, data in found}
+
+
+def open_image(data: bytes) -> Any:
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data))
+
+
+def project_figures(project: Path) -> list[Path]:
+    return figure_paths(project, [out for stage in read_stages(project) for out in stage.outs])
+
+
 def run_pipeline(project: Path, **params: Any) -> tuple[Any, dict[str, Any]]:
     from pipeline.flows import pipeline_flow
 
@@ -144,6 +174,37 @@ def test_stage_status_reads_dvc_output() -> None:
     assert stage_status("bins", ["Stage 'binsx' didn't change, skipping"]) == "unknown"
 
 
+def test_figures_markdown_embeds_images_downscales_and_keeps_to_its_budget(tmp_path: Path) -> None:
+    from PIL import Image
+
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    Image.new("RGB", (40, 20), (200, 30, 30)).save(plots / "small.png")
+    Image.new("RGB", (3 * FIGURE_MAX_WIDTH_PX, FIGURE_MAX_WIDTH_PX), (30, 200, 30)).save(plots / "wide.png")
+    (plots / "vector.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4"/>')
+    (plots / "broken.png").write_bytes(b"not a png")
+    figures = sorted(plots.iterdir())
+
+    markdown = figures_markdown(tmp_path, figures)
+    images = embedded_images(markdown)
+    assert list(images) == ["plots/small.png", "plots/vector.svg", "plots/wide.png"]
+    assert all(f"## `{name}`" in markdown for name in images)
+    assert images["plots/small.png"] == (plots / "small.png").read_bytes()  # narrow enough: the file as it is
+    assert images["plots/vector.svg"] == (plots / "vector.svg").read_bytes()
+    assert "data:image/svg+xml;base64," in markdown
+    wide = open_image(images["plots/wide.png"])
+    assert (wide.format, wide.size) == ("PNG", (FIGURE_MAX_WIDTH_PX, FIGURE_MAX_WIDTH_PX // 3))
+    assert wide.getpixel((5, 5)) == (30, 200, 30)
+    assert f"- `{plots / 'broken.png'}`: cannot be read as an image" in markdown
+    assert "file://" not in markdown
+
+    # Over the budget: the figures that do not fit are listed by path, not embedded.
+    budget = len(figures_markdown(tmp_path, figures[1:2]))  # room for small.png alone
+    tight = figures_markdown(tmp_path, figures, max_chars=budget)
+    assert list(embedded_images(tight)) == ["plots/small.png"]
+    assert f"- `{plots / 'wide.png'}`: the artifact would pass {budget:,} characters" in tight
+
+
 @pytest.mark.slow
 def test_flow_runs_one_task_per_stage_and_publishes_results(first_run: dict[str, Any]) -> None:
     project = first_run["project"]
@@ -168,10 +229,14 @@ def test_flow_runs_one_task_per_stage_and_publishes_results(first_run: dict[str,
         for entry in stage.get("metrics", [])
     }
     assert {row["file"] for row in metrics} == declared  # every stage's metrics file, as DVC reads it
-    figures = figure_paths(project, [out for stage in read_stages(project) for out in stage.outs])
-    if figures:  # once a stage (evaluate) declares images among its outputs, the run links them
-        links = first_run["artifacts"]["velocity-figures"].data
-        assert all(path.as_uri() in links for path in figures)
+    # The figures travel inside the artifact, each under its path, at full size (evaluate's are narrower
+    # than FIGURE_MAX_WIDTH_PX).
+    figures = project_figures(project)
+    assert figures, "evaluate declares plots/evaluate: the run must have drawn figures"
+    embedded = embedded_images(first_run["artifacts"][FIGURES_ARTIFACT].data)
+    assert list(embedded) == [str(path.relative_to(project.resolve())) for path in figures]
+    for name, data in embedded.items():
+        assert data == (project / name).read_bytes()
 
 
 @pytest.mark.slow
@@ -220,3 +285,83 @@ def test_velocity_run_command(first_run: dict[str, Any], capsys: pytest.CaptureF
     assert table.count("skipped") == 2
     assert main(["run", "--root", str(first_run["project"]), "nope"]) == 2
     assert "no stage named 'nope'" in capsys.readouterr().err
+
+
+# Every figure <img> of the page once all have loaded (naturalWidth 0 means a broken image), else null.
+LOADED_FIGURES_JS = """(() => {
+  const images = [...document.querySelectorAll('img')].filter(img => img.src.startsWith('data:image/'));
+  if (images.length < %d || !images.every(img => img.complete)) return null;
+  return images.map(img => ({alt: img.alt, naturalWidth: img.naturalWidth, naturalHeight: img.naturalHeight}));
+})()"""
+# Scroll one figure into view, let the page repaint, and return where it is drawn (CSS pixels).
+SHOW_FIGURE_JS = """(async () => {
+  const img = [...document.querySelectorAll('img')].find(img => img.alt === %s);
+  img.scrollIntoView({block: 'center'});
+  await new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)));
+  const {x, y, width, height} = img.getBoundingClientRect();
+  return {x, y, width, height};
+})()"""
+# Measured: a figure drawn whole gives r >= 0.989 and a mean difference <= 1.6 (browser and PIL scale
+# a little differently); one drawn only in part (a corrupted PNG) r <= 0.70 and >= 15; broken ~0.1 and ~100.
+MIN_DRAWN_CORRELATION = 0.95
+MAX_DRAWN_MEAN_DIFFERENCE = 8.0  # grey levels out of 255
+
+
+def drawn_likeness(screenshot: Path, rect: dict[str, float], figure: Path) -> tuple[float, float]:
+    """How the screenshot inside `rect` matches the figure file scaled to it: the Pearson correlation
+    of their grey levels (4x4 blocks averaged, so sub-pixel placement does not matter) and the mean
+    absolute difference of grey levels."""
+    import numpy as np
+
+    box = tuple(round(rect[key]) for key in ("x", "y")) + (round(rect["x"] + rect["width"]), round(rect["y"] + rect["height"]))
+    drawn = open_image(screenshot.read_bytes()).convert("L").crop(box)
+    expected = open_image(figure.read_bytes()).convert("L").resize(drawn.size)
+    blocks = [np.asarray(image.reduce(4), dtype=np.float64).ravel() for image in (drawn, expected)]
+    difference = np.abs(np.asarray(drawn, dtype=np.float64) - np.asarray(expected, dtype=np.float64)).mean()
+    return float(np.corrcoef(*blocks)[0, 1]), float(difference)
+
+
+@pytest.mark.slow
+def test_figures_show_in_the_prefect_ui(first_run: dict[str, Any], tmp_path: Path) -> None:
+    """A real server with its UI, the real `velocity run`, the artifact's page in a real headless Chromium:
+    every figure is drawn on screen (screenshots compared with the figure files), in both Prefect UIs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("no chromium on PATH (apt-get install chromium; .ci/run installs it): the UI check needs a real browser")
+    project = first_run["project"]
+    names = [str(path.relative_to(project.resolve())) for path in project_figures(project)]
+    with prefect_server_process(tmp_path, ui=True) as (api_url, env):
+        # Every stage is up to date, so this run only publishes the artifacts, now on a server with a UI.
+        proc = velocity(["run", "--root", str(project)], {**env, **ONE_THREAD}, tmp_path, timeout_seconds=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+            [artifact] = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[FIGURES_ARTIFACT])))
+        assert list(embedded_images(artifact.data)) == names
+        ui_url = api_url.removesuffix("/api")
+        # `/` sends a browser to the V2 UI; the V1 UI is still one click away. Both must show the figures.
+        for ui, base in [("v2", f"{ui_url}/v2"), ("v1", ui_url)]:
+            with chromium_page(chromium) as page:
+                page.goto(f"{base}/artifacts/artifact/{artifact.id}")
+                try:
+                    loaded = page.wait_for(LOADED_FIGURES_JS % len(names), timeout_seconds=90)
+                finally:
+                    page.screenshot(tmp_path / f"{ui}-artifact-page.png")
+                assert [image["alt"] for image in loaded] == names, ui
+                text = page.evaluate("document.body.innerText")
+                for image in loaded:
+                    name = image["alt"]
+                    expected = open_image((project / name).read_bytes())  # the stage's file: what we must see
+                    assert (image["naturalWidth"], image["naturalHeight"]) == expected.size, (ui, name)
+                    assert name in text, (ui, name)  # the heading says which file it is
+                    rect = page.evaluate(SHOW_FIGURE_JS % json.dumps(name))
+                    assert rect["width"] >= min(expected.width, 400), (ui, name, rect)  # drawn, not a thumbnail
+                    shot = page.screenshot(tmp_path / f"{ui}-{Path(name).stem}.png")
+                    correlation, difference = drawn_likeness(shot, rect, project / name)
+                    assert correlation >= MIN_DRAWN_CORRELATION and difference <= MAX_DRAWN_MEAN_DIFFERENCE, (
+                        f"{ui}: {name} is not drawn as the file is (r {correlation:.3f}, mean difference "
+                        f"{difference:.1f}); see {shot}"
+                    )

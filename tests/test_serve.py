@@ -2,42 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, make_project, project_env
-
-SERVER_START_TIMEOUT_SECONDS = 180  # 2 shared cores: migrations on a fresh database take a while
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def velocity_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
-    """A clean Prefect environment for a `velocity` subprocess: its own PREFECT_HOME, no inherited API URL."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    env.update(overrides)
-    return env
-
-
-def velocity(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], cwd=cwd, env={**env, "PYTHONPATH": str(ROOT)},
-        capture_output=True, text=True, timeout=120,
-    )
+from conftest import free_port, make_project, prefect_server_process, project_env, stop, velocity, velocity_env
 
 
 def test_serve_without_api_url_says_how_to_start_a_server(tmp_path: Path) -> None:
@@ -67,53 +41,11 @@ def test_bad_schedules_are_refused_before_any_server_is_asked(tmp_path: Path) ->
         create_deployment(tmp_path, interval_seconds=0)
 
 
-def wait_for_health(api_url: str, server: subprocess.Popen, timeout_seconds: float) -> None:
-    deadline = time.monotonic() + timeout_seconds
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"prefect server exited with {server.returncode}")
-        try:
-            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"no answer from {api_url}/health within {timeout_seconds}s")
-
-
-def stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    """Stop a process we started in its own session, and everything it started."""
-    if process.poll() is None:
-        os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    try:
-        os.killpg(process.pid, signal.SIGKILL)  # children left behind by a clean exit of the leader
-    except ProcessLookupError:
-        pass
-
-
 @pytest.fixture
 def prefect_server(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    """A real `prefect server start` on a free port with its own PREFECT_HOME; killed afterwards."""
-    api_url = f"http://127.0.0.1:{free_port()}/api"
-    port = api_url.split(":")[2].split("/")[0]
-    env = velocity_env(tmp_path, PREFECT_UI_ENABLED="false")
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", port],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        wait_for_health(api_url, server, SERVER_START_TIMEOUT_SECONDS)
-        yield api_url, {**env, "PREFECT_API_URL": api_url}
-    finally:
-        stop(server)
-        log.close()
+    """A real `prefect server start` (API only) for one test."""
+    with prefect_server_process(tmp_path) as server:
+        yield server
 
 
 @pytest.mark.slow
