@@ -138,6 +138,19 @@ def read_midi(path: Path | str) -> MidiFile:
     return parse_midi(data, path)
 
 
+def _varlen(data: bytes, p: int) -> tuple[int, int]:
+    """The variable-length quantity at `p` (delta times, meta lengths) and the position after it;
+    IndexError when the file ends inside it."""
+    byte = data[p]
+    p += 1
+    value = byte & 0x7F
+    while byte & 0x80:
+        byte = data[p]
+        p += 1
+        value = (value << 7) | (byte & 0x7F)
+    return value, p
+
+
 class _Stop(Exception):
     """Internal: the walk of one track stops at a malformed event."""
 
@@ -226,13 +239,7 @@ def _walk_track(
             if p >= declared_end and (p == n or data.startswith(b"MTrk", p)):
                 break  # the chunk ends here without an End of Track: accepted, as other readers do
             event = p
-            byte = data[p]  # IndexError past the end of the file: truncated
-            p += 1
-            delta = byte & 0x7F
-            while byte & 0x80:
-                byte = data[p]
-                p += 1
-                delta = (delta << 7) | (byte & 0x7F)
+            delta, p = _varlen(data, p)  # IndexError past the end of the file: truncated
             tick += delta
             status = data[p]
             if status & 0x80:
@@ -280,13 +287,7 @@ def _walk_track(
                     p += 1
                 else:
                     running = 0  # system exclusive cancels running status (meta events, as symusic and mido read them, do not)
-                byte = data[p]
-                p += 1
-                length = byte & 0x7F
-                while byte & 0x80:
-                    byte = data[p]
-                    p += 1
-                    length = (length << 7) | (byte & 0x7F)
+                length, p = _varlen(data, p)
                 if p + length > n:
                     raise IndexError
                 if meta == 0x51 and length == 3:
