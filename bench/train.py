@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.harness import LoopConfig, distributed_from_env, fit, launch_processes  # noqa: E402
-from model.runtime import pick_device, seed_everything  # noqa: E402
+from model.runtime import seed_everything  # noqa: E402
 from model.training import SEED_PRESET, TrainConfig, VelocityTask, Windows  # noqa: E402
 from model.transformer import ModelConfig, build_model  # noqa: E402
 from stages import params as params_lib  # noqa: E402
@@ -124,20 +124,18 @@ def main(argv: list[str] | None = None) -> None:
     total = args.warmup_steps + args.steps
     loop = LoopConfig(steps=total, batch_size=train_cfg.batch_size, accum=train_cfg.accum, eval_every=total, checkpoint_every=total,
                       seed=0, device=args.device, compile=args.compile, loader_workers=args.loader_workers, progress=False)
-    device = pick_device(args.device)
-    if device.type == "cuda" and dist.active:
-        device = torch.device("cuda", dist.local_rank)
     marks: dict[int, float] = {}
 
     def on_step(step: int) -> None:
         if step in (args.warmup_steps, total):
-            sync(device)
+            sync(next(model.parameters()).device)  # where fit put the model
             marks[step] = time.perf_counter()
 
     with tempfile.TemporaryDirectory() as checkpoints:
         fit(task, model, loop, checkpoints, "bench", dist=dist, on_step=on_step)
     if not dist.is_main:
         return
+    device = next(model.parameters()).device
     seconds = marks[total] - marks[args.warmup_steps]
     notes_per_window = float((np.asarray(windows.tgt[:4096]) != 0).sum(axis=1).mean())
     tokens = args.steps * loop.batch_size * loop.accum * dist.world_size * notes_per_window

@@ -142,9 +142,7 @@ def launch_processes(nproc_per_node: int, program: Sequence[str]) -> int:
 def relaunch_if_wanted(nproc_per_node: int, module: str, argv: Sequence[str]) -> int | None:
     """When `nproc_per_node` > 1 and this is not already a torchrun worker, run the stage again
     under torchrun and return its exit code; else None (train in this process)."""
-    if nproc_per_node < 1:
-        raise ValueError(f"nproc_per_node must be at least 1, got {nproc_per_node}")
-    if nproc_per_node == 1 or "WORLD_SIZE" in os.environ:
+    if nproc_per_node <= 1 or "WORLD_SIZE" in os.environ:
         return None
     return launch_processes(nproc_per_node, ["-m", module, *argv])
 

@@ -232,7 +232,7 @@ def _walk_track(
     sounding: dict[int, list[int]] = {}  # channel * 128 + pitch -> its sounding notes, oldest first
     program = [0] * 16
     p, tick, last_tick, running = body, 0, 0, 0
-    end_of_track = stopped = False
+    end_of_track = False
     event = p
     try:
         while True:
