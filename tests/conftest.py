@@ -43,8 +43,11 @@ def one_torch_thread() -> Iterator[None]:
 
 
 @pytest.fixture
-def single_threaded() -> Iterator[None]:
-    """`one_torch_thread` around a test: `pytestmark = pytest.mark.usefixtures("single_threaded")`."""
+def single_threaded(monkeypatch) -> Iterator[None]:
+    """One torch thread in a test and in the processes it starts, so that a run split across
+    processes (kill, then resume) adds its floats as an uninterrupted one does:
+    `pytestmark = pytest.mark.usefixtures("single_threaded")`."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     with one_torch_thread():
         yield
 

@@ -349,8 +349,7 @@ SMALL_PERF = {
 
 
 @pytest.mark.slow
-def test_dvc_repro_perf_evaluate_resumes_after_kill_9(tmp_path, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # 2 shared cores: extra torch threads would only spin
+def test_dvc_repro_perf_evaluate_resumes_after_kill_9(tmp_path):
     project = make_project(tmp_path / "project", SMALL_PERF)
     dvc(project, "repro", "perf_events")
 

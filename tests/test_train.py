@@ -35,7 +35,7 @@ from model.training import (
 from model.codec import N_SPECIALS, PAD, START
 from model.transformer import ModelConfig, build_model, decoder_input
 from stages.train import ModelParams, run_training
-from conftest import ROOT, dvc, make_project, one_torch_thread, params_section, project_env
+from conftest import ROOT, dvc, make_project, params_section, project_env
 
 # The encoder-decoder, teacher forced: the synthetic velocities below follow a per-window level that
 # only the previous velocities reveal.
@@ -46,13 +46,7 @@ TINY_TRAIN = params_section(TrainConfig, "train", batch_size=4, accum=2, warmup=
 SRC_VOCAB, TGT_VOCAB, LENGTH = 40, 131, 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """One torch thread here and in the subprocesses we start: the same numbers in both (a resumed
-    run must match an uninterrupted one bit for bit), and no thread oversubscription on a shared CPU."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_threaded")
 
 
 def write_windows_project(root: Path, n_train: int = 24, n_val: int = 6, seed: int = 0) -> Path:
