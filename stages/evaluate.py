@@ -318,9 +318,13 @@ def main(argv: list[str] | None = None) -> None:
     from model.training import Windows
 
     params = params_lib.load(EvaluateParams, "evaluate")
+    test_path = args.notes_dir / "test.parquet"
+    test_notes = pd.read_parquet(test_path)
+    if len(test_notes) == 0:  # one line, no traceback (a metadata csv without a test split, or every test file skipped)
+        raise SystemExit(f"evaluate: {test_path}: no test notes to score (the test split is empty; "
+                         f"{args.notes_dir / 'report.json'} lists the files extract skipped)")
     model = load_velocity_model(args.model)
     velocity_edges = json.loads(args.bins.read_text())["velocity"]
-    test_notes = pd.read_parquet(args.notes_dir / "test.parquet")
     train_notes = pd.read_parquet(args.notes_dir / "train.parquet", columns=["pitch", "velocity"])
     test_windows = Windows.load(args.windows_dir, "test")
     gbt_velocity = np.load(args.gbt) if args.gbt else None

@@ -98,10 +98,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_perf_params(PerfEvaluateParams, "evaluate")
 
+    try:
+        pieces = load_split(args.events_dir, args.split)
+    except FileNotFoundError as err:
+        raise SystemExit(f"perf_evaluate: {err}") from None
+    if sum(len(piece) for piece in pieces) == 0:  # one line, no traceback
+        raise SystemExit(f"perf_evaluate: {args.events_dir / f'{args.split}_events.npy'}: no events to score (the {args.split} split is empty)")
     state = load_checkpoint(args.model_path)
     model = model_from_state(state, source=str(args.model_path))
     untrained = untrained_model(model.cfg, int(state["init_seed"]))
-    metrics = evaluate_performance_rnn(model, untrained, load_split(args.events_dir, args.split), params)
+    metrics = evaluate_performance_rnn(model, untrained, pieces, params)
     write_json(args.metrics_path, metrics)
     log.info(
         "%s: %.4f nats/event (perplexity %.2f), untrained %.4f -> wrote %s",
