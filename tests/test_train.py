@@ -35,7 +35,7 @@ from model.training import (
 from model.codec import N_SPECIALS, PAD, START
 from model.transformer import ModelConfig, build_model, decoder_input
 from stages.train import ModelParams, run_training
-from conftest import ROOT, dvc, make_project, params_section, project_env
+from conftest import ROOT, assert_weights_close, dvc, make_project, params_section, project_env
 
 # The encoder-decoder, teacher forced: the synthetic velocities below follow a per-window level that
 # only the previous velocities reveal.
@@ -99,6 +99,22 @@ def test_training_is_deterministic_on_cpu(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
     assert results[0].best == results[1].best
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path):
+    """`train.compile: true` trains the same model (float tolerance; dropout off, since compiled
+    dropout draws other random numbers) and checkpoints the plain network's weights, which load
+    without torch.compile."""
+    data = write_windows_project(tmp_path / "data_root")
+    train_w, val_w = Windows.load(data / "data" / "windows", "train"), Windows.load(data / "data" / "windows", "validation")
+    model_cfg = replace(tiny_config(), dropout=0.0)
+    results = [train(model_cfg, replace(TINY_TRAIN, compile=compiled), train_w, val_w, tmp_path / f"ckpt{compiled}", progress=False)
+               for compiled in (False, True)]  # fmt: skip
+    eager, compiled = (load_checkpoint(tmp_path / f"ckpt{flag}" / "last.pt")["model"] for flag in (False, True))
+    assert_weights_close(compiled, eager)  # the same keys, too: no `_orig_mod.` prefixes
+    assert results[1].best["loss"] == pytest.approx(results[0].best["loss"], rel=1e-4)
+    build_model(model_cfg).load_state_dict(compiled)
 
 
 def test_training_learns_and_exports_a_self_contained_model(tmp_path):
