@@ -59,6 +59,11 @@ def untrained_model(config: PerformanceRNNConfig, init_seed: int) -> Performance
     return build_model(config).eval()
 
 
+def predicted_events(pieces: list[np.ndarray]) -> int:
+    """Events the model predicts over `pieces`: every event but each piece's first."""
+    return sum(max(len(piece) - 1, 0) for piece in pieces)
+
+
 def evaluate_performance_rnn(
     model: PerformanceRNN,
     untrained: PerformanceRNN,
@@ -67,7 +72,7 @@ def evaluate_performance_rnn(
 ) -> dict[str, float | int]:
     """Metrics of `model` and `untrained` on `pieces` (nats per event)."""
     device = pick_device(params.device)
-    n_events = sum(max(len(p) - 1, 0) for p in pieces)
+    n_events = predicted_events(pieces)
     if n_events == 0:
         raise ValueError("the test split has no events to predict")
     results = {}
@@ -102,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         pieces = load_split(args.events_dir, args.split)
     except FileNotFoundError as err:
         raise SystemExit(f"perf_evaluate: {err}") from None
-    if sum(len(piece) for piece in pieces) == 0:  # one line, no traceback
+    if predicted_events(pieces) == 0:  # one line, no traceback
         raise SystemExit(f"perf_evaluate: {args.events_dir / f'{args.split}_events.npy'}: no events to score (the {args.split} split is empty)")
     state = load_checkpoint(args.model_path)
     model = model_from_state(state, source=str(args.model_path))

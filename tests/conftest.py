@@ -183,6 +183,15 @@ def velocity(args: list[str], env: dict[str, str], cwd: Path, timeout_seconds: f
     )
 
 
+def stage_error(cwd: Path, module: str, *args: str) -> str:
+    """Run `python -m module args` in `cwd` (this checkout's code), expect it to fail with exit
+    code 1 and no traceback, and return the last line it wrote to stderr: the one-line error."""
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    return proc.stderr.strip().splitlines()[-1]
+
+
 def wait_for_health(api_url: str, server: subprocess.Popen, timeout_seconds: float) -> None:
     deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -14,7 +11,7 @@ import pretty_midi
 import pytest
 import torch
 
-from conftest import ROOT, dvc, make_project, params_section
+from conftest import ROOT, dvc, make_project, params_section, stage_error
 from stages.evaluate import bin_distance, mae, per_pitch_means, pick_segments, teacher_forced, write_segment_midi
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -160,13 +157,8 @@ def test_an_empty_test_split_stops_the_stage_with_one_line(tmp_path):
     notes.mkdir(parents=True)
     pd.DataFrame({"pitch": pd.Series([], dtype="int16"), "velocity": pd.Series([], dtype="int16")}).to_parquet(notes / "test.parquet")
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
-    proc = subprocess.run(
-        [sys.executable, "-m", "stages.evaluate", "models/velocity.pt", "data/notes", "data/bins.json", "data/windows",
-         "metrics/evaluate.json", "plots/evaluate", "samples/evaluate"],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-    )  # fmt: skip
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == (
+    args = ["models/velocity.pt", "data/notes", "data/bins.json", "data/windows", "metrics/evaluate.json", "plots/evaluate", "samples/evaluate"]
+    assert stage_error(tmp_path, "stages.evaluate", *args) == (
         "evaluate: data/notes/test.parquet: no test notes to score "
         "(the test split is empty; data/notes/report.json lists the files extract skipped)"
     )

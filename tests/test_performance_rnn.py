@@ -25,7 +25,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, dvc, make_project, one_torch_thread, params_section, project_env
+from conftest import ROOT, dvc, make_project, one_torch_thread, params_section, project_env, stage_error
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.harness import file_digest
 from model.events import VOCAB_SIZE, decode, duration_seconds, velocity_to_bin
@@ -251,17 +251,11 @@ def test_an_empty_test_split_stops_perf_evaluate_with_one_line(tmp_path):
     np.save(events / "test_events.npy", np.zeros(0, dtype=np.int16))
     np.save(events / "test_offsets.npy", np.zeros(1, dtype=np.int64))  # what perf_events writes for no pieces
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    run = lambda events_dir: subprocess.run(  # noqa: E731
-        [sys.executable, "-m", "stages.perf_evaluate", "models/performance_rnn.pt", events_dir, "metrics/performance_rnn.json"],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-    )
     for events_dir, message in [
         ("data/perf_events", "perf_evaluate: data/perf_events/test_events.npy: no events to score (the test split is empty)"),
         ("data/missing", "perf_evaluate: data/missing/test_events.npy: missing (run the perf_events stage)"),
     ]:
-        proc = run(events_dir)
-        assert proc.returncode == 1 and "Traceback" not in proc.stderr
-        assert proc.stderr.strip().splitlines()[-1] == message
+        assert stage_error(tmp_path, "stages.perf_evaluate", "models/performance_rnn.pt", events_dir, "metrics/performance_rnn.json") == message
 
 
 def test_top_p_keeps_the_smallest_set_covering_p():

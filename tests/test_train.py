@@ -35,7 +35,7 @@ from model.training import (
 from model.codec import N_SPECIALS, PAD, START
 from model.transformer import ModelConfig, build_model, decoder_input
 from stages.train import ModelParams, run_training
-from conftest import ROOT, assert_weights_close, dvc, make_project, params_section, project_env
+from conftest import ROOT, assert_weights_close, dvc, make_project, params_section, project_env, stage_error
 
 # The encoder-decoder, teacher forced: the synthetic velocities below follow a per-window level that
 # only the previous velocities reveal.
@@ -268,10 +268,9 @@ def test_an_empty_validation_split_stops_the_stage_with_one_line(tmp_path):
         np.save(root / "data" / "windows" / f"validation_{kind}.npy", np.zeros((0, LENGTH), dtype=np.int16))
     params = {**yaml.safe_load((ROOT / "params.yaml").read_text()), "model": asdict(params_section(ModelParams, "model", **TINY_MODEL)), "train": asdict(TINY_TRAIN)}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = subprocess.run([sys.executable, "-m", "stages.train", "data/windows", "data/vocab.json", "data/bins.json", "models"],
-                          cwd=root, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == "train: data/windows/validation_{src,tgt,features}.npy: no validation windows (the validation split is empty)"
+    assert stage_error(root, "stages.train", "data/windows", "data/vocab.json", "data/bins.json", "models") == (
+        "train: data/windows/validation_{src,tgt,features}.npy: no validation windows (the validation split is empty)"
+    )
     assert not (root / "models" / "velocity.pt").exists()
 
 
