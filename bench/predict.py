@@ -33,7 +33,7 @@ import yaml
 
 from model.pieces import DECODINGS, VelocityModel, load_velocity_model
 from pipeline.predict import DEFAULT_DECODING, Controls, predict_file
-from stages.extract import read_piece
+from model.notes import read_piece
 from stages.bins import BinsParams, learn_bins
 from stages.params import load
 from stages.train import ModelParams

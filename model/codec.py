@@ -82,7 +82,8 @@ class Vocab:
 def tokenize(notes: pd.DataFrame, bins: dict, vocab: Vocab) -> tuple[np.ndarray, np.ndarray | None]:
     """Source ids (and target ids when `notes` has velocities) of one piece's notes, in row order.
 
-    `notes` needs columns pitch, dstart, duration (and velocity for targets or a velocity hint).
+    `notes` needs columns pitch, dstart, duration (and velocity for targets or a velocity hint;
+    a velocity below 0 marks a note without a target, whose target id is <pad>).
     """
     dstart_bin = bin_index(notes["dstart"].to_numpy(), bins["dstart"])
     duration_bin = bin_index(notes["duration"].to_numpy(), bins["duration"])
@@ -98,7 +99,10 @@ def tokenize(notes: pd.DataFrame, bins: dict, vocab: Vocab) -> tuple[np.ndarray,
     else:
         names = [src_token_name(p, d, l) for p, d, l in zip(pitch, dstart_bin, duration_bin)]
     src = np.fromiter((vocab.src_index[n] for n in names), dtype=np.int64, count=len(names))
-    tgt = velocity_to_id(notes["velocity"].to_numpy()) if has_velocity else None
+    tgt = None
+    if has_velocity:  # a negative velocity is a note without a target (a score note no pianist played): <pad>
+        velocity = notes["velocity"].to_numpy()
+        tgt = np.where(velocity >= 0, velocity_to_id(np.maximum(velocity, 0)), PAD)
     return src, tgt
 
 

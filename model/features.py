@@ -17,6 +17,16 @@ Definitions (times in seconds):
 - `density_k`: notes per second over the k notes centred on the note (fewer at a piece's ends);
 - `position`: onset as a share of the piece's first-to-last onset span (0..1);
 - `pedal`: the extract stage's sustain-pedal state at the onset (0 when the table has none).
+
+A score (model/score.py's columns beside the notes) has more to read, in beats (quarter notes):
+- `beat_duration`, `beat_dstart`, `beat_dprev`: notated length, gap to the next and from the
+  previous onset; `bar_phase`: the onset's place in its bar (0..1), `downbeat` 1 on a bar's first
+  beat; `beat_phase`: the onset's place within its beat (0 on the beat); `tempo`: notated bpm;
+- the notated dynamics only as levels *relative to the piece*, so a notation program's velocity
+  curve (or a flat file) does not matter: `notated_rank` the velocity's percentile in the piece
+  (ties share one; a flat piece is all 0.5), `notated_z` its z-score in the piece (0 when flat),
+  `notated_change` its z-score minus the mean over the 32 notes centred on it (hairpins, sudden
+  changes), `notated_flat` 1 when the piece has one velocity only (no markings at all).
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from scipy.ndimage import maximum_filter1d, minimum_filter1d
+from scipy.stats import rankdata
 
 from model.config import ParamsError
 from model.codec import bin_index, piece_bounds
@@ -45,14 +56,23 @@ GBT_FEATURES: tuple[str, ...] = (
     "density_ratio_8_128", "position", "min_pitch_8", "bottom_voice", "chord_asynchrony", "chord_span",
 )  # fmt: skip
 
+# The score's own features (model/score.py's columns must be in the table).
+SCORE_GBT_FEATURES: tuple[str, ...] = (
+    "beat_duration", "beat_dstart", "beat_dprev", "bar_phase", "beat_phase", "downbeat", "bar_length", "tempo",
+    "notated_velocity", "notated_rank", "notated_z", "notated_change", "notated_flat",
+)  # fmt: skip
+SCORE_QUANTILE = ("beat_duration", "beat_dstart", "beat_dprev", "bar_phase", "beat_phase", "tempo", "notated_rank", "notated_z", "notated_change")
+SCORE_CATEGORY = {"downbeat": 0, "notated_flat": 0}
+
 # Features the Transformer can embed, each quantized into its own small vocabulary. "Quantile"
 # features get bin edges learned on train (their count in params.yaml `features:`; equal quantiles
 # are merged, so a feature may get fewer bins). "Category" features are small integers from their
 # lowest value here, the count clipping the top (chord_size: 8 means 1..7 and 8+): their edges are
 # fixed half-integers, so one `bin_index` quantizes both kinds.
-QUANTILE = ("dstart", "duration", "dprev", "chord_asynchrony", "chord_span", "density_8", "density_128", "position")
-CATEGORY = {"chord_size": 1, "chord_rank": 0, "top_voice": 0, "bottom_voice": 0, "pedal": 0}
+QUANTILE = ("dstart", "duration", "dprev", "chord_asynchrony", "chord_span", "density_8", "density_128", "position", *SCORE_QUANTILE)
+CATEGORY = {"chord_size": 1, "chord_rank": 0, "top_voice": 0, "bottom_voice": 0, "pedal": 0, **SCORE_CATEGORY}
 EMBEDDED = QUANTILE + tuple(CATEGORY)
+KNOWN = set(GBT_FEATURES) | set(SCORE_GBT_FEATURES) | set(EMBEDDED)
 
 
 def _piece_slices(notes: pd.DataFrame) -> list[slice]:
@@ -144,29 +164,57 @@ def piece_features(notes: pd.DataFrame) -> dict[str, np.ndarray]:
     span = start[-1] - start[0] if n else 0.0
     f["position"] = (start - start[0]) / span if span > 0 else np.zeros(n)
     f["pedal"] = notes["pedal"].to_numpy(dtype=np.float64) if "pedal" in notes else np.zeros(n)  # sustain down at onset
+    if "notated_velocity" in notes:
+        f.update(score_features(notes))
+    return f
+
+
+def score_features(notes: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The score features of one piece's notes (see the module doc)."""
+    beat = notes["beat"].to_numpy(dtype=np.float64)
+    beat_duration = notes["beat_duration"].to_numpy(dtype=np.float64)
+    bar_position = notes["bar_position"].to_numpy(dtype=np.float64)
+    bar_length = notes["bar_length"].to_numpy(dtype=np.float64)
+    f: dict[str, np.ndarray] = {"beat_duration": beat_duration, "bar_length": bar_length, "tempo": notes["tempo"].to_numpy(dtype=np.float64)}
+    f["beat_dstart"] = np.append(np.diff(beat), beat_duration[-1:])  # as dstart: the last note's own length
+    f["beat_dprev"] = np.concatenate([beat_duration[:1], np.diff(beat)])
+    f["bar_phase"] = bar_position / np.maximum(bar_length, 1e-9)
+    f["downbeat"] = (np.abs(bar_position) < 1e-6).astype(np.float64)
+    f["beat_phase"] = np.mod(bar_position, 1.0)
+    notated = notes["notated_velocity"].to_numpy(dtype=np.float64)
+    flat = len(np.unique(notated)) <= 1
+    f["notated_velocity"] = notated
+    f["notated_flat"] = np.full(len(notated), float(flat))
+    f["notated_rank"] = (rankdata(notated, method="average") - 0.5) / len(notated)
+    f["notated_z"] = np.zeros(len(notated)) if flat else (notated - notated.mean()) / notated.std()
+    f["notated_change"] = f["notated_z"] - _centred_mean(f["notated_z"], 32)
     return f
 
 
 def note_features(notes: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
     """The named features of every note, pieces (by `piece_id`, else one piece) kept apart."""
-    unknown = [name for name in names if name not in set(GBT_FEATURES) | set(EMBEDDED)]
+    unknown = [name for name in names if name not in KNOWN]
     if unknown:
-        raise ValueError(f"unknown note feature {unknown[0]!r}: expected one of {sorted(set(GBT_FEATURES) | set(EMBEDDED))}")
+        raise ValueError(f"unknown note feature {unknown[0]!r}: expected one of {sorted(KNOWN)}")
     if not names:
         return pd.DataFrame(index=notes.index)
+    score_only = [name for name in names if name in SCORE_GBT_FEATURES or name in SCORE_QUANTILE]
+    if score_only and "notated_velocity" not in notes:
+        raise ValueError(f"note feature {score_only[0]!r} is read from a score, but these notes are a performance's (no score columns)")
     parts = [piece_features(notes.iloc[rows]) for rows in _piece_slices(notes) if rows.stop > rows.start]
     columns = {name: np.concatenate([p[name] for p in parts]) if parts else np.zeros(0) for name in names}
     return pd.DataFrame(columns, index=notes.index)
 
 
-def learn_feature_edges(train_notes: pd.DataFrame, counts: dict[str, int]) -> dict[str, list[float]]:
-    """Bin edges of each feature in `counts` (name -> bins), in that order, from the train notes."""
+def learn_feature_edges(train_notes: pd.DataFrame, counts: dict[str, int], section: str = "features") -> dict[str, list[float]]:
+    """Bin edges of each feature in `counts` (name -> bins), in that order, from the train notes;
+    `section` is the params.yaml section `counts` came from, for messages."""
     unknown = [name for name in counts if name not in EMBEDDED]
     if unknown:
-        raise ParamsError(f"features.{unknown[0]}: not an embeddable note feature (expected one of {', '.join(EMBEDDED)})")
+        raise ParamsError(f"{section}.{unknown[0]}: not an embeddable note feature (expected one of {', '.join(EMBEDDED)})")
     bad = [name for name, n in counts.items() if not isinstance(n, int) or n < 2]
     if bad:
-        raise ParamsError(f"features.{bad[0]}: the bin count must be an integer >= 2, got {counts[bad[0]]!r}")
+        raise ParamsError(f"{section}.{bad[0]}: the bin count must be an integer >= 2, got {counts[bad[0]]!r}")
     if len(train_notes) == 0 and any(name in QUANTILE for name in counts):
         raise ValueError("cannot learn feature bin edges from an empty train split")
     values = note_features(train_notes, [name for name in counts if name in QUANTILE])

@@ -34,7 +34,8 @@ class GenerateError(Exception):
 
 def read_primer_notes(path: Path, sustain: bool):  # -> pd.DataFrame (pandas imported lazily)
     """Notes of the primer MIDI file, read exactly as the extract stage reads the training data."""
-    from stages.extract import MidiError, read_notes
+    from model.midi import MidiError
+    from model.notes import read_notes
 
     if not path.is_file():
         raise GenerateError(f"{path}: primer file not found")

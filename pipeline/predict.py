@@ -1,6 +1,6 @@
 """`velocity predict IN... -o OUT`: give every piano note of MIDI files the model's velocity.
 
-A file is read by the extract stage's reader and note rules (stages/midi.py, `stages.extract.piece_notes`):
+A file is read by the extract stage's reader and note rules (model/midi.py, `model.notes.piece_notes`):
 the same notes as training data, in the same order, the same warnings about damage and the same
 rule for which notes are the piano (GM programs 0-7, off the drum channel, keys 21..108). Those
 notes are quantized as the model file says (bins, note features, vocabulary), cut into the model's
@@ -20,6 +20,12 @@ output folder with one model load; a file that fails is reported and the others 
 
 Sustain: note ends are pedal-extended only when the model file records `{"extract": {"sustain":
 true}}` (the training data was extracted that way); a model file without that key means off.
+
+Scores: `--input auto` (the default) reads a file whose onsets sit on a grid of its beats, with
+chords struck exactly together, as a score (model/score.py says how), and predicts it with the
+score model (`--score-model`, trained on aligned score notes: beats, meter, notated tempo, the
+notated dynamics relative to the piece); anything else with the performance model (`--model`).
+`--input score|performance` overrides the guess. Each file's log says which it used and why.
 """
 
 from __future__ import annotations
@@ -35,9 +41,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np
 
+    from model.midi import MidiFile, MidiWarning
+    from model.notes import PieceNotes
     from model.pieces import VelocityModel
-    from stages.extract import PieceNotes
-    from stages.midi import MidiFile, MidiWarning
+    from model.score import InputKind
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,8 @@ log = logging.getLogger(__name__)
 # distributions averaged over windows, stretched to a pianist's range (README, Results).
 DEFAULT_DECODING = "pianist"
 DEFAULT_MODEL = Path("models/velocity.pt")
+DEFAULT_SCORE_MODEL = Path("models/score/velocity.pt")
+INPUT_KINDS = ("auto", "score", "performance")
 MIDI_SUFFIXES = (".mid", ".midi")
 PLOT_NOTES = 2000  # notes drawn by --plot: a piano roll of a whole long piece is unreadable (and slow)
 
@@ -73,7 +82,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="for one input file: the MIDI file to write; else a folder (created if needed), each input "
         "file written under its name and each input folder's files under their path inside it",
     )  # fmt: skip
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"trained model (default: {DEFAULT_MODEL})")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"model for performances (default: {DEFAULT_MODEL})")
+    parser.add_argument("--score-model", type=Path, default=DEFAULT_SCORE_MODEL, help=f"model for scores (default: {DEFAULT_SCORE_MODEL})")
+    parser.add_argument(
+        "--input", choices=INPUT_KINDS, default="auto",
+        help="auto (default): a file with its onsets on a grid of its beats and chords exactly together is a score "
+        "(a notation export, a quantized part), anything else a performance; score or performance: read it so",
+    )  # fmt: skip
     parser.add_argument(
         "--strength", type=_number(0.0, 1.0, "strength"), default=1.0, metavar="0..1",
         help="1: the model's velocities (default); 0: the original ones; in between: a blend",
@@ -154,6 +169,7 @@ class Controls:
     dynamics: float = 1.0
     decoding: str = DEFAULT_DECODING
     batch_windows: int = 256
+    input: str = "auto"  # auto, score or performance
 
 
 @dataclass
@@ -164,6 +180,8 @@ class PredictReport:
     mean_abs_change: float  # mean |new - original| over the predicted notes
     seconds: float  # reading, predicting and writing
     warnings: list["MidiWarning"] = field(default_factory=list)
+    input_kind: str = "performance"  # how the file was read: score or performance
+    input_reason: str = ""  # why, in words
 
 
 def blend(predicted: "np.ndarray", original: "np.ndarray", strength: float) -> "np.ndarray":
@@ -190,13 +208,75 @@ def model_sustain(model: "VelocityModel") -> bool:
     return bool(model.checkpoint.get("extract", {}).get("sustain", False))
 
 
+def model_input_kind(model: "VelocityModel") -> str:
+    """What the model was trained to read: "score" or "performance" (files before scores: performance)."""
+    return str(model.checkpoint.get("input_kind", "performance"))
+
+
+class Models:
+    """The performance and the score model, each loaded on first use and kept for every file."""
+
+    def __init__(self, performance: "Path | VelocityModel | None" = DEFAULT_MODEL, score: "Path | VelocityModel | None" = DEFAULT_SCORE_MODEL) -> None:
+        self._sources = {"performance": performance, "score": score}
+        self._loaded: dict[str, VelocityModel] = {}
+
+    def available(self, kind: str) -> bool:
+        source = self._sources.get(kind)
+        return source is not None and (not isinstance(source, Path) or source.is_file())
+
+    def source(self, kind: str) -> str:
+        return str(self._sources.get(kind))
+
+    def __getitem__(self, kind: str) -> "VelocityModel":
+        """The model for `kind`; raises CheckpointError when it is missing or is the other kind's."""
+        from model.checkpoint import CheckpointError
+        from model.pieces import load_velocity_model
+
+        if kind not in self._loaded:
+            source = self._sources[kind]
+            if source is None:
+                raise CheckpointError(f"no {kind} model given")
+            if isinstance(source, Path):
+                if not source.is_file():
+                    stage = "score_train" if kind == "score" else "train"
+                    raise CheckpointError(f"{source}: no {kind} model file; train one with `dvc repro {stage}`"
+                                          + (", or read the file as a performance with --input performance" if kind == "score" else ""))  # fmt: skip
+                model = load_velocity_model(source)
+            else:
+                model = source
+            if model_input_kind(model) != kind:
+                raise CheckpointError(f"{source if isinstance(source, Path) else 'the model'}: trained on {model_input_kind(model)}s, "
+                                      f"not {kind}s: give the {kind} model (--{'score-model' if kind == 'score' else 'model'})")  # fmt: skip
+            self._loaded[kind] = model
+        return self._loaded[kind]
+
+
+def read_input(midi: "MidiFile", models: Models, wanted: str) -> tuple["PieceNotes", "VelocityModel", "InputKind"]:
+    """The piece of `midi` as its model reads it, that model, and the input kind with the reason."""
+    from model.notes import piece_notes
+    from model.score import InputKind, detect_input_kind
+
+    if wanted == "auto":
+        kind = detect_input_kind(piece_notes(midi))
+        if kind.kind == "score" and not models.available("score"):  # an older setup: still humanize it
+            kind = InputKind("performance", f"looks like a score ({kind.reason}), but there is no score model "
+                             f"({models.source('score')}; `dvc repro score_train` trains one), so the performance model reads it")  # fmt: skip
+    else:
+        kind = InputKind(wanted, f"--input {wanted}")
+    model = models[kind.kind]
+    return piece_notes(midi, sustain=model_sustain(model)), model, kind
+
+
 def new_velocities(piece: "PieceNotes", model: "VelocityModel", controls: Controls) -> "np.ndarray":
-    """The new velocity of every note of `piece.midi` (the piece's notes predicted, the rest kept)."""
+    """The new velocity of every note of `piece.midi` (the piece's notes predicted, the rest kept);
+    a score model reads the piece with its score columns (beats, meter, the notated velocities)."""
     from model.pieces import predict_notes
+    from model.score import score_table
 
     velocity = piece.midi.notes["velocity"].to_numpy().copy()
     rows = piece.notes["note"].to_numpy()
-    predicted = predict_notes(model, piece.notes, batch_windows=controls.batch_windows, decoding=controls.decoding)
+    notes = score_table(piece) if model_input_kind(model) == "score" else piece.notes
+    predicted = predict_notes(model, notes, batch_windows=controls.batch_windows, decoding=controls.decoding)
     velocity[rows] = shape_dynamics(predicted, velocity[rows], controls)
     return velocity
 
@@ -225,20 +305,22 @@ def plot_file(piece: "PieceNotes", velocity: "np.ndarray", path: Path) -> None:
 
 
 def predict_file(
-    in_path: Path, out_path: Path, model: "VelocityModel", controls: Controls = Controls(), plot_path: Path | None = None
+    in_path: Path, out_path: Path, models: "Models | VelocityModel", controls: Controls = Controls(), plot_path: Path | None = None
 ) -> PredictReport:
-    """Read `in_path`, predict, write `out_path` (and the `plot_path` figure); raises MidiError
+    """Read `in_path`, predict with the model for its input kind (`controls.input`; one model given
+    alone serves its own kind), write `out_path` (and the `plot_path` figure); raises MidiError
     naming the file (nothing written) when it holds no usable piano note, PredictError when
-    `out_path` is `in_path`."""
+    `out_path` is `in_path`, CheckpointError when the model its kind needs is missing."""
     import numpy as np
 
-    from stages.extract import piece_notes
-    from stages.midi import read_midi
+    from model.midi import read_midi
 
     began = time.perf_counter()
     if Path(in_path).resolve() == Path(out_path).resolve():
         raise PredictError(f"{in_path}: the output would overwrite the input")
-    piece = piece_notes(read_midi(in_path), sustain=model_sustain(model))
+    if not isinstance(models, Models):  # one model: it reads what it was trained on
+        models = Models(**{"performance": None, "score": None, model_input_kind(models): models})
+    piece, model, kind = read_input(read_midi(in_path), models, controls.input)
     velocity = new_velocities(piece, model, controls)
     write_midi(piece.midi, velocity, out_path)
     if plot_path is not None:
@@ -248,7 +330,7 @@ def predict_file(
     return PredictReport(
         notes=len(piece.midi.notes), predicted=len(rows), kept=len(piece.midi.notes) - len(rows),
         mean_abs_change=float(np.abs(velocity[rows] - original[rows]).mean()), seconds=time.perf_counter() - began,
-        warnings=piece.warnings,
+        warnings=piece.warnings, input_kind=kind.kind, input_reason=kind.reason,
     )  # fmt: skip
 
 
@@ -257,6 +339,7 @@ def _log_report(job: Job, report: PredictReport, controls: Controls) -> None:
         # Damage is written back as it was: say so rather than repair the user's file silently.
         kept = "; the output keeps this damage, only velocities are rewritten" if warning.kind.startswith("files_") else ""
         log.warning("%s: %s%s", job.source, warning.text, kept)
+    log.info("%s: read as a %s (%s)", job.source, report.input_kind, report.input_reason)
     log.info(
         "wrote %s: %d notes given the model's velocities at strength %g (mean change %.1f), %d kept theirs, in %.2f s",
         job.target, report.predicted, controls.strength, report.mean_abs_change, report.kept, report.seconds,
@@ -268,8 +351,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from model.checkpoint import CheckpointError
-    from model.pieces import load_velocity_model
-    from stages.midi import MidiError
+    from model.midi import MidiError
 
     if args.batch_windows < 1:
         log.error("--batch-windows must be positive, got %d", args.batch_windows)
@@ -282,17 +364,13 @@ def run(args: argparse.Namespace) -> int:
     if not jobs:
         log.error("no *.mid or *.midi files in %s", ", ".join(map(str, args.inputs)))
         return 1
-    try:
-        model = load_velocity_model(args.model)  # once, for every file
-    except CheckpointError as err:
-        log.error("%s", err)
-        return 1
-    controls = Controls(args.strength, args.loudness, args.dynamics, args.decoding, args.batch_windows)
+    models = Models(args.model, args.score_model)  # each loaded once, when a file first needs it
+    controls = Controls(args.strength, args.loudness, args.dynamics, args.decoding, args.batch_windows, args.input)
     failed = 0
     with logging_redirect_tqdm():
         for job in tqdm(jobs, desc="predict", unit="file", disable=len(jobs) == 1):
             try:
-                report = predict_file(job.source, job.target, model, controls, job.plot)
+                report = predict_file(job.source, job.target, models, controls, job.plot)
             except (MidiError, PredictError, CheckpointError) as err:
                 log.error("%s", err)
                 failed += 1

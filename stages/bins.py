@@ -9,6 +9,7 @@ Fixed edges in params override learning, e.g. to reproduce the seed's published 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,13 +81,13 @@ def learn_bins(train_notes: pd.DataFrame, params: BinsParams) -> dict:
     return result
 
 
-def feature_counts(params: dict) -> dict[str, int]:
-    """params.yaml's `features:` section: feature name -> bins, in order ({} or null: none)."""
-    counts = params.get("features")
+def feature_counts(params: dict, section: str = "features") -> dict[str, int]:
+    """params.yaml's `features:` (or `section`) section: feature name -> bins, in order ({} or null: none)."""
+    counts = params.get(section)
     if counts is None:
         return {}
     if not isinstance(counts, dict):
-        raise params_lib.ParamsError(f"params.yaml: features must map feature names to bin counts, got {counts!r}")
+        raise params_lib.ParamsError(f"params.yaml: {section} must map feature names to bin counts, got {counts!r}")
     return dict(counts)
 
 
@@ -94,20 +95,28 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("train_notes", type=Path, help="data/notes/train.parquet")
     parser.add_argument("out", type=Path, help="data/bins.json")
+    parser.add_argument("--features-section", default="features",
+                        help="the params.yaml section naming the note features (score_features for the score model)")
+    parser.add_argument("--token-edges", type=Path,
+                        help="data/bins.json: take dstart, duration and velocity edges from it (the score model "
+                             "shares the performance model's tokens) and learn only the features")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     all_params = params_lib.read_params()
     params = params_lib.section(BinsParams, "bins", all_params)
-    counts = feature_counts(all_params)
-    notes = pd.read_parquet(args.train_notes, columns=["piece_id", "pitch", "start", "pedal", *FEATURES])
+    counts = feature_counts(all_params, args.features_section)
+    notes = pd.read_parquet(args.train_notes)
     try:  # degenerate data is one line that says what to change, not a traceback
-        bins = learn_bins(notes, params)
-        bins["features"] = learn_feature_edges(notes, counts)
+        if args.token_edges:
+            bins = {k: v for k, v in json.loads(args.token_edges.read_text()).items() if k in (*FEATURES, "share")}
+        else:
+            bins = learn_bins(notes, params)
+        bins["features"] = learn_feature_edges(notes, counts, args.features_section)
     except ValueError as err:
         raise SystemExit(f"{args.train_notes}: {err} (params.yaml)") from None
     write_json(args.out, bins)
-    for name in FEATURES:
+    for name in FEATURES if not args.token_edges else ():
         log.info("%s edges %s, share %s", name, np.round(bins[name], 4).tolist(), bins["share"][name])
     for name, edges in bins["features"].items():
         merged = "" if len(edges) - 1 == counts[name] else f" ({counts[name]} asked; equal quantiles merged)"

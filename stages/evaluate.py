@@ -16,6 +16,17 @@ Metrics (metrics/evaluate.json):
   trained model, before any training;
 - `notes`, `pieces`, `windows`: what was scored.
 
+The score path (with `--score-model`, on data/aligned/test.parquet: every paired note of the test
+split's scores, each score read as exported, the pianist's velocity as truth): the score model's
+`velocity_mae_score`, `velocity_r_score`, `velocity_std_ratio_score`, `velocity_mae_centred_score`
+(`pianist` decoding, as `velocity predict` plays a score); the same scores with every velocity 64
+(`_score_flat_input`: no markings) and through another notation program's dynamics curve
+(`_score_remapped`); and the baselines on the same notes: flat 64 (`velocity_mae_flat64_score`),
+the notated velocities linearly rescaled on train (`_notated_score`), the performance model fed the
+score (`_performance_model_score`), the tree on score features (`_gbt_score`) and, on the notes
+of pieces with 2+ test performances, the mean of the other pianists (`_other_pianists_score`,
+beside the score model on the same notes, `_score_shared_notes`).
+
 Figures (plots/evaluate/), of the decoding `evaluate.figures` names (default notes-only, as
 `velocity predict`): predicted vs true velocity (hexbin), confusion matrix of velocity bins, and
 piano rolls of a few test segments, original and predicted (colour = velocity). The same segments
@@ -280,6 +291,71 @@ def evaluate(
     return metrics, predicted
 
 
+def remap_dynamics(velocity: np.ndarray) -> np.ndarray:
+    """Another notation program's dynamics curve: monotone, but not MuseScore's (a gamma of 0.6,
+    so pp 33 -> 56, mf 80 -> 96, ff 112 -> 118): what a model must not depend on."""
+    return np.clip(np.rint(127 * (np.asarray(velocity, dtype=np.float64) / 127) ** 0.6), 1, 127).astype(np.int16)
+
+
+def other_pianists_mean(test: pd.DataFrame) -> np.ndarray:
+    """Per row: the mean velocity the *other* performances of its score gave the same score note
+    (NaN where no other performance played it)."""
+    played = test["velocity"].to_numpy() >= 0
+    key = test["score_id"].astype(str) + "#" + test["score_note"].astype(str)
+    velocity = np.where(played, test["velocity"].to_numpy(dtype=np.float64), 0.0)
+    sums = pd.Series(velocity).groupby(key.to_numpy()).transform("sum").to_numpy()
+    counts = pd.Series(played.astype(np.float64)).groupby(key.to_numpy()).transform("sum").to_numpy()
+    others = counts - played
+    return np.where(played & (others > 0), (sums - velocity) / np.maximum(others, 1), np.nan)
+
+
+def evaluate_scores(
+    score_model: "VelocityModel", performance_model: "VelocityModel", test: pd.DataFrame, train: pd.DataFrame,
+    gbt_velocity: np.ndarray | None, batch_windows: int,
+) -> dict[str, float | int]:
+    """The score path's metrics (see the module doc) over the paired notes of `test` (aligned)."""
+    from model.pieces import DEFAULT_DECODING, predict_notes
+
+    played = test["velocity"].to_numpy() >= 0
+    true = test["velocity"].to_numpy(dtype=np.float64)[played]
+    piece_id = test["piece_id"].to_numpy()[played]
+
+    def predict(model: "VelocityModel", notes: pd.DataFrame, what: str) -> np.ndarray:
+        log.info("score path: %s (%d notes)", what, len(notes))
+        return predict_notes(model, notes, batch_windows=batch_windows, progress=True, decoding=DEFAULT_DECODING)[played]
+
+    def scores(predicted: np.ndarray, suffix: str) -> dict[str, float]:
+        return {k: v for k, v in dynamics_scores(predicted, true, piece_id, suffix).items() if "_macro_" not in k}
+
+    predicted = predict(score_model, test, "the score model")
+    metrics: dict[str, float | int] = dict(scores(predicted, "score"))
+    flat = predict(score_model, test.assign(notated_velocity=np.int16(FLAT_VELOCITY)), "every notated velocity 64")
+    metrics.update(scores(flat, "score_flat_input"))
+    remapped = predict(score_model, test.assign(notated_velocity=remap_dynamics(test["notated_velocity"])), "another dynamics curve")
+    metrics.update(scores(remapped, "score_remapped"))
+
+    metrics["velocity_mae_flat64_score"] = mae(np.full_like(true, FLAT_VELOCITY), true)
+    train_played = train["velocity"].to_numpy() >= 0
+    slope, intercept = np.polyfit(train["notated_velocity"].to_numpy(dtype=np.float64)[train_played],
+                                  train["velocity"].to_numpy(dtype=np.float64)[train_played], 1)  # fmt: skip
+    notated = slope * test["notated_velocity"].to_numpy(dtype=np.float64)[played] + intercept
+    metrics.update({k: v for k, v in scores(notated, "notated_score").items() if "_centred_" not in k})
+    as_performance = predict(performance_model, test, "the performance model fed the score")
+    metrics.update({k: v for k, v in scores(as_performance, "performance_model_score").items() if "_centred_" not in k})
+    if gbt_velocity is not None:
+        metrics.update({k: v for k, v in scores(gbt_velocity[played], "gbt_score").items() if "_centred_" not in k})
+    others = other_pianists_mean(test)[played]
+    shared = ~np.isnan(others)
+    if shared.any():
+        metrics["velocity_mae_other_pianists_score"] = mae(others[shared], true[shared])
+        metrics["velocity_r_other_pianists_score"] = pearson_r(others[shared], true[shared])
+        metrics["velocity_mae_score_shared_notes"] = mae(predicted[shared], true[shared])
+        metrics["score_shared_notes"] = int(shared.sum())
+    metrics["score_notes"] = int(played.sum())
+    metrics["score_performances"] = int(test["piece_id"].nunique())
+    return metrics
+
+
 def write_figures(
     test_notes: pd.DataFrame,
     predicted: np.ndarray,
@@ -311,6 +387,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("plots_dir", type=Path, help="plots/evaluate")
     parser.add_argument("samples_dir", type=Path, help="samples/evaluate")
     parser.add_argument("--gbt", type=Path, help="data/gbt/test_velocity.npy: the tree baseline's test predictions")
+    parser.add_argument("--score-model", type=Path, help="models/score/velocity.pt: also score the score path")
+    parser.add_argument("--aligned", type=Path, help="data/aligned: the aligned score notes (train.parquet, test.parquet)")
+    parser.add_argument("--score-gbt", type=Path, help="data/score_gbt/test_velocity.npy: the score tree's test predictions")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -332,6 +411,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{args.gbt}: {len(gbt_velocity)} predictions for {len(test_notes)} test notes: rerun the gbt stage")
 
     metrics, predicted = evaluate(model, test_notes, train_notes, test_windows, velocity_edges, params, gbt_velocity)
+    if args.score_model:
+        metrics.update(score_path(args, model, params))
     write_json(args.metrics, metrics)
     write_figures(test_notes, predicted[params.figures], velocity_edges, params, args.plots_dir, args.samples_dir)
     log.info("velocity MAE %s", ", ".join(f"{name} {metrics[key]:.2f}" for name, key in DECODINGS.items()))
@@ -339,6 +420,29 @@ def main(argv: list[str] | None = None) -> None:
              metrics["velocity_mae_predict"], metrics["velocity_r_predict"], metrics["velocity_std_ratio_predict"], metrics["velocity_mae_flat64"],
              metrics["velocity_mae_per_pitch_mean"], f"{metrics['velocity_mae_gbt']:.2f}" if "velocity_mae_gbt" in metrics else "not given", metrics["notes"])
     log.info("wrote %s, figures in %s, MIDI samples in %s", args.metrics, args.plots_dir, args.samples_dir)
+
+
+def score_path(args: argparse.Namespace, performance_model: "VelocityModel", params: EvaluateParams) -> dict[str, float | int]:
+    """Read the score path's inputs named on the command line and score them."""
+    from model.pieces import load_velocity_model
+
+    if args.aligned is None:
+        raise SystemExit("evaluate: --score-model needs --aligned (data/aligned)")
+    test_path = args.aligned / "test.parquet"
+    test = pd.read_parquet(test_path)
+    if not (test["velocity"].to_numpy() >= 0).any():
+        raise SystemExit(f"evaluate: {test_path}: no aligned test notes to score (the align stage's report.json says why)")
+    train = pd.read_parquet(args.aligned / "train.parquet", columns=["notated_velocity", "velocity"])
+    gbt_velocity = np.load(args.score_gbt) if args.score_gbt else None
+    if gbt_velocity is not None and len(gbt_velocity) != len(test):
+        raise SystemExit(f"{args.score_gbt}: {len(gbt_velocity)} predictions for {len(test)} aligned test notes: rerun the score_gbt stage")
+    metrics = evaluate_scores(load_velocity_model(args.score_model), performance_model, test, train, gbt_velocity, params.batch_windows)
+    log.info("score path: MAE %.2f, r %.3f, std ratio %.2f (flat input %.2f, remapped %.2f; flat 64 %.2f, notated %.2f, "
+             "performance model %.2f, tree %s) on %d paired test notes", metrics["velocity_mae_score"], metrics["velocity_r_score"],
+             metrics["velocity_std_ratio_score"], metrics["velocity_mae_score_flat_input"], metrics["velocity_mae_score_remapped"],
+             metrics["velocity_mae_flat64_score"], metrics["velocity_mae_notated_score"], metrics["velocity_mae_performance_model_score"],
+             f"{metrics['velocity_mae_gbt_score']:.2f}" if "velocity_mae_gbt_score" in metrics else "not given", metrics["score_notes"])
+    return metrics
 
 
 if __name__ == "__main__":

@@ -4,6 +4,11 @@ scikit-learn's `HistGradientBoostingRegressor(loss="absolute_error")`, fitted on
 only, one row per note, the features of `model.features.GBT_FEATURES`. It writes its predicted
 velocity of every validation and test note (row order of data/notes/{split}.parquet), so that
 evaluate scores it beside the Transformer without refitting, and no fitted model is pickled.
+
+With `--score` it is the score path's baseline: fitted on the aligned score notes (data/aligned)
+with the score's features beside those (`SCORE_GBT_FEATURES`: meter, beats, notated tempo, the
+notated velocity raw and relative to the piece), the pianist's velocity as target. Every score note
+is read for its neighbours' features; only paired notes (velocity >= 0) are fitted and scored.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from model.features import GBT_FEATURES, note_features
+from model.features import GBT_FEATURES, SCORE_GBT_FEATURES, note_features
 from stages import params as params_lib
 from stages.io import save_npy, write_json
 
@@ -37,26 +42,31 @@ class GbtParams:
             raise params_lib.ParamsError(f"gbt.max_iter must be positive, got {self.max_iter}")
 
 
-def fit_predict(train: pd.DataFrame, others: dict[str, pd.DataFrame], params: GbtParams) -> tuple[dict[str, np.ndarray], dict]:
-    """Fit on `train`'s notes; the predicted velocity (float) of every note of each of `others`."""
+def fit_predict(
+    train: pd.DataFrame, others: dict[str, pd.DataFrame], params: GbtParams, features: tuple[str, ...] = GBT_FEATURES
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Fit on `train`'s notes with a velocity (>= 0); the predicted velocity (float) of every note
+    of each of `others`."""
     from sklearn.ensemble import HistGradientBoostingRegressor
 
-    if len(train) == 0:
+    target = train["velocity"].to_numpy(dtype=np.float64)
+    if not (target >= 0).any():
         raise ValueError("gbt: the train split has no notes to fit on")
     began = time.perf_counter()
-    features = list(GBT_FEATURES)
+    features = list(features)
     tree = HistGradientBoostingRegressor(
         loss="absolute_error", max_iter=params.max_iter, early_stopping=False, random_state=params.seed
     )
-    tree.fit(note_features(train, features).to_numpy(), train["velocity"].to_numpy(dtype=np.float64))
+    tree.fit(note_features(train, features).to_numpy()[target >= 0], target[target >= 0])
     predicted = {
         name: np.clip(tree.predict(note_features(notes, features).to_numpy()), 1, 127) if len(notes) else np.zeros(0)
         for name, notes in others.items()
     }
     report = {"features": len(features), "train_notes": len(train), "seconds": round(time.perf_counter() - began, 1)}
     for name, notes in others.items():
-        if len(notes):
-            report[f"{name}_mae"] = float(np.mean(np.abs(predicted[name] - notes["velocity"].to_numpy())))
+        true = notes["velocity"].to_numpy()
+        if (true >= 0).any():
+            report[f"{name}_mae"] = float(np.mean(np.abs(predicted[name] - true)[true >= 0]))
     return predicted, report
 
 
@@ -64,15 +74,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notes_dir", type=Path, help="data/notes")
     parser.add_argument("out_dir", type=Path, help="data/gbt")
+    parser.add_argument("--score", action="store_true", help="notes_dir holds aligned scores (data/aligned): add the score features")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     params = params_lib.load(GbtParams, "gbt")
-    train = pd.read_parquet(args.notes_dir / "train.parquet", columns=NOTE_COLUMNS)
-    others = {split: pd.read_parquet(args.notes_dir / f"{split}.parquet", columns=NOTE_COLUMNS) for split in SPLITS}
-    log.info("fitting %d boosting iterations on %d train notes x %d features", params.max_iter, len(train), len(GBT_FEATURES))
+    features = GBT_FEATURES + SCORE_GBT_FEATURES if args.score else GBT_FEATURES
+    columns = None if args.score else NOTE_COLUMNS  # a score's table: every column
+    train = pd.read_parquet(args.notes_dir / "train.parquet", columns=columns)
+    others = {split: pd.read_parquet(args.notes_dir / f"{split}.parquet", columns=columns) for split in SPLITS}
+    log.info("fitting %d boosting iterations on %d train notes x %d features", params.max_iter, len(train), len(features))
     try:
-        predicted, report = fit_predict(train, others, params)
+        predicted, report = fit_predict(train, others, params, features)
     except ValueError as err:
         raise SystemExit(f"{args.notes_dir}: {err}") from None
     for split, velocity in predicted.items():

@@ -58,11 +58,14 @@ def run_training(
     live_dir: Path | None = LIVE_DIR,
     calibration_notes: Path | None = None,
     sustain: bool = False,
+    input_kind: str = "performance",
 ) -> Any:
     """Train (or resume) and export `out_dir/velocity.pt`; returns the loop's `FitResult`. With
     `calibration_notes` (data/notes/validation.parquet) the `pianist` decoding's stretch is fitted
     on them and saved in the model file, as is `sustain` (extract.sustain: how the notes were read, so
-`velocity predict` reads a new file the same way). Under torchrun every process trains; rank 0 writes."""
+`velocity predict` reads a new file the same way), and `input_kind`: what the model reads, a
+performance or a score (velocity predict picks the model by it). Under torchrun every process
+trains; rank 0 writes."""
     from model.features import feature_sizes
     from model.harness import distributed_from_env, end_process, fingerprint
     from model.training import NOT_FINGERPRINTED, Windows, WindowsError, export_model, train
@@ -95,7 +98,7 @@ def run_training(
     if not dist.is_main:
         return result
 
-    extra = {"vocab": vocab, "bins": bins, "windows": windows_stats, "extract": {"sustain": sustain}}
+    extra = {"vocab": vocab, "bins": bins, "windows": windows_stats, "extract": {"sustain": sustain}, "input_kind": input_kind}
     if calibration_notes is not None:
         extra["calibration"] = calibrate(result.best_model, model_cfg, extra, calibration_notes, train_params.min_std_ratio)
     out_path = out_dir / "velocity.pt"
@@ -120,10 +123,11 @@ def calibrate(state: dict, model_cfg: Any, extra: dict, notes_path: Path, min_st
     length = model_cfg.max_len
     model = VelocityModel(net.eval(), extra["bins"], Vocab.from_dict(extra["vocab"]), length, int(extra["windows"].get("step", length // 2)), {})
     notes = pd.read_parquet(notes_path)
-    if len(notes) == 0:
+    played = notes["velocity"].to_numpy() >= 0  # an aligned score's notes no pianist played have -1
+    if not played.any():
         raise SystemExit(f"{notes_path}: no notes to calibrate the dynamics on (the validation split is empty)")
     predicted = predict_notes(model, notes, decoding="averaged")
-    calibration = fit_calibration(predicted, notes["velocity"].to_numpy(), notes["piece_id"].to_numpy(), min_std_ratio)
+    calibration = fit_calibration(predicted[played], notes["velocity"].to_numpy()[played], notes["piece_id"].to_numpy()[played], min_std_ratio)
     log.info("dynamics calibrated on %d notes of %s: %s", len(notes), notes_path, calibration)
     return asdict(calibration)
 
@@ -136,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", type=Path, help="models")
     parser.add_argument("--params", type=Path, default=params_lib.PARAMS_FILE, help="params file (default: params.yaml)")
     parser.add_argument("--calibrate-on", type=Path, help="data/notes/validation.parquet: fit the pianist decoding's stretch on it")
+    parser.add_argument("--live-dir", type=Path, default=LIVE_DIR, help="dvclive folder for the curves (default: %(default)s)")
+    parser.add_argument("--input", choices=("performance", "score"), default="performance",
+                        help="what the windows were cut from, recorded in the model for velocity predict (default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -150,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         exit_code = relaunch_if_wanted(train_params.nproc_per_node, "stages.train", sys.argv[1:] if argv is None else argv)
         if exit_code is not None:  # trained by torchrun's processes
             return exit_code
-        run_training(args.windows_dir, args.vocab, args.bins, args.out_dir, model_params, train_params,
-                     calibration_notes=args.calibrate_on, sustain=sustain)
+        run_training(args.windows_dir, args.vocab, args.bins, args.out_dir, model_params, train_params, live_dir=args.live_dir,
+                     calibration_notes=args.calibrate_on, sustain=sustain, input_kind=args.input)
     except (params_lib.ParamsError, WindowsError) as err:  # bad params or empty data: one line, no traceback
         raise SystemExit(f"train: {err}") from None
     return 0

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     vocab = Vocab.load(args.vocab)
     stats: dict = {"length": params.length, "step": params.step, "tail": params.tail, "short": params.short}
     for split in SPLITS:
-        notes = pd.read_parquet(args.notes_dir / f"{split}.parquet", columns=["piece_id", "pitch", "start", "dstart", "duration", "velocity", "pedal"])
+        notes = pd.read_parquet(args.notes_dir / f"{split}.parquet")  # a score's table has its own columns besides
         windows = make_windows(notes, bins, vocab, params)
         for name in ("src", "tgt", "features", "rows"):
             save_npy(args.out_dir / f"{split}_{name}.npy", getattr(windows, name))

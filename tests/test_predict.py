@@ -13,8 +13,8 @@ import pytest
 
 from conftest import one_torch_thread, params_section
 from pipeline.cli import main as velocity
-from stages.extract import NOTE_COLUMNS, read_notes
-from stages.midi import read_midi
+from model.midi import read_midi
+from model.notes import NOTE_COLUMNS, read_notes
 
 TEST_PIECE = "maestro-v3.0.0/2008/MIDI-Unprocessed_13_R1_2008_01-04_ORIG_MID--AUDIO_13_R1_2008_wav--1__Prelude_bwv_862.midi"
 

@@ -1,5 +1,6 @@
 """The one MIDI reader: a Standard MIDI File's bytes -> notes in ticks, the sustain pedal, the tempo
-map and what was wrong with the file. The extract stage and `velocity predict` both read through it.
+map, the time signatures and what was wrong with the file. The extract and align stages and
+`velocity predict` all read through it.
 
 Files from sequencers, notation programs and the web are often damaged, so the reader walks the
 bytes itself, event by event (delta times, running status, meta and system-exclusive events), and
@@ -20,7 +21,7 @@ Notes pair the way symusic (and so the extract stage before this reader) pairs t
 track, a note-off (or a velocity-0 note-on) ends the oldest sounding note of its channel and pitch;
 a note's program is its channel's last program change in its track before the note-on (0 without
 one). On intact files the notes equal symusic's (tests/test_midi.py checks the shared archive).
-Which of these notes a piece is made of is the extract stage's rule (`stages.extract.piece_notes`).
+Which of these notes a piece is made of is the note rules' business (`model.notes.piece_notes`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ _CHANNEL_DATA_BYTES = {0x80: 2, 0x90: 2, 0xA0: 2, 0xB0: 2, 0xC0: 1, 0xD0: 1, 0xE
 _SYSTEM_DATA_BYTES = {0xF1: 1, 0xF2: 2, 0xF3: 1, 0xF6: 0, 0xF8: 0, 0xFA: 0, 0xFB: 0, 0xFC: 0, 0xFE: 0}
 
 # What can be wrong with a file that is still read, as the extract report counts it: `files_*`
-# kinds count files, `notes_*` kinds count notes (the rules of stages/extract.py add theirs).
+# kinds count files, `notes_*` kinds count notes (the note rules of model/notes.py add theirs).
 FILES_TRUNCATED = "files_truncated"
 FILES_BAD_CHUNK_LENGTH = "files_bad_chunk_length"
 FILES_BAD_EVENT = "files_bad_event"
@@ -122,6 +123,8 @@ class MidiFile:
     pedal_ticks: np.ndarray  # int64
     pedal_values: np.ndarray  # int16
     warnings: list[MidiWarning] = field(default_factory=list)
+    # Time signatures (meta 0x58) of every track in tick order: (tick, numerator, denominator) rows.
+    time_signatures: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), dtype=np.int64))
 
 
 def read_midi(path: Path | str) -> MidiFile:
@@ -182,6 +185,7 @@ def parse_midi(data: bytes, path: Path | str = "<bytes>") -> MidiFile:
     tempo_mspq: list[int] = []
     pedal_ticks: list[int] = []
     pedal_values: list[int] = []
+    meters: list[tuple[int, int, int]] = []
     n = len(data)
     pos = 8 + int.from_bytes(data[4:8], "big")
     tracks_read = 0
@@ -197,7 +201,7 @@ def parse_midi(data: bytes, path: Path | str = "<bytes>") -> MidiFile:
             continue
         track = tracks_read
         tracks_read += 1
-        pos, stopped, track_warnings = _walk_track(data, pos, size, track, columns, tempo_ticks, tempo_mspq, pedal_ticks, pedal_values)
+        pos, stopped, track_warnings = _walk_track(data, pos, size, track, columns, tempo_ticks, tempo_mspq, pedal_ticks, pedal_values, meters)
         warnings.extend(track_warnings)
     if tracks_read < n_tracks and not stopped and not any(w.kind == FILES_BAD_CHUNK_LENGTH for w in warnings):
         warnings.append(MidiWarning(FILES_MISSING_TRACKS, 1, f"the header announces {n_tracks} tracks, the file holds {tracks_read}"))
@@ -213,12 +217,14 @@ def parse_midi(data: bytes, path: Path | str = "<bytes>") -> MidiFile:
     return MidiFile(
         path, data, fmt, tempo_map, notes,
         np.asarray(pedal_ticks, dtype=np.int64)[pedal_order], np.asarray(pedal_values, dtype=np.int16)[pedal_order], warnings,
+        np.asarray(sorted(meters, key=lambda m: m[0]), dtype=np.int64).reshape(-1, 3),
     )  # fmt: skip
 
 
 def _walk_track(
     data: bytes, chunk: int, size: int, track: int, columns: dict[str, list[int]],
     tempo_ticks: list[int], tempo_mspq: list[int], pedal_ticks: list[int], pedal_values: list[int],
+    meters: list[tuple[int, int, int]],
 ) -> tuple[int, bool, list[MidiWarning]]:  # fmt: skip
     """Read the track chunk at byte `chunk` into the lists; returns where the next chunk starts,
     whether reading the file must stop there, and the warnings."""
@@ -293,6 +299,8 @@ def _walk_track(
                 if meta == 0x51 and length == 3:
                     tempo_ticks.append(tick)
                     tempo_mspq.append(int.from_bytes(data[p : p + 3], "big"))
+                elif meta == 0x58 and length >= 2 and data[p] > 0 and data[p + 1] < 8:
+                    meters.append((tick, data[p], 2 ** data[p + 1]))  # numerator, denominator as a power of 2
                 p += length
                 if meta == 0x2F:
                     end_of_track = True
