@@ -57,6 +57,17 @@ time signature, track 1 a program change, the pedal and the notes (note-offs as 
 note-ons). At 480 ticks per beat and 120 bpm one second is 960 ticks; times are performance
 times, as in MAESTRO, so the written meter is not the musical one. The csv's duration is the time
 of the file's last event.
+
+Scores: `generate_scores(out_dir, n_pieces, seed)` writes the same pieces' scores in the ASAP
+dataset's layout (`asap-dataset/metadata.csv`, per piece `Demo/<style>/<title>/`). Each
+`generate_piece` carries its `DemoScore`: every written note on the grid (also those the
+performance drops), the phrases' markings and the performance's time map. `midi_score.mid` is the
+score at the notated tempo, meter and key, its velocities as MuseScore renders dynamics (the
+phrase's marking pp 33 .. ff 112, a +8 hairpin up to the arc's peak and back, per beat; Baroque
+and Chorale pieces carry no markings: 80 throughout, like ASAP's Bach scores). The beat annotations
+give every beat's time in the score and in the performance (the rubato time map), so the pairing is
+the true one: mapped through the beats, each performed note lies within 40 ms of its score note,
+except in a phrase's last beat, where the breath before the next phrase stretches the interval.
 """
 
 from __future__ import annotations
@@ -99,6 +110,20 @@ CONTOUR_PER_SEMITONE, CONTOUR_LIMIT = 0.3, 5.0
 NOISE_SD = 3.5
 MELODY_LEAD_S = 0.015
 ONSET_JITTER_S = 0.005
+
+# --- the written score (ASAP's layout) ---
+ASAP_DIR = "asap-dataset"
+ASAP_CSV = "metadata.csv"
+ASAP_COLUMNS = ["composer", "title", "folder", "xml_score", "midi_score", "midi_performance", "performance_annotations",
+                "midi_score_annotations", "maestro_midi_performance", "maestro_audio_performance", "start", "end",
+                "audio_performance"]  # fmt: skip
+MAESTRO_PREFIX = "{maestro}/"  # how ASAP's metadata names a file of the MAESTRO archive
+MUSESCORE_VELOCITY = {"pp": 33, "p": 49, "mp": 64, "mf": 80, "f": 96, "ff": 112}  # how MuseScore plays the markings
+UNMARKED_VELOCITY = 80  # MuseScore's velocity where no dynamic is marked
+HAIRPIN = 8  # velocity a phrase's crescendo adds by the arc's peak; the diminuendo takes it back
+# Written without dynamics, as ASAP's Bach scores are: their score MIDI has one velocity throughout.
+UNMARKED_STYLES = ("Demo Baroque", "Demo Chorale")
+SCORE_TICKS_PER_STEP = TICKS_PER_BEAT // GRID
 
 MAJOR = (0, 2, 4, 5, 7, 9, 11)
 HARMONIC_MINOR = (0, 2, 3, 5, 7, 8, 11)
@@ -151,6 +176,36 @@ STYLES = (
 
 
 @dataclass(frozen=True)
+class DemoScore:
+    """The written piece a `DemoPiece` performs: its notes on the grid (GRID steps per beat), each
+    phrase's marking and arc, and the performance's time map. Notes the performance leaves out
+    (`_resolve_overlaps`) are kept: a score holds what is written, not what is played."""
+
+    onset: np.ndarray  # int64 grid steps from the first downbeat, sorted (then by pitch)
+    length: np.ndarray  # int64 grid steps, the notated length
+    pitch: np.ndarray  # int16
+    role: np.ndarray  # int8: MELODY, BASS or INNER
+    phrase: np.ndarray  # int32: index of the note's phrase
+    phrase_start: np.ndarray  # int64: each phrase's first grid step
+    phrase_steps: np.ndarray  # int64: each phrase's length in grid steps
+    phrase_peak: np.ndarray  # float64: where each phrase's arc peaks, as a share of the phrase
+    phrase_level: tuple[str, ...]  # each phrase's marking: pp, p, mf, f or ff
+    marked: bool  # False: written without dynamics (every note at UNMARKED_VELOCITY)
+    beats_per_bar: int  # 3 or 4 (quarter-note beats)
+    bpm: float  # the notated tempo
+    tonic: int  # pitch class
+    minor: bool
+    step_start_s: np.ndarray  # float64: performed seconds of every grid step, then of the end
+
+    @property
+    def key_sharps(self) -> int:
+        """The key signature: sharps, negative for flats (F-sharp major: 6)."""
+        major_tonic = (self.tonic + (3 if self.minor else 0)) % 12
+        sharps = 7 * major_tonic % 12  # a fifth up adds a sharp
+        return sharps - 12 if sharps > 6 else sharps
+
+
+@dataclass(frozen=True)
 class DemoPiece:
     """One generated performance: notes in time order, with the parts of the velocity model."""
 
@@ -167,6 +222,7 @@ class DemoPiece:
     expected_velocity: np.ndarray  # float64: the model's velocity before noise and rounding
     role: np.ndarray  # int8: MELODY, BASS or INNER
     phrase: np.ndarray  # int32: index of the note's phrase
+    score: DemoScore  # what the pianist played from
 
 
 class _Score:
@@ -200,6 +256,7 @@ class _Score:
 class _Phrase:
     start_step: int
     n_steps: int
+    level_name: str  # the marking: pp, p, mf, f or ff
     level: float  # phrase_level, velocity units
     arc: float
     arc_exponent: float  # g: sin(pi * u**g) peaks at u = 0.5**(1/g)
@@ -281,6 +338,7 @@ class _Composer:
         phrase = _Phrase(
             start_step=start_step,
             n_steps=n_bars * self.bar_steps,
+            level_name=level_name,
             level=DYNAMIC_LEVELS[level_name],
             arc=rng.uniform(*style.arc),
             arc_exponent=math.log(0.5) / math.log(peak),
@@ -475,7 +533,7 @@ def _perform(composer: _Composer, rng: np.random.Generator, piece_level: float) 
     end = start + np.maximum(notated * articulation, 0.05)
     return {"start": start, "end": end, "pitch": pitch, "velocity": velocity, "expected": expected,
             "role": role, "phrase": phrase, "bar_s": step_start_s[np.asarray(composer.bar_starts)],
-            "end_s": np.array([t])}
+            "end_s": np.array([t]), "step_start_s": step_start_s}
 
 
 def _pedal_events(rng: np.random.Generator, bar_s: np.ndarray, end_s: float) -> list[tuple[int, int]]:
@@ -538,9 +596,21 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return kind + len(data).to_bytes(4, "big") + data
 
 
+def _conductor(tempo_us: int, beats_per_bar: int, key: tuple[int, bool] | None = None) -> bytes:
+    """Track 0's events: tempo, time signature (quarter-note beats) and, for a score, the key
+    signature as (sharps, minor)."""
+    events = b"\x00\xff\x51\x03" + tempo_us.to_bytes(3, "big")  # set tempo
+    # time signature: beats, a quarter (2**2) per beat, 24 clocks per click, 8 32nds per beat
+    events += b"\x00\xff\x58\x04" + bytes((beats_per_bar, 2, 24, 8))
+    if key is not None:
+        sharps, minor = key
+        events += b"\x00\xff\x59\x02" + sharps.to_bytes(1, "big", signed=True) + bytes((int(minor),))
+    return events + b"\x01\xff\x2f\x00"  # end of track
+
+
 def _midi_bytes(start_tick: np.ndarray, end_tick: np.ndarray, pitch: np.ndarray, velocity: np.ndarray,
-                pedal: list[tuple[int, int]]) -> bytes:
-    """A two-track type-1 Standard MIDI File: a conductor track, then program, pedal and notes.
+                pedal: list[tuple[int, int]], conductor: bytes) -> bytes:
+    """A two-track type-1 Standard MIDI File: the conductor track's events, then program, pedal and notes.
 
     Written byte by byte (the format is a few lines; mido's per-message checks made this 10x
     slower); the tests read the files back with mido and pretty_midi."""
@@ -557,13 +627,64 @@ def _midi_bytes(start_tick: np.ndarray, end_tick: np.ndarray, pitch: np.ndarray,
         # 0xB0 control change, 0x90 note-on; note-offs are note-ons of velocity 0, as in most of MAESTRO.
         track += bytes((0xB0 if kind == 1 else 0x90, number, value))
     track += b"\x01\xff\x2f\x00"  # end of track
-    conductor = (
-        b"\x00\xff\x51\x03" + MIDI_TEMPO.to_bytes(3, "big")  # set tempo
-        + b"\x00\xff\x58\x04\x04\x02\x18\x08"  # time signature 4/4, 24 clocks per click, 8 32nds per beat
-        + b"\x01\xff\x2f\x00"
-    )
     header = (1).to_bytes(2, "big") + (2).to_bytes(2, "big") + TICKS_PER_BEAT.to_bytes(2, "big")  # type 1, 2 tracks
     return _chunk(b"MThd", header) + _chunk(b"MTrk", conductor) + _chunk(b"MTrk", bytes(track))
+
+
+def score_velocity(score: DemoScore) -> np.ndarray:
+    """Velocities as a notation program plays the dynamics: the phrase's marking, a crescendo
+    hairpin up to the arc's peak and a diminuendo back, stepped per beat; unmarked: one velocity."""
+    if not score.marked:
+        return np.full(len(score.pitch), UNMARKED_VELOCITY, dtype=np.int16)
+    k = score.phrase
+    u = (score.onset - score.phrase_start[k]) // GRID * GRID / score.phrase_steps[k]  # the note's beat in its phrase
+    peak = score.phrase_peak[k]
+    ramp = np.where(u <= peak, u / peak, (1 - u) / (1 - peak))
+    level = np.array([MUSESCORE_VELOCITY[name] for name in score.phrase_level])[k]
+    return np.clip(level + np.rint(HAIRPIN * ramp), 1, 127).astype(np.int16)
+
+
+def score_tempo_us(score: DemoScore) -> int:
+    """The score MIDI's tempo, microseconds per beat."""
+    return round(60_000_000 / score.bpm)
+
+
+def score_midi(score: DemoScore) -> bytes:
+    """The score as MuseScore exports one: on the grid at the notated tempo, 480 ticks per beat, the
+    meter and key, chords exactly together, notated lengths and `score_velocity`.
+
+    MIDI cannot sound one key twice at once: a note still held when its key is written again ends
+    there, and a unison of two voices (same key, same onset) is one note, the longer."""
+    start = score.onset * SCORE_TICKS_PER_STEP
+    end = (score.onset + score.length) * SCORE_TICKS_PER_STEP
+    keep = np.ones(len(start), dtype=bool)
+    prev = -1
+    for i in np.lexsort((-end, start, score.pitch)):  # key by key in time, the longer of a unison first
+        if prev >= 0 and score.pitch[prev] == score.pitch[i]:
+            if start[i] == start[prev]:
+                keep[i] = False
+                continue
+            end[prev] = min(end[prev], start[i])
+        prev = i
+    conductor = _conductor(score_tempo_us(score), score.beats_per_bar, (score.key_sharps, score.minor))
+    return _midi_bytes(start[keep], end[keep], score.pitch[keep], score_velocity(score)[keep], [], conductor)
+
+
+def beat_annotations(score: DemoScore) -> tuple[str, str]:
+    """ASAP's beat files for the score MIDI and for the performance: `time<TAB>time<TAB>label` per
+    beat, line i the same beat in both. Labels: `db,<beats>/4,<sharps>` on the first downbeat, `db`
+    on the others, `b` between. Performed times are the rubato time map at each beat, as the
+    performance file's ticks hold them."""
+    beats = np.arange((len(score.step_start_s) - 1) // GRID)
+    score_s = beats * score_tempo_us(score) / 1_000_000
+    performed_s = np.rint(score.step_start_s[beats * GRID] * TICKS_PER_SECOND) / TICKS_PER_SECOND
+    labels = ["db" if b % score.beats_per_bar == 0 else "b" for b in beats]
+    labels[0] = f"db,{score.beats_per_bar}/4,{score.key_sharps}"
+
+    def lines(times: np.ndarray) -> str:
+        return "".join(f"{t:.6f}\t{t:.6f}\t{label}\n" for t, label in zip(times, labels))
+
+    return lines(score_s), lines(performed_s)
 
 
 def generate_piece(seed: int, index: int) -> DemoPiece:
@@ -584,8 +705,23 @@ def generate_piece(seed: int, index: int) -> DemoPiece:
 
     uses_pedal = rng.random() < style.pedal_share
     pedal = _pedal_events(rng, perf["bar_s"], float(end_tick.max()) / TICKS_PER_SECOND) if uses_pedal else []
-    midi = _midi_bytes(start_tick, end_tick, columns["pitch"], columns["velocity"], pedal)
+    # The performance's file keeps MAESTRO's 120 bpm and 4/4, whatever the music's meter.
+    midi = _midi_bytes(start_tick, end_tick, columns["pitch"], columns["velocity"], pedal, _conductor(MIDI_TEMPO, 4))
     last_tick = max(int(end_tick.max()), max((t for t, _ in pedal), default=0))
+
+    score, phrases = composer.score, composer.phrases
+    by_time = np.lexsort((score.pitch, score.onset))
+    written = DemoScore(
+        onset=np.asarray(score.onset, dtype=np.int64)[by_time], length=np.asarray(score.length, dtype=np.int64)[by_time],
+        pitch=np.asarray(score.pitch, dtype=np.int16)[by_time], role=np.asarray(score.role, dtype=np.int8)[by_time],
+        phrase=np.asarray(score.phrase, dtype=np.int32)[by_time],
+        phrase_start=np.array([ph.start_step for ph in phrases], dtype=np.int64),
+        phrase_steps=np.array([ph.n_steps for ph in phrases], dtype=np.int64),
+        phrase_peak=np.array([0.5 ** (1 / ph.arc_exponent) for ph in phrases]),
+        phrase_level=tuple(ph.level_name for ph in phrases), marked=style.composer not in UNMARKED_STYLES,
+        beats_per_bar=composer.beats, bpm=composer.bpm, tonic=composer.tonic, minor=composer.minor,
+        step_start_s=perf["step_start_s"],
+    )
 
     key = f"{KEY_NAMES[composer.tonic]} {'minor' if composer.minor else 'major'}"
     form = style.forms[int(rng.integers(len(style.forms)))]
@@ -594,7 +730,7 @@ def generate_piece(seed: int, index: int) -> DemoPiece:
         composer=style.composer, title=title, beats_per_bar=composer.beats, bpm=composer.bpm, midi=midi, duration=last_tick / TICKS_PER_SECOND,
         start=start_tick / TICKS_PER_SECOND, end=end_tick / TICKS_PER_SECOND,
         pitch=columns["pitch"].astype(np.int16), velocity=columns["velocity"],
-        expected_velocity=columns["expected"], role=columns["role"], phrase=columns["phrase"],
+        expected_velocity=columns["expected"], role=columns["role"], phrase=columns["phrase"], score=written,
     )
 
 
@@ -613,6 +749,12 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
 
 
+def _maestro_stem(seed: int, index: int, title: str) -> tuple[int, str]:
+    """A piece's year folder in the corpus and its MIDI file without `.midi`: `<year>/DEMO_<index>_<title>`."""
+    year = YEARS[np.random.default_rng([seed, index, 2]).integers(len(YEARS))]
+    return year, f"{year}/DEMO_{index:04d}_{_slug(title)}"
+
+
 def generate_corpus(out_dir: Path | str, n_pieces: int, seed: int, progress: bool = False) -> Path:
     """Write the demo corpus to `out_dir/maestro-v3.0.0/` and return that folder.
 
@@ -627,8 +769,7 @@ def generate_corpus(out_dir: Path | str, n_pieces: int, seed: int, progress: boo
         indices = tqdm(indices, desc="demo corpus", unit="piece")
     for index in indices:
         piece = generate_piece(seed, index)
-        year = YEARS[np.random.default_rng([seed, index, 2]).integers(len(YEARS))]
-        stem = f"{year}/DEMO_{index:04d}_{_slug(piece.title)}"
+        year, stem = _maestro_stem(seed, index, piece.title)
         (root / str(year)).mkdir(exist_ok=True)
         (root / f"{stem}.midi").write_bytes(piece.midi)
         rows.append({
@@ -636,17 +777,62 @@ def generate_corpus(out_dir: Path | str, n_pieces: int, seed: int, progress: boo
             "year": year, "midi_filename": f"{stem}.midi", "audio_filename": f"{stem}.wav",
             "duration": round(piece.duration, 9),
         })
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    (root / CSV_NAME).write_text(text.getvalue(), encoding="utf-8")
+    (root / CSV_NAME).write_text(_csv_text(rows, COLUMNS), encoding="utf-8")
     columnwise = {col: {str(i): row[col] for i, row in enumerate(rows)} for col in COLUMNS}
     (root / JSON_NAME).write_text(json.dumps(columnwise, ensure_ascii=True) + "\n", encoding="utf-8")
     (root / "README").write_text(
         f"Synthetic demo corpus: {n_pieces} generated piano performances (seed {seed}) in the layout of\n"
         "MAESTRO v3.0.0. Not real performances: see stages/demo_corpus.py for the music and the\n"
         "expressive velocity model that produced them.\n",
+        encoding="utf-8",
+    )
+    return root
+
+
+def _csv_text(rows: list[dict], columns: list[str]) -> str:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
+def generate_scores(out_dir: Path | str, n_pieces: int, seed: int, progress: bool = False) -> Path:
+    """Write the scores of `generate_corpus`'s pieces in ASAP's layout to `out_dir/asap-dataset/`
+    and return that folder: per piece `Demo/<style>/<title>/` with `midi_score.mid`, its beat
+    annotations, the performance (the corpus file's bytes) as `Demo_Pianist_<index>.mid` and its
+    beat annotations; and `metadata.csv`. Deterministic like the corpus."""
+    root = Path(out_dir) / ASAP_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    indices = range(n_pieces)
+    if progress:
+        indices = tqdm(indices, desc="demo scores", unit="piece")
+    for index in indices:
+        piece = generate_piece(seed, index)
+        folder = f"Demo/{_slug(piece.composer)}/{_slug(piece.title)}"
+        performer = f"{folder}/Demo_Pianist_{index:04d}"
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        (root / folder / "midi_score.mid").write_bytes(score_midi(piece.score))
+        score_beats, performed_beats = beat_annotations(piece.score)
+        (root / folder / "midi_score_annotations.txt").write_text(score_beats, encoding="utf-8")
+        (root / f"{performer}.mid").write_bytes(piece.midi)
+        (root / f"{performer}_annotations.txt").write_text(performed_beats, encoding="utf-8")
+        _, stem = _maestro_stem(seed, index, piece.title)
+        rows.append({
+            "composer": piece.composer, "title": piece.title, "folder": folder, "xml_score": "",
+            "midi_score": f"{folder}/midi_score.mid", "midi_performance": f"{performer}.mid",
+            "performance_annotations": f"{performer}_annotations.txt",
+            "midi_score_annotations": f"{folder}/midi_score_annotations.txt",
+            "maestro_midi_performance": f"{MAESTRO_PREFIX}{stem}.midi",
+            "maestro_audio_performance": f"{MAESTRO_PREFIX}{stem}.wav",
+            "start": 0.0, "end": round(piece.duration, 9), "audio_performance": f"{performer}.wav",
+        })
+    (root / ASAP_CSV).write_text(_csv_text(rows, ASAP_COLUMNS), encoding="utf-8")
+    (root / "README").write_text(
+        f"Synthetic demo scores: the written pieces behind the {n_pieces} generated performances (seed {seed})\n"
+        "of the demo corpus, in the layout of the ASAP dataset, with beat annotations that pair them\n"
+        "exactly. See stages/demo_corpus.py.\n",
         encoding="utf-8",
     )
     return root

@@ -21,6 +21,9 @@ A checksum mismatch is an error and nothing is extracted. Every member is checke
 written (absolute paths, `..` and symlinks are refused: zip-slip), the folder is extracted into a
 temporary directory beside the output and renamed into place, so a failure leaves no half-written
 corpus.
+
+The scores stage (`stages/scores.py`) fetches, verifies and extracts its archive with the same
+helpers: `locked_archive`, `source_archive`, `extract_dataset` and `staging_folder`.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -75,6 +78,8 @@ class DownloadError(RuntimeError):
 class DataParams:
     source: str
     sha256: str | None
+    scores: str  # the scores stage's source (stages/scores.py)
+    scores_sha256: str | None
     demo_seed: int
     demo_pieces: int
 
@@ -89,7 +94,7 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _normalize_sha256(value: str | None, what: str) -> str | None:
+def normalize_sha256(value: str | None, what: str) -> str | None:
     if value is None:
         return None
     value = str(value).strip().lower()
@@ -254,16 +259,14 @@ def _unsafe_reason(info: zipfile.ZipInfo) -> str | None:
     return None
 
 
-def _maestro_root(names: list[str], archive: Path) -> str:
-    """The folder prefix in the archive that holds maestro-v3.0.0.csv ('' when at the top)."""
-    csv_names = [n for n in names if PurePosixPath(n).name == CSV_NAME]
-    if not csv_names:
-        raise DownloadError(
-            f"{archive}: no {CSV_NAME} in the archive; expected MAESTRO's layout, "
-            f"{MAESTRO_DIR}/{CSV_NAME} and the MIDI files it names"
-        )
-    best = min(csv_names, key=lambda n: (n.count("/"), n))
-    return best[: -len(CSV_NAME)]
+def _table_root(names: list[str], archive: Path, table: str, layout: str) -> str:
+    """The folder prefix in the archive that holds the dataset's `table` ('' when at the top): the
+    shallowest one, whatever the folder is called (GitHub names it `<repo>-<commit>/`)."""
+    table_names = [n for n in names if PurePosixPath(n).name == table]
+    if not table_names:
+        raise DownloadError(f"{archive}: no {table} in the archive; expected {layout}")
+    best = min(table_names, key=lambda n: (n.count("/"), n))
+    return best[: -len(table)]
 
 
 def _check_table(table_bytes: bytes, members: set[str], archive: Path) -> int:
@@ -283,10 +286,12 @@ def _check_table(table_bytes: bytes, members: set[str], archive: Path) -> int:
     return len(rows)
 
 
-def extract_maestro(archive: Path, dest_root: Path) -> int:
-    """Extract the archive's MAESTRO folder to `dest_root/maestro-v3.0.0/`; return its csv's rows.
+def extract_dataset(archive: Path, target: Path, table: str, layout: str,
+                    check_table: Callable[[bytes, set[str]], int]) -> int:
+    """Extract the archive's folder that holds `table` (its csv) to `target`; return
+    `check_table(the csv's bytes, the folder's file names)`, which raises on a wrong table.
 
-    Every member is checked before the first byte is written."""
+    Every member is checked (zip-slip) and the table read before the first byte is written."""
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as err:
@@ -297,10 +302,9 @@ def extract_maestro(archive: Path, dest_root: Path) -> int:
             reason = _unsafe_reason(info)
             if reason:
                 raise DownloadError(f"{archive}: unsafe member {info.filename!r} ({reason}); nothing extracted")
-        root = _maestro_root([i.filename for i in infos], archive)
+        root = _table_root([i.filename for i in infos], archive, table, layout)
         members = {i.filename[len(root):]: i for i in infos if i.filename.startswith(root) and not i.is_dir()}
-        n_rows = _check_table(zf.read(root + CSV_NAME), set(members), archive)
-        target = dest_root / MAESTRO_DIR
+        n_rows = check_table(zf.read(root + table), set(members))
         for relative, info in tqdm(sorted(members.items()), desc="extract", unit="file", mininterval=1.0):
             path = target / relative
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -309,37 +313,103 @@ def extract_maestro(archive: Path, dest_root: Path) -> int:
     return n_rows
 
 
+def extract_maestro(archive: Path, dest_root: Path) -> int:
+    """Extract the archive's MAESTRO folder to `dest_root/maestro-v3.0.0/`; return its csv's rows."""
+    layout = f"MAESTRO's layout, {MAESTRO_DIR}/{CSV_NAME} and the MIDI files it names"
+    return extract_dataset(archive, dest_root / MAESTRO_DIR, CSV_NAME, layout,
+                           lambda table, members: _check_table(table, members, archive))
+
+
 @contextlib.contextmanager
-def _staging(out_dir: Path) -> Iterator[Path]:
-    """A temporary folder inside `out_dir` whose `maestro-v3.0.0/` replaces the real one on success."""
+def staging_folder(out_dir: Path, folder: str = MAESTRO_DIR) -> Iterator[Path]:
+    """A temporary folder inside `out_dir` whose `folder/` replaces `out_dir/folder` on success."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob(f".{MAESTRO_DIR}.*"):  # left by a killed earlier run
+    for stale in out_dir.glob(f".{folder}.*"):  # left by a killed earlier run
         shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{MAESTRO_DIR}.", dir=out_dir))
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder}.", dir=out_dir))
     try:
         yield staging
-        final = out_dir / MAESTRO_DIR
+        final = out_dir / folder
         if final.exists():
             old = staging / "previous"
             os.replace(final, old)
-        os.replace(staging / MAESTRO_DIR, final)
+        os.replace(staging / folder, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
 # --- sources ---
 
-def _local_archive(source: str) -> Path | None:
-    """The local file a path or file:// source names; None for other URLs."""
+def _local_archive(source: str, key: str = "data.source") -> Path | None:
+    """The local file a path or file:// source names; None for other URLs. `key` names the param."""
     parsed = urllib.parse.urlparse(source)
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
-            raise DownloadError(f"data.source {source!r}: a file:// URL needs an absolute path (file:///...); "
+            raise DownloadError(f"{key} {source!r}: a file:// URL needs an absolute path (file:///...); "
                                 "give a relative path without file://")
         return Path(urllib.request.url2pathname(parsed.path))
     if re.match(r"[A-Za-z][A-Za-z0-9+.-]+://", source):
         return None
     return Path(source)
+
+
+def locked_archive(name: str, default: dict, sha256: str | None, *, downloads_dir: Path, lock_path: Path,
+                   sha256_key: str = "data.sha256") -> Path:
+    """The verified download of lock entry `name` (seeded from `default` when the lock lacks it).
+
+    An entry without a sha256 records the first download's (trust on first use); later downloads
+    must match it. `sha256` (the `sha256_key` param), when set, must agree with the lock."""
+    lock = read_lock(lock_path)
+    entry = lock.get(name)
+    if entry is None:
+        entry = dict(default)
+        write_json(lock_path, {**lock, name: entry})
+        log.info("pinned %s in %s", name, lock_path)
+    url = entry.get("url")
+    if not url:
+        raise DownloadError(f"{lock_path}: entry '{name}' has no url")
+    pinned = normalize_sha256(entry.get("sha256"), f"{lock_path} '{name}'.sha256")
+    if sha256 and pinned and sha256 != pinned:
+        raise DownloadError(f"{sha256_key} {sha256} disagrees with {lock_path} ({pinned}) for {name}")
+    _mark_ignored(downloads_dir)
+    archive = _fetch_verified(url, downloads_dir / PurePosixPath(urllib.parse.urlparse(url).path).name, pinned or sha256)
+    if entry.get("size") is not None and archive.stat().st_size != entry["size"]:
+        raise DownloadError(f"{archive}: {archive.stat().st_size} bytes, {lock_path} expects {entry['size']}")
+    if pinned is None:  # trust on first use: later downloads must match this one
+        entry = {**entry, "sha256": sha256_of(archive), "size": archive.stat().st_size}
+        write_json(lock_path, {**read_lock(lock_path), name: entry})
+        log.info("recorded sha256 %s of %s in %s", entry["sha256"], url, lock_path)
+    return archive
+
+
+def source_archive(source: str, sha256: str | None, *, downloads_dir: Path, key: str = "data.source",
+                   sha256_key: str = "data.sha256", named: str = "demo, maestro-v3") -> Path:
+    """The archive a path, file:// or http(s):// source names, verified against `sha256` when set,
+    else (for a local file) against a `<file>.sha256` beside it when there is one. `key` and
+    `sha256_key` name the params in errors; `named` lists the source's named choices."""
+    local = _local_archive(source, key)
+    if local is not None:
+        if not local.is_file():
+            raise DownloadError(
+                f"{key} {source!r}: no such file {local.resolve()} "
+                f"(expected {named}, a path or a file://, http:// or https:// URL)"
+            )
+        sidecar = local.with_name(local.name + ".sha256")
+        if sha256 is None and sidecar.exists():
+            sha256 = normalize_sha256((sidecar.read_text().split() or [""])[0], str(sidecar))  # "<hex>  <name>"
+            log.info("verifying against %s", sidecar)
+        if sha256 is not None:
+            verify_sha256(local, sha256, source)
+        else:
+            log.warning("%s: no sha256 given (%s) and no %s; not verified", local, sha256_key, sidecar.name)
+        return local
+    if urllib.parse.urlparse(source).scheme in ("http", "https"):
+        _mark_ignored(downloads_dir)
+        archive = _fetch_verified(source, downloads_dir / _url_filename(source), sha256)
+        if sha256 is None:
+            log.warning("%s: no %s given; not verified (sha256 %s)", source, sha256_key, sha256_of(archive))
+        return archive
+    raise DownloadError(f"{key} {source!r}: unsupported URL scheme (use file://, http:// or https://)")
 
 
 def download(
@@ -354,65 +424,23 @@ def download(
 ) -> Path:
     """Put the corpus `source` names at `out_dir/maestro-v3.0.0/` and return that folder."""
     out_dir, downloads_dir, lock_path = Path(out_dir), Path(downloads_dir), Path(lock_path)
-    sha256 = _normalize_sha256(sha256, "data.sha256")
+    sha256 = normalize_sha256(sha256, "data.sha256")
     final = out_dir / MAESTRO_DIR
 
     if source == "demo":
         if sha256:
             log.warning("data.sha256 is ignored for the demo corpus")
-        with _staging(out_dir) as staging:
+        with staging_folder(out_dir) as staging:
             generate_corpus(staging, demo_pieces, demo_seed, progress=True)
         log.info("wrote the demo corpus (%d pieces, seed %d) to %s", demo_pieces, demo_seed, final)
         return final
 
     if source == MAESTRO_V3:
-        lock = read_lock(lock_path)
-        entry = lock.get(MAESTRO_V3)
-        if entry is None:
-            entry = dict(MAESTRO_V3_DEFAULT)
-            write_json(lock_path, {**lock, MAESTRO_V3: entry})
-            log.info("pinned %s in %s", MAESTRO_V3, lock_path)
-        url = entry.get("url")
-        if not url:
-            raise DownloadError(f"{lock_path}: entry '{MAESTRO_V3}' has no url")
-        pinned = _normalize_sha256(entry.get("sha256"), f"{lock_path} '{MAESTRO_V3}'.sha256")
-        if sha256 and pinned and sha256 != pinned:
-            raise DownloadError(f"data.sha256 {sha256} disagrees with {lock_path} ({pinned}) for {MAESTRO_V3}")
-        _mark_ignored(downloads_dir)
-        archive = _fetch_verified(url, downloads_dir / PurePosixPath(urllib.parse.urlparse(url).path).name,
-                                  pinned or sha256)
-        if entry.get("size") is not None and archive.stat().st_size != entry["size"]:
-            raise DownloadError(f"{archive}: {archive.stat().st_size} bytes, {lock_path} expects {entry['size']}")
-        if pinned is None:  # trust on first use: later downloads must match this one
-            entry = {**entry, "sha256": sha256_of(archive), "size": archive.stat().st_size}
-            write_json(lock_path, {**read_lock(lock_path), MAESTRO_V3: entry})
-            log.info("recorded sha256 %s of %s in %s", entry["sha256"], url, lock_path)
+        archive = locked_archive(MAESTRO_V3, MAESTRO_V3_DEFAULT, sha256, downloads_dir=downloads_dir, lock_path=lock_path)
     else:
-        local = _local_archive(source)
-        if local is not None:
-            if not local.is_file():
-                raise DownloadError(
-                    f"data.source {source!r}: no such file {local.resolve()} "
-                    "(expected demo, maestro-v3, a path or a file://, http:// or https:// URL)"
-                )
-            sidecar = local.with_name(local.name + ".sha256")
-            if sha256 is None and sidecar.exists():
-                sha256 = _normalize_sha256((sidecar.read_text().split() or [""])[0], str(sidecar))  # "<hex>  <name>"
-                log.info("verifying against %s", sidecar)
-            if sha256 is not None:
-                verify_sha256(local, sha256, source)
-            else:
-                log.warning("%s: no sha256 given (data.sha256) and no %s; not verified", local, sidecar.name)
-            archive = local
-        elif urllib.parse.urlparse(source).scheme in ("http", "https"):
-            _mark_ignored(downloads_dir)
-            archive = _fetch_verified(source, downloads_dir / _url_filename(source), sha256)
-            if sha256 is None:
-                log.warning("%s: no data.sha256 given; not verified (sha256 %s)", source, sha256_of(archive))
-        else:
-            raise DownloadError(f"data.source {source!r}: unsupported URL scheme (use file://, http:// or https://)")
+        archive = source_archive(source, sha256, downloads_dir=downloads_dir)
 
-    with _staging(out_dir) as staging:
+    with staging_folder(out_dir) as staging:
         n_rows = extract_maestro(archive, staging)
     log.info("extracted %s (%d performances in %s) to %s", archive, n_rows, CSV_NAME, final)
     return final

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import re
 from pathlib import Path
 
 import mido
@@ -12,16 +14,29 @@ import pretty_midi
 import pytest
 
 from stages.demo_corpus import (
+    ASAP_COLUMNS,
+    ASAP_CSV,
+    ASAP_DIR,
     COLUMNS,
     CSV_NAME,
+    GRID,
     INNER,
     MAESTRO_DIR,
+    MAESTRO_PREFIX,
     MELODY,
+    MUSESCORE_VELOCITY,
     TICKS_PER_SECOND,
+    UNMARKED_STYLES,
     assign_splits,
     generate_corpus,
     generate_piece,
+    generate_scores,
 )
+
+# The performance file of seed 0, piece 0, as the generator wrote it before the scores were added:
+# generating scores must not change a single random draw of the performances.
+PIECE_0_SHA256 = "6d90f6efcf66299308a358c574f944abd5b214f8373f2cb99bf697bc668e4b99"
+SCORE_PIECES = 10
 
 
 def corpus_files(root: Path) -> dict[str, bytes]:
@@ -178,3 +193,131 @@ def test_phrases_swell_toward_their_peak(pieces):
     assert len(swells) > 100
     assert np.mean(swells) > 4
     assert np.mean(np.array(swells) > 0) > 0.75
+
+
+# --- the scores (ASAP's layout) ---
+
+def test_performance_bytes_did_not_change(tmp_path):
+    root = generate_corpus(tmp_path, n_pieces=3, seed=0)
+    first = pd.read_csv(root / CSV_NAME)["midi_filename"][0]
+    assert hashlib.sha256((root / first).read_bytes()).hexdigest() == PIECE_0_SHA256
+
+
+@pytest.fixture(scope="module")
+def scores_root(tmp_path_factory) -> Path:
+    return generate_scores(tmp_path_factory.mktemp("scores"), n_pieces=SCORE_PIECES, seed=0)
+
+
+def read_beats(path: Path) -> tuple[np.ndarray, list[str]]:
+    lines = [line.split("\t") for line in path.read_text().splitlines()]
+    assert all(len(fields) == 3 and fields[0] == fields[1] for fields in lines)
+    return np.array([float(fields[0]) for fields in lines]), [fields[2] for fields in lines]
+
+
+def read_notes(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(onset seconds, pitch, velocity) of a one-instrument MIDI file."""
+    (instrument,) = pretty_midi.PrettyMIDI(str(path)).instruments
+    notes = sorted(instrument.notes, key=lambda n: (n.start, n.pitch))
+    return np.array([n.start for n in notes]), np.array([n.pitch for n in notes]), np.array([n.velocity for n in notes])
+
+
+def test_scores_layout_pairs_every_performance_of_the_corpus(scores_root, tmp_path):
+    assert scores_root.name == ASAP_DIR
+    table = pd.read_csv(scores_root / ASAP_CSV, keep_default_na=False)
+    assert list(table.columns) == ASAP_COLUMNS and len(table) == SCORE_PIECES
+    corpus = generate_corpus(tmp_path / "corpus", n_pieces=SCORE_PIECES, seed=0)
+    performances = pd.read_csv(corpus / CSV_NAME)
+    assert [n.removeprefix(MAESTRO_PREFIX) for n in table["maestro_midi_performance"]] == list(performances["midi_filename"])
+    assert list(table["title"]) == list(performances["canonical_title"])
+    for row in table.itertuples():
+        assert " " not in row.folder and row.folder.startswith("Demo/")
+        for name in (row.midi_score, row.midi_performance, row.performance_annotations, row.midi_score_annotations):
+            assert name.startswith(row.folder + "/") and (scores_root / name).is_file()
+        maestro = corpus / row.maestro_midi_performance.removeprefix(MAESTRO_PREFIX)
+        assert (scores_root / row.midi_performance).read_bytes() == maestro.read_bytes()
+        assert row.xml_score == "" and row.start == 0 and row.end == pytest.approx(pretty_midi.PrettyMIDI(str(maestro)).get_end_time())
+
+    again = generate_scores(tmp_path / "again", n_pieces=SCORE_PIECES, seed=0)
+    assert corpus_files(again) == corpus_files(scores_root)
+
+
+def test_score_midi_is_on_the_grid_at_the_notated_tempo_meter_and_key(scores_root):
+    table = pd.read_csv(scores_root / ASAP_CSV, keep_default_na=False)
+    for index, row in enumerate(table.itertuples()):
+        piece = generate_piece(0, index)
+        midi = mido.MidiFile(scores_root / row.midi_score)
+        assert (midi.type, len(midi.tracks), midi.ticks_per_beat) == (1, 2, 480)
+        meta = {m.type: m for m in midi.tracks[0]}
+        assert mido.tempo2bpm(meta["set_tempo"].tempo) == pytest.approx(piece.bpm, rel=1e-5)
+        assert (meta["time_signature"].numerator, meta["time_signature"].denominator) == (piece.beats_per_bar, 4)
+        tick, onsets = 0, []
+        for message in midi.tracks[1]:
+            tick += message.time
+            if message.type == "note_on" and message.velocity > 0:
+                onsets.append(tick)
+        assert np.all(np.array(onsets) % (480 // GRID) == 0)  # on the grid: chords exactly together
+        # Every written note is there, played or not (a unison of two voices is one MIDI note).
+        assert len(onsets) == len(set(zip(piece.score.onset, piece.score.pitch)))
+
+
+def breath_beat(performed_start: np.ndarray, performed_beats: np.ndarray, index: int) -> np.ndarray:
+    """True for performance notes after the beat of a phrase's last beat: the pianist breathes
+    before the next phrase there, which interpolating between the beats cannot know."""
+    score = generate_piece(0, index).score
+    last = (score.phrase_start + score.phrase_steps) // GRID - 1
+    low = performed_beats[last] + 0.02
+    high = np.append(performed_beats[last[:-1] + 1], np.inf)
+    return ((performed_start[:, None] >= low) & (performed_start[:, None] < high)).any(axis=1)
+
+
+def test_score_maps_onto_the_performance_through_the_beats(scores_root):
+    """The true pairing: score time -> performance time through the paired beats puts a score note
+    of the same pitch within 40 ms of every performed note; louder markings are played louder."""
+    table = pd.read_csv(scores_root / ASAP_CSV, keep_default_na=False)
+    checked_levels = 0
+    for index, row in enumerate(table.itertuples()):
+        score_beats, score_labels = read_beats(scores_root / row.midi_score_annotations)
+        performed_beats, performed_labels = read_beats(scores_root / row.performance_annotations)
+        assert score_labels == performed_labels and len(score_beats) == len(performed_beats)
+        beats = generate_piece(0, index).beats_per_bar
+        assert re.fullmatch(rf"db,{beats}/4,-?\d", score_labels[0])
+        assert score_labels[1:beats + 1] == ["b"] * (beats - 1) + ["db"]
+        assert np.all(np.diff(score_beats) > 0) and np.all(np.diff(performed_beats) > 0)
+
+        score_start, score_pitch, score_velocity = read_notes(scores_root / row.midi_score)
+        mapped = np.interp(score_start, score_beats, performed_beats)
+        start, pitch, velocity = read_notes(scores_root / row.midi_performance)
+        error, marking = np.empty(len(start)), np.empty(len(start), dtype=int)
+        for i in range(len(start)):
+            same = np.flatnonzero(score_pitch == pitch[i])
+            nearest = same[np.argmin(np.abs(mapped[same] - start[i]))]
+            error[i] = abs(mapped[nearest] - start[i])
+            marking[i] = np.searchsorted(sorted(MUSESCORE_VELOCITY.values()), score_velocity[nearest], side="right") - 1
+        assert error[~breath_beat(start, performed_beats, index)].max() < 0.040
+        assert np.mean(error < 0.040) > 0.98
+
+        if row.composer not in UNMARKED_STYLES:
+            levels = np.unique(marking)
+            assert len(levels) >= 2
+            means = [velocity[marking == level].mean() for level in levels]
+            assert np.all(np.diff(means) > 0), (row.title, means)
+            checked_levels += 1
+    assert checked_levels >= 5
+
+
+def test_scores_without_markings_are_flat_and_marked_ones_use_musescore_levels(pieces):
+    from stages.demo_corpus import score_midi
+
+    flat = marked = 0
+    for piece in pieces:
+        pm = pretty_midi.PrettyMIDI(io.BytesIO(score_midi(piece.score)))
+        velocities = {n.velocity for n in pm.instruments[0].notes}
+        if piece.composer in UNMARKED_STYLES:
+            assert velocities == {80}
+            flat += 1
+        else:
+            levels = {max(m for m in MUSESCORE_VELOCITY.values() if m <= v) for v in velocities}
+            assert len(levels) >= 2 and levels <= set(MUSESCORE_VELOCITY.values())
+            assert all(v - max(m for m in MUSESCORE_VELOCITY.values() if m <= v) <= 8 for v in velocities)  # hairpins
+            marked += 1
+    assert flat >= 3 and marked >= 10
