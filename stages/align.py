@@ -274,10 +274,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    params = params_lib.load(AlignParams, "align")
-    try:
+    try:  # bad params or inputs: one line, no traceback
+        params = params_lib.load(AlignParams, "align")
+        for split in SPLITS:
+            if not (args.notes_dir / f"{split}.parquet").is_file():
+                raise AlignError(f"{args.notes_dir / f'{split}.parquet'}: no such file (run the extract stage)")
         report = align(args.scores_dir, args.notes_dir, args.out_dir, params)
-    except AlignError as err:
+    except (AlignError, params_lib.ParamsError) as err:
         raise SystemExit(f"align: {err}") from None
     write_json(args.out_dir / "report.json", report)
     for reason in report["skipped_rows"]:

@@ -136,6 +136,15 @@ def test_dvc_repro_evaluate_beats_the_baselines_on_the_demo_corpus(tmp_path, mon
     # The flat baseline is exactly what it says.
     assert metrics["velocity_mae_flat64"] == pytest.approx(np.abs(test_notes["velocity"].to_numpy() - 64).mean())
 
+    # The score path: the demo's scores, aligned and learned by the score model from the same run.
+    assert SCORE_KEYS <= set(metrics)
+    aligned = pd.read_parquet(project / "data/aligned/test.parquet")
+    assert metrics["score_notes"] == int((aligned["velocity"] >= 0).sum()) > 0
+    assert metrics["velocity_mae_flat64_score"] == pytest.approx(np.abs(aligned["velocity"][aligned["velocity"] >= 0] - 64).mean())
+    assert metrics["velocity_mae_score"] < 0.8 * metrics["velocity_mae_flat64_score"]
+    assert metrics["velocity_mae_score"] < metrics["velocity_mae_performance_model_score"]  # a score is not a performance
+    assert abs(metrics["velocity_mae_score_remapped"] - metrics["velocity_mae_score"]) < 0.5  # relative dynamics only
+
     plots = sorted(p.name for p in (project / "plots/evaluate").iterdir())
     assert "predicted_vs_true.png" in plots and "velocity_bins_confusion.png" in plots
     assert len([p for p in plots if p.startswith("segment")]) == 2
@@ -150,6 +159,24 @@ def test_dvc_repro_evaluate_beats_the_baselines_on_the_demo_corpus(tmp_path, mon
     shown = json.loads(dvc(project, "metrics", "show", "--json").stdout)
     assert "velocity_mae_per_pitch_mean" in json.dumps(shown)
     assert "up to date" in dvc(project, "status", "evaluate").stdout
+
+
+SCORE_KEYS = {
+    f"velocity_{what}_{kind}" for kind in ("score", "score_flat_input", "score_remapped") for what in ("mae", "r", "std_ratio", "mae_centred")
+} | {"velocity_mae_flat64_score", "velocity_mae_notated_score", "velocity_mae_performance_model_score", "velocity_mae_gbt_score",
+     "velocity_r_gbt_score", "velocity_std_ratio_gbt_score", "score_notes", "score_performances"}  # fmt: skip
+
+
+def test_other_pianists_mean_leaves_each_performance_out():
+    from stages.evaluate import other_pianists_mean, remap_dynamics
+
+    test = pd.DataFrame({"score_id": ["a"] * 6 + ["b"] * 2, "score_note": [0, 1, 0, 1, 0, 1, 0, 0],
+                         "velocity": [60, 70, 80, -1, 40, 90, 50, 55]})  # fmt: skip
+    others = other_pianists_mean(test)
+    np.testing.assert_allclose(others, [60, 90, 50, np.nan, 70, 70, 55, 50])  # note a#1 played twice: 70 and 90
+    assert np.isnan(others[3])  # not played: no target to compare
+    curve = remap_dynamics(np.array([33, 49, 64, 80, 96, 112]))
+    assert np.all(np.diff(curve) > 0) and not np.array_equal(curve, [33, 49, 64, 80, 96, 112])
 
 
 def test_an_empty_test_split_stops_the_stage_with_one_line(tmp_path):
