@@ -198,6 +198,9 @@ def performance_id(row: Any, known: set[str]) -> str | None:
 def align(scores_dir: Path, notes_dir: Path, out_dir: Path, params: AlignParams) -> dict[str, Any]:
     """Align every metadata row; write the per-split tables and return the report."""
     metadata = read_metadata(scores_dir / "metadata.csv")
+    for split in SPLITS:
+        if not (notes_dir / f"{split}.parquet").is_file():
+            raise AlignError(f"{notes_dir / f'{split}.parquet'}: no such file (run the extract stage)")
     notes = {split: pd.read_parquet(notes_dir / f"{split}.parquet") for split in SPLITS}
     by_piece = {pid: (split, group) for split, table in notes.items() for pid, group in table.groupby("piece_id", sort=False)}
     scores: dict[str, pd.DataFrame | str] = {}  # folder -> its score table, or why it cannot be read
@@ -276,9 +279,6 @@ def main(argv: list[str] | None = None) -> None:
 
     try:  # bad params or inputs: one line, no traceback
         params = params_lib.load(AlignParams, "align")
-        for split in SPLITS:
-            if not (args.notes_dir / f"{split}.parquet").is_file():
-                raise AlignError(f"{args.notes_dir / f'{split}.parquet'}: no such file (run the extract stage)")
         report = align(args.scores_dir, args.notes_dir, args.out_dir, params)
     except (AlignError, params_lib.ParamsError) as err:
         raise SystemExit(f"align: {err}") from None
