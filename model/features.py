@@ -230,6 +230,17 @@ def learn_feature_edges(train_notes: pd.DataFrame, counts: dict[str, int], secti
     return edges
 
 
+# What a score without dynamics markings reads as (one velocity throughout): the notation dropout's
+# stand-in for a window's notated dynamics (model/training.py).
+FLAT_NOTATION = {"notated_rank": 0.5, "notated_z": 0.0, "notated_change": 0.0, "notated_flat": 1.0}
+
+
+def flat_notation_ids(edges: dict[str, list[float]]) -> dict[int, int]:
+    """Feature column -> the id a flat score gives it, for the notated features `edges` names."""
+    return {column: int(bin_index([FLAT_NOTATION[name]], edges[name])[0]) + 1
+            for column, name in enumerate(edges) if name in FLAT_NOTATION}  # fmt: skip
+
+
 def feature_sizes(edges: dict[str, list[float]]) -> tuple[int, ...]:
     """Ids each feature can take, 0 (pad) included: what the model's feature embeddings need."""
     return tuple(len(e) for e in edges.values())  # bins + 1

@@ -67,6 +67,10 @@ class TrainConfig:
     # Pitch-transpose augmentation: each training window moves by a random -n..n semitones (0: off),
     # unless that would push a note off the keyboard. Timing features do not change with pitch.
     transpose: int
+    # Notation dropout (scores only): each training window's notated dynamics are replaced with
+    # probability p by what a score without markings reads as (model/features.py FLAT_NOTATION), so
+    # the model learns every style without markings too, not only the styles whose scores are flat.
+    notation_dropout: float
     # Processes on this machine: > 1 makes the train stage launch itself through torchrun
     # (DistributedDataParallel; each process takes batch_size windows per micro-batch).
     nproc_per_node: int
@@ -83,8 +87,9 @@ class TrainConfig:
             raise ParamsError(f"train.max_steps must be at least 1 or null, got {self.max_steps}")
         if self.curriculum_steps < 0 or self.curriculum_length < 1:
             raise ParamsError(f"train.curriculum_steps must be >= 0 and train.curriculum_length >= 1, got {self.curriculum_steps} and {self.curriculum_length}")
-        if not 0.0 <= self.input_dropout <= 1.0:
-            raise ParamsError(f"train.input_dropout must be in [0, 1], got {self.input_dropout}")
+        for name in ("input_dropout", "notation_dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ParamsError(f"train.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.loader_workers < 0:
             raise ParamsError(f"train.loader_workers must be >= 0, got {self.loader_workers}")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -212,6 +217,19 @@ def transpose_batch(batch: Batch, max_semitones: int, tokens_per_pitch: int) -> 
     return torch.where(note & fits, src + shift * tokens_per_pitch, src), tgt, features
 
 
+def hide_notation(batch: Batch, flat_ids: dict[int, int], p: float) -> Batch:
+    """Each window's notated-dynamics feature columns (column -> the id a flat score gives it) set
+    to their flat ids with probability `p` (torch's RNG): the score without its markings."""
+    if p <= 0.0 or not flat_ids:
+        return batch
+    src, tgt, features = batch
+    hidden = (torch.rand(src.shape[0], device=src.device) < p)[:, None] & (src != PAD)  # (B, T)
+    features = features.clone()
+    for column, flat_id in flat_ids.items():
+        features[..., column] = torch.where(hidden, flat_id, features[..., column])
+    return src, tgt, features
+
+
 def velocity_logits(model: nn.Module, batch: Batch, kind: str, input_dropout: float = 0.0) -> torch.Tensor:
     """(B, T, tgt_vocab) logits of a batch: teacher forced through the decoder (each input velocity
     hidden with probability `input_dropout`), or in one pass for an encoder-only model. `model` may
@@ -275,8 +293,11 @@ def make_optimizer(model: nn.Module) -> torch.optim.Adam:
 class VelocityTask:
     """What the loop needs of the Velocity Transformer: windows, the loss of a step, validation."""
 
-    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, train_windows: Windows, val_windows: Windows) -> None:
+    def __init__(
+        self, model_cfg: ModelConfig, cfg: TrainConfig, train_windows: Windows, val_windows: Windows, flat_notation: dict[int, int] | None = None
+    ) -> None:
         self.model_cfg, self.cfg = model_cfg, cfg
+        self.flat_notation = flat_notation or {}  # feature column -> its id in a score without markings
         self.train_windows, self.val_windows = train_windows, val_windows
         self.n_train = len(train_windows)
         if self.n_train == 0:
@@ -297,6 +318,7 @@ class VelocityTask:
             batch = cut_windows(batch, cfg.curriculum_length)
         if cfg.transpose:
             batch = transpose_batch(batch, cfg.transpose, self.tokens_per_pitch)
+        batch = hide_notation(batch, self.flat_notation, cfg.notation_dropout)
         with autocast(batch[0].device):
             logits = velocity_logits(model, batch, self.model_cfg.kind, cfg.input_dropout)  # (B, T, V)
         return batch_loss(logits, batch[1], cfg.loss, cfg.label_smoothing)
@@ -342,12 +364,14 @@ def train(
     log_point: Callable[[dict[str, float]], None] | None = None,
     progress: bool = True,
     dist: Distributed | None = None,
+    flat_notation: dict[int, int] | None = None,
 ) -> FitResult:
-    """Train from scratch, or continue the run of `run_fingerprint` in `checkpoint_dir`."""
+    """Train from scratch, or continue the run of `run_fingerprint` in `checkpoint_dir`;
+    `flat_notation` (feature column -> flat id) is what `notation_dropout` hides the dynamics with."""
     dist = dist or distributed_from_env()
     seed_everything(cfg.seed)  # the initial weights: the same on every process
     model = build_model(model_cfg)
-    task = VelocityTask(model_cfg, cfg, train_windows, val_windows)
+    task = VelocityTask(model_cfg, cfg, train_windows, val_windows, flat_notation)
     return fit(task, model, loop_config(cfg, len(train_windows), dist.world_size, progress), checkpoint_dir, run_fingerprint, log_point, dist)
 
 

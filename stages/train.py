@@ -66,7 +66,7 @@ def run_training(
 `velocity predict` reads a new file the same way), and `input_kind`: what the model reads, a
 performance or a score (velocity predict picks the model by it). Under torchrun every process
 trains; rank 0 writes."""
-    from model.features import feature_sizes
+    from model.features import feature_sizes, flat_notation_ids
     from model.harness import distributed_from_env, end_process, fingerprint
     from model.training import NOT_FINGERPRINTED, Windows, WindowsError, export_model, train
     from model.transformer import ModelConfig
@@ -92,7 +92,8 @@ trains; rank 0 writes."""
     dist = distributed_from_env()
     try:
         with Curves(live_dir if dist.is_main else None) as curves:
-            result = train(model_cfg, train_params, train_windows, val_windows, checkpoint_dir, run_fingerprint, curves, dist=dist)
+            result = train(model_cfg, train_params, train_windows, val_windows, checkpoint_dir, run_fingerprint, curves, dist=dist,
+                           flat_notation=flat_notation_ids(bins.get("features") or {}))
     finally:
         end_process(dist)
     if not dist.is_main:

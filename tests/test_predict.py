@@ -377,3 +377,106 @@ def test_loudness_dynamics_and_plot_on_a_real_file(trained_model, tiny_raw, tmp_
         predict(source, "-o", flat, "--model", trained_model, "--loudness", "0")
     with pytest.raises(SystemExit):
         predict(source, "-o", flat, "--model", trained_model, "--dynamics", "-1")
+
+
+# ---------------------------------------------------------------------------------------------
+# Scores: --input auto|score|performance and the score model
+
+TINY_SCORES = Path(__file__).resolve().parents[2] / "shared/data/asap-maestro-v3.0.0-tiny-scores.zip"
+TEST_SCORE = "asap-dataset/Bach/Prelude/bwv_862/midi_score.mid"
+
+
+@pytest.fixture(scope="session")
+def trained_score_model(tmp_path_factory, tiny_raw) -> tuple[Path, Path]:
+    """A tiny score model trained for a few steps on the tiny archives' aligned scores, through the
+    stage functions `dvc repro score_train` runs; returns (the model file, the unzipped scores)."""
+    import zipfile
+
+    from model.features import learn_feature_edges
+    from model.training import TrainConfig
+    from stages.align import AlignParams, align
+    from stages.bins import BinsParams, learn_bins
+    from stages.extract import extract_notes
+    from stages.io import save_npy, write_json
+    from stages.train import ModelParams, run_training
+    from stages.vocab import build_vocab
+    from stages.windows import WindowsParams, make_windows
+
+    if not TINY_SCORES.is_file():
+        pytest.skip(f"{TINY_SCORES} not found (the shared ASAP scores archive)")
+    root = tmp_path_factory.mktemp("tiny_score_model")
+    extract_notes(tiny_raw, root / "notes", sustain=False, workers=1)
+    with zipfile.ZipFile(TINY_SCORES) as archive:
+        archive.extractall(root / "scores")
+    align(root / "scores/asap-dataset", root / "notes", root / "aligned", AlignParams(tolerance=0.2, skipped_beat=0.05))
+    train_notes = pd.read_parquet(root / "aligned/train.parquet")
+    bins = learn_bins(pd.read_parquet(root / "notes/train.parquet"), BinsParams(dstart=3, duration=3, velocity=3, fixed_edges=None))
+    bins["features"] = learn_feature_edges(train_notes, {"beat_dprev": 8, "bar_phase": 4, "notated_rank": 4, "notated_flat": 2})
+    vocab = build_vocab(bins, velocity_hint=False)
+    write_json(root / "bins.json", bins)
+    write_json(root / "vocab.json", vocab.to_dict())
+    windows_params = params_section(WindowsParams, "windows", length=32, step=16)
+    for split in ("train", "validation"):
+        windows = make_windows(pd.read_parquet(root / f"aligned/{split}.parquet"), bins, vocab, windows_params)
+        for name in ("src", "tgt", "features"):
+            save_npy(root / f"windows/{split}_{name}.npy", getattr(windows, name))
+    write_json(root / "windows/stats.json", {"length": 32, "step": 16, "tail": "last", "short": "pad"})
+    with one_torch_thread():
+        run_training(
+            root / "windows", root / "vocab.json", root / "bins.json", root / "models",
+            params_section(ModelParams, "model", layers=1, heads=2, d_model=32, d_ff=64, dropout=0.0),
+            params_section(TrainConfig, "train", batch_size=16, warmup=10, lr_factor=2.0, max_steps=20, eval_every=20, checkpoint_every=20,
+                           device="cpu", eval_windows=16),
+            live_dir=None, calibration_notes=root / "aligned/validation.parquet", input_kind="score",
+        )  # fmt: skip
+    return root / "models/velocity.pt", root / "scores"
+
+
+def test_a_score_is_read_as_a_score_and_given_the_score_models_velocities(trained_model, trained_score_model, tiny_raw, tmp_path, caplog):
+    from model.pieces import DEFAULT_DECODING, load_velocity_model, predict_notes
+    from model.notes import piece_notes
+    from model.score import score_table
+
+    score_model, scores = trained_score_model
+    source = scores / TEST_SCORE
+    out = tmp_path / "score_out.mid"
+    with caplog.at_level(logging.INFO):
+        assert predict(source, "-o", out, "--model", trained_model, "--score-model", score_model) == 0
+    assert f"{source}: read as a score (" in caplog.text and "on a 1/96-beat grid" in caplog.text
+    assert assert_only_note_on_velocities_differ(source, out) > 0
+    # Exactly the score model's prediction from the score's own columns (beats, meter, notated velocities).
+    model = load_velocity_model(score_model)
+    table = score_table(piece_notes(read_midi(source)))
+    expected = predict_notes(model, table, decoding=DEFAULT_DECODING)
+    written = read_midi(out).notes["velocity"].to_numpy()[table["note"].to_numpy()]
+    np.testing.assert_array_equal(written, np.clip(expected, 1, 127))
+
+    caplog.clear()
+    performance = tiny_raw.parent / TEST_PIECE
+    with caplog.at_level(logging.INFO):
+        assert predict(performance, "-o", tmp_path / "perf_out.mid", "--model", trained_model, "--score-model", score_model) == 0
+    assert f"{performance}: read as a performance (" in caplog.text
+
+    caplog.clear()  # --input decides instead of the guess
+    with caplog.at_level(logging.INFO):
+        assert predict(source, "-o", tmp_path / "forced.mid", "--model", trained_model, "--score-model", score_model, "--input", "performance") == 0
+    assert f"{source}: read as a performance (--input performance)" in caplog.text
+
+
+def test_a_score_without_a_score_model(trained_model, trained_score_model, tmp_path, caplog):
+    """--input score needs the score model (one line says how to train it); auto falls back to the
+    performance model and says so; the performance model file is refused as a score model."""
+    _, scores = trained_score_model
+    source = scores / TEST_SCORE
+    missing = tmp_path / "no_such_score_model.pt"
+    with caplog.at_level(logging.INFO):
+        assert predict(source, "-o", tmp_path / "a.mid", "--model", trained_model, "--score-model", missing, "--input", "score") == 1
+    assert f"{missing}: no score model file; train one with `dvc repro score_train`" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert predict(source, "-o", tmp_path / "b.mid", "--model", trained_model, "--score-model", missing) == 0
+    assert "looks like a score" in caplog.text and "so the performance model reads it" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert predict(source, "-o", tmp_path / "c.mid", "--model", trained_model, "--score-model", trained_model) == 1
+    assert "trained on performances, not scores" in caplog.text

@@ -254,3 +254,29 @@ def test_a_real_flat_score_is_flat(tiny_scores):
     assert (table["notated_velocity"] == 80).all()
     features = note_features(table, NOTATED)
     assert (features["notated_flat"] == 1).all() and (features["notated_rank"] == 0.5).all() and (features["notated_z"] == 0).all()
+
+
+def test_notation_dropout_hides_a_windows_dynamics_as_a_flat_score_reads():
+    """The training augmentation replaces the notated features of whole windows by exactly the ids
+    a score without markings gets, and touches nothing else."""
+    import torch
+
+    from model.features import feature_ids, flat_notation_ids
+    from model.training import hide_notation
+
+    edges = {"notated_rank": [0.0, 0.25, 0.5, 0.75, 1.0], "chord_size": [0.5, 1.5, 2.5], "notated_flat": [-0.5, 0.5, 1.5]}
+    flat_ids = flat_notation_ids(edges)
+    flat_table = pd.DataFrame({"pitch": [60, 64], "start": [0.0, 0.5], "duration": [0.5, 0.5], "dstart": [0.5, 0.5],
+                               "beat": [0.0, 1.0], "beat_duration": [1.0, 1.0], "bar_position": [0.0, 1.0],
+                               "bar_length": [4.0, 4.0], "tempo": [120.0, 120.0], "notated_velocity": [80, 80]})  # fmt: skip
+    assert flat_ids == {0: int(feature_ids(flat_table, edges)[0, 0]), 2: int(feature_ids(flat_table, edges)[0, 2])}
+
+    torch.manual_seed(0)
+    src = torch.tensor([[5, 6, 0], [7, 8, 9]])
+    features = torch.tensor([[[1, 1, 1], [4, 2, 1], [0, 0, 0]], [[1, 2, 1], [2, 1, 1], [3, 2, 1]]])
+    _, _, always = hide_notation((src, src, features), flat_ids, 1.0)
+    assert torch.equal(always[..., 1], features[..., 1])  # chord_size untouched
+    assert torch.equal(always[0, 2], features[0, 2])  # padding stays padding
+    assert (always[1, :, 0] == flat_ids[0]).all() and (always[1, :, 2] == flat_ids[2]).all()
+    _, _, never = hide_notation((src, src, features), flat_ids, 0.0)
+    assert torch.equal(never, features)
