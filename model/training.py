@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -365,14 +366,46 @@ def train(
     progress: bool = True,
     dist: Distributed | None = None,
     flat_notation: dict[int, int] | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
 ) -> FitResult:
-    """Train from scratch, or continue the run of `run_fingerprint` in `checkpoint_dir`;
-    `flat_notation` (feature column -> flat id) is what `notation_dropout` hides the dynamics with."""
+    """Train from scratch (or from `init_state`, see `warm_start`), or continue the run of
+    `run_fingerprint` in `checkpoint_dir`; `flat_notation` (feature column -> flat id) is what
+    `notation_dropout` hides the dynamics with."""
     dist = dist or distributed_from_env()
     seed_everything(cfg.seed)  # the initial weights: the same on every process
     model = build_model(model_cfg)
+    if init_state:
+        model.load_state_dict(init_state, strict=False)
     task = VelocityTask(model_cfg, cfg, train_windows, val_windows, flat_notation)
     return fit(task, model, loop_config(cfg, len(train_windows), dist.world_size, progress), checkpoint_dir, run_fingerprint, log_point, dist)
+
+
+_FEATURE_EMBEDDING = re.compile(r"(.*\.features\.)(\d+)(\.weight)$")
+
+
+def warm_start(
+    model: nn.Module, source: dict[str, torch.Tensor], features: dict[str, list[float]], source_features: dict[str, list[float]]
+) -> dict[str, torch.Tensor]:
+    """The weights of another Velocity Transformer (`source`, e.g. the performance model) that mean
+    the same in `model`: every weight of the same name and shape, and each note feature's embedding
+    where both embed that feature with the same bin edges (`features` and `source_features`: name ->
+    edges, in embedding order). A state dict for `model.load_state_dict(..., strict=False)`."""
+    own = model.state_dict()
+    source_index = {name: i for i, name in enumerate(source_features)}
+    state = {}
+    for key, weight in own.items():
+        match = _FEATURE_EMBEDDING.match(key)
+        if match:  # feature j here is feature i there, if it is quantized the same way
+            name = list(features)[int(match.group(2))]
+            i = source_index.get(name)
+            if i is None or source_features[name] != features[name]:
+                continue
+            key_there = f"{match.group(1)}{i}{match.group(3)}"
+        else:
+            key_there = key
+        if key_there in source and source[key_there].shape == weight.shape:
+            state[key] = source[key_there]
+    return state
 
 
 def export_model(path: Path | str, result: FitResult, model_cfg: ModelConfig, cfg: TrainConfig, **extra: Any) -> None:

@@ -59,17 +59,20 @@ def run_training(
     calibration_notes: Path | None = None,
     sustain: bool = False,
     input_kind: str = "performance",
+    init_from: Path | None = None,
 ) -> Any:
     """Train (or resume) and export `out_dir/velocity.pt`; returns the loop's `FitResult`. With
     `calibration_notes` (data/notes/validation.parquet) the `pianist` decoding's stretch is fitted
     on them and saved in the model file, as is `sustain` (extract.sustain: how the notes were read, so
 `velocity predict` reads a new file the same way), and `input_kind`: what the model reads, a
-performance or a score (velocity predict picks the model by it). Under torchrun every process
-trains; rank 0 writes."""
+performance or a score (velocity predict picks the model by it). With `init_from` (a trained
+velocity.pt) training starts from its weights wherever they mean the same (model.training.warm_start).
+Under torchrun every process trains; rank 0 writes."""
     from model.features import feature_sizes, flat_notation_ids
     from model.harness import distributed_from_env, end_process, fingerprint
-    from model.training import NOT_FINGERPRINTED, Windows, WindowsError, export_model, train
-    from model.transformer import ModelConfig
+    from model.checkpoint import load_checkpoint
+    from model.training import NOT_FINGERPRINTED, Windows, WindowsError, export_model, train, warm_start
+    from model.transformer import ModelConfig, build_model
 
     vocab = json.loads(vocab_path.read_text())
     bins = json.loads(bins_path.read_text())
@@ -86,6 +89,12 @@ trains; rank 0 writes."""
 
     checkpoint_dir = out_dir / "checkpoints"
     data_files = [path for s in ("train", "validation") for k in ("src", "tgt", "features") if (path := windows_dir / f"{s}_{k}.npy").exists()]
+    init_state = None
+    if init_from is not None:
+        data_files.append(init_from)
+        source = load_checkpoint(init_from)
+        init_state = warm_start(build_model(model_cfg), source["model"], bins.get("features") or {}, source.get("bins", {}).get("features") or {})
+        log.info("starting from %d of the weights of %s", len(init_state), init_from)
     resumable_params = {k: v for k, v in asdict(train_params).items() if k not in NOT_FINGERPRINTED}
     run_fingerprint = fingerprint(model_cfg.to_dict(), resumable_params, vocab, bins, files=data_files + code_files())
 
@@ -93,7 +102,7 @@ trains; rank 0 writes."""
     try:
         with Curves(live_dir if dist.is_main else None) as curves:
             result = train(model_cfg, train_params, train_windows, val_windows, checkpoint_dir, run_fingerprint, curves, dist=dist,
-                           flat_notation=flat_notation_ids(bins.get("features") or {}))
+                           flat_notation=flat_notation_ids(bins.get("features") or {}), init_state=init_state)
     finally:
         end_process(dist)
     if not dist.is_main:
@@ -142,11 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=params_lib.PARAMS_FILE, help="params file (default: params.yaml)")
     parser.add_argument("--calibrate-on", type=Path, help="data/notes/validation.parquet: fit the pianist decoding's stretch on it")
     parser.add_argument("--live-dir", type=Path, default=LIVE_DIR, help="dvclive folder for the curves (default: %(default)s)")
+    parser.add_argument("--init-from", type=Path, help="a trained velocity.pt to start from (the score model starts from the performance model's weights)")
     parser.add_argument("--input", choices=("performance", "score"), default="performance",
                         help="what the windows were cut from, recorded in the model for velocity predict (default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
+    from model.checkpoint import CheckpointError
     from model.harness import relaunch_if_wanted
     from model.training import TrainConfig, WindowsError
 
@@ -159,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         if exit_code is not None:  # trained by torchrun's processes
             return exit_code
         run_training(args.windows_dir, args.vocab, args.bins, args.out_dir, model_params, train_params, live_dir=args.live_dir,
-                     calibration_notes=args.calibrate_on, sustain=sustain, input_kind=args.input)
-    except (params_lib.ParamsError, WindowsError) as err:  # bad params or empty data: one line, no traceback
+                     calibration_notes=args.calibrate_on, sustain=sustain, input_kind=args.input, init_from=args.init_from)
+    except (params_lib.ParamsError, WindowsError, CheckpointError) as err:  # bad params, empty data or a bad --init-from: one line
         raise SystemExit(f"train: {err}") from None
     return 0
 

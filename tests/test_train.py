@@ -324,3 +324,29 @@ def test_dvc_repro_trains_and_resumes_after_kill(tmp_path):
     assert f"resuming from step {killed_at} of 300" in out.stdout + out.stderr
     assert _velocity_checkpoint(project)["steps_trained"] == 300
     assert "up to date" in dvc(project, "status", "train").stdout.lower()
+
+
+def test_warm_start_copies_what_means_the_same():
+    """The score model starts from the performance model: shared weights, and feature embeddings
+    only where the feature is quantized with the same edges (another embedding order is followed)."""
+    import torch
+
+    from model.training import warm_start
+    from model.transformer import ModelConfig, build_model
+
+    def config(features: tuple[int, ...]) -> ModelConfig:
+        return ModelConfig(src_vocab=795, tgt_vocab=131, max_len=16, features=features, layers=1, heads=2, d_model=16, d_ff=32,
+                           dropout=0.0, aligned=True, kind="encoder")  # fmt: skip
+
+    torch.manual_seed(0)
+    source = build_model(config((3, 4, 5)))  # chord_size, dprev, pedal
+    source_features = {"chord_size": [0.5, 1.5, 2.5], "dprev": [0.0, 0.1, 0.2, 0.3], "pedal": [-0.5, 0.5, 1.5, 2.5, 3.5]}
+    target = build_model(config((4, 3, 6)))  # dprev (other edges), chord_size (same), notated_rank (new)
+    features = {"dprev": [0.0, 0.2, 0.4, 0.6], "chord_size": [0.5, 1.5, 2.5], "notated_rank": [0, 0.2, 0.4, 0.6, 0.8, 1.0]}
+    state = warm_start(target, source.state_dict(), features, source_features)
+    embeddings = [key for key in state if ".features." in key]
+    assert embeddings == ["src_embed.features.1.weight"]  # chord_size only, from position 0 there
+    assert torch.equal(state["src_embed.features.1.weight"], source.state_dict()["src_embed.features.0.weight"])
+    assert len(state) == len(target.state_dict()) - 2  # every other weight
+    target.load_state_dict(state, strict=False)
+    assert torch.equal(target.state_dict()["generator.proj.weight"], source.state_dict()["generator.proj.weight"])
