@@ -142,6 +142,22 @@ def calibrate(state: dict, model_cfg: Any, extra: dict, notes_path: Path, min_st
     return asdict(calibration)
 
 
+def with_overrides(params: dict[str, Any], section: str | None) -> dict[str, Any]:
+    """`params` with the `model:` and `train:` keys of section `section` (if any) put over theirs."""
+    if section is None:
+        return params
+    overrides = params_lib.value(params, section)
+    if not isinstance(overrides, dict) or set(overrides) - {"model", "train"}:
+        raise params_lib.ParamsError(f"params.yaml: {section} may hold only `model:` and `train:` overrides, got {overrides!r}")
+    merged = dict(params)
+    for name, values in overrides.items():
+        unknown = sorted(set(values or {}) - set(params.get(name) or {}))
+        if unknown:
+            raise params_lib.ParamsError(f"params.yaml: unknown key '{section}.{name}.{unknown[0]}' (not in `{name}:`)")
+        merged[name] = {**params[name], **(values or {})}
+    return merged
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("windows_dir", type=Path, help="data/windows")
@@ -151,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=params_lib.PARAMS_FILE, help="params file (default: params.yaml)")
     parser.add_argument("--calibrate-on", type=Path, help="data/notes/validation.parquet: fit the pianist decoding's stretch on it")
     parser.add_argument("--live-dir", type=Path, default=LIVE_DIR, help="dvclive folder for the curves (default: %(default)s)")
+    parser.add_argument("--overrides", help="a params.yaml section whose `model:` and `train:` keys replace those sections' "
+                                                 "values (score_train: what the score model trains with differently)")
     parser.add_argument("--init-from", type=Path, help="a trained velocity.pt to start from (the score model starts from the performance model's weights)")
     parser.add_argument("--input", choices=("performance", "score"), default="performance",
                         help="what the windows were cut from, recorded in the model for velocity predict (default: %(default)s)")
@@ -162,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     from model.training import TrainConfig, WindowsError
 
     try:
-        params = params_lib.read_params(args.params)
+        params = with_overrides(params_lib.read_params(args.params), args.overrides)
         model_params = params_lib.section(ModelParams, "model", params)
         train_params = params_lib.section(TrainConfig, "train", params)
         sustain = bool(params_lib.value(params, "extract.sustain"))

@@ -350,3 +350,19 @@ def test_warm_start_copies_what_means_the_same():
     assert len(state) == len(target.state_dict()) - 2  # every other weight
     target.load_state_dict(state, strict=False)
     assert torch.equal(target.state_dict()["generator.proj.weight"], source.state_dict()["generator.proj.weight"])
+
+
+def test_score_train_overrides_replace_only_their_keys():
+    from model.config import ParamsError
+    from stages.train import with_overrides
+
+    params = {"model": {"layers": 2, "dropout": 0.1}, "train": {"epochs": 10, "notation_dropout": 0.0},
+              "score_train": {"model": {}, "train": {"epochs": 2, "notation_dropout": 0.25}}}  # fmt: skip
+    merged = with_overrides(params, "score_train")
+    assert merged["train"] == {"epochs": 2, "notation_dropout": 0.25} and merged["model"] == params["model"]
+    assert params["train"]["epochs"] == 10  # the performance model's params are untouched
+    assert with_overrides(params, None) is params
+    with pytest.raises(ParamsError, match="unknown key 'score_train.train.epoch'"):
+        with_overrides({**params, "score_train": {"train": {"epoch": 2}}}, "score_train")
+    with pytest.raises(ParamsError, match="only `model:` and `train:`"):
+        with_overrides({**params, "score_train": {"windows": {}}}, "score_train")
