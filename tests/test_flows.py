@@ -141,7 +141,7 @@ def test_stage_order_follows_dvc_graph(project: Path) -> None:
 
 
 def test_stage_order_reports_bad_target_and_root(project: Path, tmp_path: Path) -> None:
-    with pytest.raises(PipelineError, match=r"no stage named 'nope' \(stages: download, extract"):
+    with pytest.raises(PipelineError, match=r"no stage named 'nope' \(stages: download, scores, extract"):
         stage_order(project, "nope")
     with pytest.raises(PipelineError, match="not a DVC project"):
         stage_order(tmp_path / "empty")
@@ -265,7 +265,7 @@ def test_failing_stage_fails_the_flow_naming_it(first_run: dict[str, Any], tmp_p
     assert state.is_failed()
     assert "DVC stage 'vocab' failed" in state.message
     ran = [run.name for run in seen["task_runs"]]
-    assert ran == ["download", "extract", "bins", "vocab"]  # nothing after the failing stage
+    assert ran == ["download", "scores", "extract", "align", "bins", "vocab"]  # in DVC's order; nothing after the failing stage
     vocab_run = seen["task_runs"][-1]
     assert vocab_run.state.is_failed() and vocab_run.run_count == 2  # the one retry happened
     assert "vocab is broken on purpose" in seen["log"]
