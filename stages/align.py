@@ -203,11 +203,12 @@ def align(scores_dir: Path, notes_dir: Path, out_dir: Path, params: AlignParams)
             raise AlignError(f"{notes_dir / f'{split}.parquet'}: no such file (run the extract stage)")
     notes = {split: pd.read_parquet(notes_dir / f"{split}.parquet") for split in SPLITS}
     by_piece = {pid: (split, group) for split, table in notes.items() for pid, group in table.groupby("piece_id", sort=False)}
+    known = set(by_piece)
     scores: dict[str, pd.DataFrame | str] = {}  # folder -> its score table, or why it cannot be read
     parts: dict[str, list[pd.DataFrame]] = {split: [] for split in SPLITS}
     performances, skipped = [], []
     for row in tqdm(list(metadata.itertuples(index=False)), desc="align", unit="performance"):
-        piece_id = performance_id(row, set(by_piece))
+        piece_id = performance_id(row, known)
         where = row.performance_annotations
         if piece_id is None:
             skipped.append({"performance": where, "reason": f"its MAESTRO performance {row.maestro_midi_performance!r} is not in the notes (data.source)"})
