@@ -40,6 +40,7 @@ TINY_PIPELINE: dict[str, Any] = deep_update(
             "checkpoint_every": 4, "eval_windows": 4, "device": "cpu",
         },
         "evaluate": {"batch_windows": 64, "segments": 1, "segment_notes": 32},
+        "gbt": {"max_iter": 20, "seed": 0},  # both trees (gbt, score_gbt): seconds, not a minute
         "performance_rnn": {
             "events": {"window": 32, "step": 32},
             "model": {"hidden_size": 16, "layers": 1},
