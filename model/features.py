@@ -198,7 +198,7 @@ def note_features(notes: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
         raise ValueError(f"unknown note feature {unknown[0]!r}: expected one of {sorted(KNOWN)}")
     if not names:
         return pd.DataFrame(index=notes.index)
-    score_only = [name for name in names if name in SCORE_GBT_FEATURES or name in SCORE_QUANTILE]
+    score_only = [name for name in names if name in SCORE_GBT_FEATURES]  # every score feature is one of them
     if score_only and "notated_velocity" not in notes:
         raise ValueError(f"note feature {score_only[0]!r} is read from a score, but these notes are a performance's (no score columns)")
     parts = [piece_features(notes.iloc[rows]) for rows in _piece_slices(notes) if rows.stop > rows.start]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from model.features import CHORD_GAP
 from model.midi import DEFAULT_MICROSECONDS_PER_QUARTER
 from model.notes import PieceNotes
 
@@ -29,7 +30,6 @@ SCORE_COLUMNS = ["beat", "beat_duration", "bar_position", "bar_length", "tempo",
 # notes and ornaments are played off the grid) at least 54% and 56%. Half of each is the line.
 GRID_PER_QUARTER = 96
 MIN_ON_GRID = 0.5
-CHORD_WINDOW_S = 0.030  # onsets this close count as meant together (the features' CHORD_GAP)
 MIN_EXACT_CHORDS = 0.5
 
 
@@ -95,7 +95,7 @@ def detect_input_kind(piece: PieceNotes) -> InputKind:
     ticks = np.sort(midi.notes["start_tick"].to_numpy()[piece.notes["note"].to_numpy()])
     on_grid = float(np.mean((ticks * GRID_PER_QUARTER) % tpq == 0)) if len(ticks) else 0.0
     seconds = np.sort(piece.notes["start"].to_numpy())
-    close = np.diff(seconds) <= CHORD_WINDOW_S
+    close = np.diff(seconds) <= CHORD_GAP  # onsets this close are meant together
     exact = float(np.mean(np.diff(ticks)[close] == 0)) if close.any() else 1.0
     facts = f"{on_grid:.0%} of onsets on a 1/{GRID_PER_QUARTER}-beat grid, {exact:.0%} of chord notes struck on the same tick"
     if on_grid >= MIN_ON_GRID and exact >= MIN_EXACT_CHORDS:

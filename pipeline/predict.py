@@ -256,15 +256,16 @@ def read_input(midi: "MidiFile", models: Models, wanted: str) -> tuple["PieceNot
     from model.notes import piece_notes
     from model.score import InputKind, detect_input_kind
 
+    piece = piece_notes(midi)  # without the pedal: what detection reads, and most models too
     if wanted == "auto":
-        kind = detect_input_kind(piece_notes(midi))
+        kind = detect_input_kind(piece)
         if kind.kind == "score" and not models.available("score"):  # an older setup: still humanize it
             kind = InputKind("performance", f"looks like a score ({kind.reason}), but there is no score model "
                              f"({models.source('score')}; `dvc repro score_train` trains one), so the performance model reads it")  # fmt: skip
     else:
         kind = InputKind(wanted, f"--input {wanted}")
     model = models[kind.kind]
-    return piece_notes(midi, sustain=model_sustain(model)), model, kind
+    return (piece_notes(midi, sustain=True) if model_sustain(model) else piece), model, kind
 
 
 def new_velocities(piece: "PieceNotes", model: "VelocityModel", controls: Controls) -> "np.ndarray":
