@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("pipeline.flows", "run the DVC pipeline once as a Prefect flow"),
     "serve": ("pipeline.serve", "serve the pipeline flow on a schedule (needs a Prefect server)"),
     "sweep": ("pipeline.sweep", "run a grid of DVC experiments and compare their metrics"),
+    "studio": ("pipeline.studio", "a page in the browser: drop MIDI files, see and hear them humanized, download them"),
 }
 
 

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import numpy as np
+    import pandas as pd
 
     from model.midi import MidiFile, MidiWarning
     from model.notes import PieceNotes
@@ -62,12 +63,25 @@ class PredictError(Exception):
     """Inputs and outputs the command cannot work with (a file's own problems are MidiError)."""
 
 
-def _number(low: float, high: float | None, name: str):
+# The musician's controls and their ranges: the command's options and the studio page's controls.
+CONTROL_RANGES: dict[str, tuple[float, float | None]] = {"strength": (0.0, 1.0), "loudness": (1.0, 127.0), "dynamics": (0.0, None)}
+DECODINGS = ("pianist", "averaged", "notes-only", "median", "greedy")
+
+
+def check_control(name: str, value: float) -> float:
+    """`value` if it lies in `name`'s range; ValueError saying the range otherwise."""
+    low, high = CONTROL_RANGES[name]
+    if not (low <= value and (high is None or value <= high)):  # also refuses NaN
+        raise ValueError(f"{name} must be {'between %g and %g' % (low, high) if high is not None else 'at least %g' % low}, got {value:g}")
+    return value
+
+
+def _number(name: str):
     def parse(text: str) -> float:
-        value = float(text)
-        if not (low <= value and (high is None or value <= high)):
-            raise argparse.ArgumentTypeError(f"{name} must be {'between %g and %g' % (low, high) if high is not None else 'at least %g' % low}, got {text}")
-        return value
+        try:
+            return check_control(name, float(text))
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err) if "must be" in str(err) else f"{name} must be a number, got {text}") from None
 
     return parse
 
@@ -90,20 +104,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(a notation export, a quantized part), anything else a performance; score or performance: read it so",
     )  # fmt: skip
     parser.add_argument(
-        "--strength", type=_number(0.0, 1.0, "strength"), default=1.0, metavar="0..1",
+        "--strength", type=_number("strength"), default=1.0, metavar="0..1",
         help="1: the model's velocities (default); 0: the original ones; in between: a blend",
     )  # fmt: skip
     parser.add_argument(
-        "--loudness", type=_number(1.0, 127.0, "loudness"), default=None, metavar="1..127",
+        "--loudness", type=_number("loudness"), default=None, metavar="1..127",
         help="the mean velocity of each piece's prediction (default: the model's own); applied before --strength",
     )  # fmt: skip
     parser.add_argument(
-        "--dynamics", type=_number(0.0, None, "dynamics"), default=1.0, metavar="D",
+        "--dynamics", type=_number("dynamics"), default=1.0, metavar="D",
         help="scale each predicted velocity's distance from the piece's mean by D: 1 as predicted (default), "
         "0 flat, 1.5 more contrast; applied before --strength",
     )  # fmt: skip
     parser.add_argument(
-        "--decoding", choices=("pianist", "averaged", "notes-only", "median", "greedy"), default=DEFAULT_DECODING,
+        "--decoding", choices=DECODINGS, default=DEFAULT_DECODING,
         help="pianist (default): the median of each note's velocity distribution averaged over every window "
         "holding it, stretched to a pianist's range of dynamics as calibrated on validation; averaged: the same "
         "unstretched (least absolute error, flatter); notes-only: the median from the window centred nearest "
@@ -114,6 +128,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--plot", type=Path, default=None, metavar="PNG",
         help=f"also draw the original and predicted piano rolls (the evaluate stage's figure, the first {PLOT_NOTES} "
         "notes): a PNG file for one input file, else a folder of PNGs laid out like the output",
+    )  # fmt: skip
+    parser.add_argument(
+        "--audio", type=Path, default=None, metavar="WAV",
+        help="also render the humanized file to audio with FluidSynth and a General MIDI soundfont (.wav, or .flac / .ogg): "
+        "a file for one input file, else a folder of WAVs laid out like the output",
     )  # fmt: skip
 
 
@@ -126,16 +145,17 @@ class Job:
     source: Path
     target: Path
     plot: Path | None = None
+    audio: Path | None = None
 
 
-def plan_jobs(inputs: list[Path], output: Path, plot: Path | None = None) -> list[Job]:
+def plan_jobs(inputs: list[Path], output: Path, plot: Path | None = None, audio: Path | None = None) -> list[Job]:
     """Input and output paths: one file to one file, else everything into the folder `output`.
 
     Raises PredictError when two inputs would be written to one output path.
     """
     one_file = len(inputs) == 1 and not inputs[0].is_dir() and not output.is_dir() and not str(output).endswith(os.sep)
     if one_file:
-        return [Job(inputs[0], output, plot)]
+        return [Job(inputs[0], output, plot, audio)]
     jobs = []
     for item in inputs:
         if item.is_dir():
@@ -147,7 +167,10 @@ def plan_jobs(inputs: list[Path], output: Path, plot: Path | None = None) -> lis
             relative = [path.relative_to(item) for path in files]
         else:
             files, relative = [item], [Path(item.name)]
-        jobs += [Job(path, output / rel, plot / rel.with_suffix(".png") if plot else None) for path, rel in zip(files, relative)]
+        jobs += [
+            Job(path, output / rel, plot / rel.with_suffix(".png") if plot else None, audio / rel.with_suffix(".wav") if audio else None)
+            for path, rel in zip(files, relative)
+        ]
     seen: dict[Path, Path] = {}
     for job in jobs:
         if job.target in seen:
@@ -170,6 +193,19 @@ class Controls:
     decoding: str = DEFAULT_DECODING
     batch_windows: int = 256
     input: str = "auto"  # auto, score or performance
+
+    def __post_init__(self) -> None:
+        """Refuse what the command's options refuse (ValueError naming the control)."""
+        check_control("strength", self.strength)
+        check_control("dynamics", self.dynamics)
+        if self.loudness is not None:
+            check_control("loudness", self.loudness)
+        if self.decoding not in DECODINGS:
+            raise ValueError(f"decoding must be one of {', '.join(DECODINGS)}, got {self.decoding!r}")
+        if self.input not in INPUT_KINDS:
+            raise ValueError(f"input must be one of {', '.join(INPUT_KINDS)}, got {self.input!r}")
+        if self.batch_windows < 1:
+            raise ValueError(f"batch windows must be positive, got {self.batch_windows}")
 
 
 @dataclass
@@ -268,64 +304,71 @@ def read_input(midi: "MidiFile", models: Models, wanted: str) -> tuple["PieceNot
     return (piece_notes(midi, sustain=True) if model_sustain(model) else piece), model, kind
 
 
-def new_velocities(piece: "PieceNotes", model: "VelocityModel", controls: Controls) -> "np.ndarray":
-    """The new velocity of every note of `piece.midi` (the piece's notes predicted, the rest kept);
+def model_velocities(piece: "PieceNotes", model: "VelocityModel", controls: Controls) -> "np.ndarray":
+    """The model's velocity for each note of `piece.notes` (before strength, loudness, dynamics);
     a score model reads the piece with its score columns (beats, meter, the notated velocities)."""
     from model.pieces import predict_notes
     from model.score import score_table
 
+    notes = score_table(piece) if model_input_kind(model) == "score" else piece.notes
+    return predict_notes(model, notes, batch_windows=controls.batch_windows, decoding=controls.decoding)
+
+
+def apply_controls(piece: "PieceNotes", predicted: "np.ndarray", controls: Controls) -> "np.ndarray":
+    """The new velocity of every note of `piece.midi`: the piece's notes shaped from `predicted`,
+    every other note (drums, other programs, ...) as it was."""
     velocity = piece.midi.notes["velocity"].to_numpy().copy()
     rows = piece.notes["note"].to_numpy()
-    notes = score_table(piece) if model_input_kind(model) == "score" else piece.notes
-    predicted = predict_notes(model, notes, batch_windows=controls.batch_windows, decoding=controls.decoding)
     velocity[rows] = shape_dynamics(predicted, velocity[rows], controls)
     return velocity
 
 
-def write_midi(midi: "MidiFile", velocity: "np.ndarray", out_path: Path) -> None:
-    """`midi`'s bytes with every note-on's velocity byte set to `velocity`, written atomically."""
-    import numpy as np
+def new_velocities(piece: "PieceNotes", model: "VelocityModel", controls: Controls) -> "np.ndarray":
+    """The new velocity of every note of `piece.midi` (the piece's notes predicted, the rest kept)."""
+    return apply_controls(piece, model_velocities(piece, model, controls), controls)
 
-    from stages.io import atomic_path
+
+def humanized_bytes(midi: "MidiFile", velocity: "np.ndarray") -> bytes:
+    """`midi`'s bytes with every note-on's velocity byte set to `velocity`."""
+    import numpy as np
 
     data = np.frombuffer(midi.data, dtype=np.uint8).copy()
     data[midi.notes["offset"].to_numpy()] = velocity
+    return data.tobytes()
+
+
+def write_midi(midi: "MidiFile", velocity: "np.ndarray", out_path: Path) -> None:
+    """`midi`'s bytes with every note-on's velocity byte set to `velocity`, written atomically."""
+    from stages.io import atomic_path
+
     with atomic_path(out_path) as tmp:
-        tmp.write_bytes(data.tobytes())
+        tmp.write_bytes(humanized_bytes(midi, velocity))
+
+
+def plot_notes(piece: "PieceNotes") -> "pd.DataFrame":
+    """The notes a figure draws: the first PLOT_NOTES (a piano roll of a whole long piece is unreadable)."""
+    return piece.notes.iloc[:PLOT_NOTES]
+
+
+def plot_title(piece: "PieceNotes", name: str) -> str:
+    title = f"{name}: original vs predicted velocities"
+    if len(piece.notes) > PLOT_NOTES:
+        title += f" (first {PLOT_NOTES:,} of {len(piece.notes):,} notes)"
+    return title
 
 
 def plot_file(piece: "PieceNotes", velocity: "np.ndarray", path: Path) -> None:
     """The evaluate stage's piano-roll figure of the piece's first PLOT_NOTES notes."""
     from stages.evaluate import plot_piano_rolls
 
-    shown = piece.notes.iloc[:PLOT_NOTES]
-    title = f"{piece.midi.path.name}: original vs predicted velocities"
-    if len(piece.notes) > PLOT_NOTES:
-        title += f" (first {PLOT_NOTES:,} of {len(piece.notes):,} notes)"
-    plot_piano_rolls(shown, velocity[shown["note"].to_numpy()], title, path)
+    shown = plot_notes(piece)
+    plot_piano_rolls(shown, velocity[shown["note"].to_numpy()], plot_title(piece, piece.midi.path.name), path)
 
 
-def predict_file(
-    in_path: Path, out_path: Path, models: "Models | VelocityModel", controls: Controls = Controls(), plot_path: Path | None = None
-) -> PredictReport:
-    """Read `in_path`, predict with the model for its input kind (`controls.input`; one model given
-    alone serves its own kind), write `out_path` (and the `plot_path` figure); raises MidiError
-    naming the file (nothing written) when it holds no usable piano note, PredictError when
-    `out_path` is `in_path`, CheckpointError when the model its kind needs is missing."""
+def report_of(piece: "PieceNotes", velocity: "np.ndarray", kind: "InputKind", began: float) -> PredictReport:
+    """What was done to one file, for the log (and the studio page)."""
     import numpy as np
 
-    from model.midi import read_midi
-
-    began = time.perf_counter()
-    if Path(in_path).resolve() == Path(out_path).resolve():
-        raise PredictError(f"{in_path}: the output would overwrite the input")
-    if not isinstance(models, Models):  # one model: it reads what it was trained on
-        models = Models(**{"performance": None, "score": None, model_input_kind(models): models})
-    piece, model, kind = read_input(read_midi(in_path), models, controls.input)
-    velocity = new_velocities(piece, model, controls)
-    write_midi(piece.midi, velocity, out_path)
-    if plot_path is not None:
-        plot_file(piece, velocity, plot_path)
     rows = piece.notes["note"].to_numpy()
     original = piece.midi.notes["velocity"].to_numpy()
     return PredictReport(
@@ -333,6 +376,34 @@ def predict_file(
         mean_abs_change=float(np.abs(velocity[rows] - original[rows]).mean()), seconds=time.perf_counter() - began,
         warnings=piece.warnings, input_kind=kind.kind, input_reason=kind.reason,
     )  # fmt: skip
+
+
+def as_models(models: "Models | VelocityModel") -> Models:
+    """`models` itself, or one model alone serving the kind it was trained on."""
+    if isinstance(models, Models):
+        return models
+    return Models(**{"performance": None, "score": None, model_input_kind(models): models})
+
+
+def predict_file(
+    in_path: Path, out_path: Path, models: "Models | VelocityModel", controls: Controls = Controls(),
+    plot_path: Path | None = None,
+) -> PredictReport:
+    """Read `in_path`, predict with the model for its input kind (`controls.input`; one model given
+    alone serves its own kind), write `out_path` (and the `plot_path` figure); raises MidiError
+    naming the file (nothing written) when it holds no usable piano note, PredictError when
+    `out_path` is `in_path`, CheckpointError when the model its kind needs is missing."""
+    from model.midi import read_midi
+
+    began = time.perf_counter()
+    if Path(in_path).resolve() == Path(out_path).resolve():
+        raise PredictError(f"{in_path}: the output would overwrite the input")
+    piece, model, kind = read_input(read_midi(in_path), as_models(models), controls.input)
+    velocity = new_velocities(piece, model, controls)
+    write_midi(piece.midi, velocity, out_path)
+    if plot_path is not None:
+        plot_file(piece, velocity, plot_path)
+    return report_of(piece, velocity, kind, began)
 
 
 def _log_report(job: Job, report: PredictReport, controls: Controls) -> None:
@@ -353,12 +424,13 @@ def run(args: argparse.Namespace) -> int:
 
     from model.checkpoint import CheckpointError
     from model.midi import MidiError
+    from pipeline.audio import AudioError, AudioUnavailable, render_audio
 
     if args.batch_windows < 1:
         log.error("--batch-windows must be positive, got %d", args.batch_windows)
         return 2
     try:
-        jobs = plan_jobs(args.inputs, args.output, args.plot)
+        jobs = plan_jobs(args.inputs, args.output, args.plot, args.audio)
     except PredictError as err:
         log.error("%s", err)
         return 2
@@ -367,7 +439,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     models = Models(args.model, args.score_model)  # each loaded once, when a file first needs it
     controls = Controls(args.strength, args.loudness, args.dynamics, args.decoding, args.batch_windows, args.input)
-    failed = 0
+    failed, audio = 0, True
     with logging_redirect_tqdm():
         for job in tqdm(jobs, desc="predict", unit="file", disable=len(jobs) == 1):
             try:
@@ -381,6 +453,16 @@ def run(args: argparse.Namespace) -> int:
                 failed += 1
                 continue
             _log_report(job, report, controls)
+            if job.audio is not None and audio:
+                try:
+                    render_audio(job.target, job.audio)
+                    log.info("rendered %s", job.audio)
+                except AudioUnavailable as err:  # everything else still works: say how to get audio, once
+                    log.warning("no audio: %s", err)
+                    audio = False
+                except AudioError as err:
+                    log.error("%s", err)
+                    failed += 1
     log.info("%d file%s written, %d failed%s", len(jobs) - failed, "" if len(jobs) - failed == 1 else "s", failed,
              f" (output: {args.output})" if len(jobs) > 1 else "")  # fmt: skip
     return 1 if failed else 0

@@ -36,6 +36,7 @@ go to samples/evaluate/ as MIDI files, original and predicted, to listen to.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import re
@@ -48,15 +49,18 @@ import pandas as pd
 
 from stages import params as params_lib
 from stages.io import atomic_path, write_json
-from model.codec import PAD, bin_index, n_bins
+from model.codec import bin_index, n_bins
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from model.pieces import VelocityModel
     from model.training import Windows
 
 log = logging.getLogger(__name__)
 
 FLAT_VELOCITY = 64
+FIGURE_DPI = 110
 # model.pieces.DECODINGS, named here so that reading params does not import torch; each one's metric.
 DECODINGS = {
     "greedy": "velocity_mae", "median": "velocity_mae_median", "notes-only": "velocity_mae_notes_only",
@@ -176,16 +180,18 @@ def plot_bin_confusion(true: np.ndarray, predicted: np.ndarray, velocity_edges: 
     _save(fig, path)
 
 
-def plot_piano_rolls(segment: pd.DataFrame, predicted: np.ndarray, title: str, path: Path) -> None:
-    """Original and predicted piano rolls side by side; colour = velocity on one shared scale."""
+def piano_roll_figure(segment: pd.DataFrame, predicted: np.ndarray, title: str) -> "Figure":
+    """Original and predicted piano rolls side by side; colour = velocity on one shared scale.
+    Built without pyplot's global state, so a server may draw several at once."""
     from matplotlib.collections import PolyCollection
+    from matplotlib.figure import Figure
 
-    plt = _pyplot()
     start = segment["start"].to_numpy() - segment["start"].min()
     end = segment["end"].to_numpy() - segment["start"].min()
     pitch = segment["pitch"].to_numpy()
     boxes = [[(s, p - 0.4), (e, p - 0.4), (e, p + 0.4), (s, p + 0.4)] for s, e, p in zip(start, end, pitch)]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+    fig = Figure(figsize=(12, 4))
+    axes = fig.subplots(1, 2, sharey=True)
     for ax, velocity, name in zip(axes, (segment["velocity"].to_numpy(), predicted), ("original", "predicted")):
         bars = PolyCollection(boxes, array=np.asarray(velocity, dtype=float), cmap="plasma", clim=(0, 127), edgecolors="none")
         ax.add_collection(bars)
@@ -193,13 +199,48 @@ def plot_piano_rolls(segment: pd.DataFrame, predicted: np.ndarray, title: str, p
     axes[0].set_ylabel("pitch")
     fig.suptitle(title, fontsize=9)
     fig.colorbar(bars, ax=axes, label="velocity")
-    _save(fig, path)
+    return fig
+
+
+def velocity_curve_figure(segment: pd.DataFrame, predicted: np.ndarray, title: str, smooth_seconds: float = 2.0) -> "Figure":
+    """Velocity over time, original beside predicted: each note a faint dot, and the mean over
+    the surrounding `smooth_seconds` as a line (the dynamics a listener hears)."""
+    from matplotlib.figure import Figure
+
+    start = segment["start"].to_numpy() - segment["start"].min()
+    fig = Figure(figsize=(12, 3))
+    ax = fig.subplots()
+    for velocity, name, colour in ((segment["velocity"].to_numpy(), "original", "tab:gray"), (np.asarray(predicted), "predicted", "tab:orange")):
+        velocity = velocity.astype(float)
+        # Mean of the notes within +-smooth_seconds/2 of each onset, through cumulative sums (onsets are sorted).
+        lo = np.searchsorted(start, start - smooth_seconds / 2, side="left")
+        hi = np.searchsorted(start, start + smooth_seconds / 2, side="right")
+        total = np.concatenate([[0.0], np.cumsum(velocity)])
+        ax.scatter(start, velocity, s=3, color=colour, alpha=0.25, linewidths=0)
+        ax.plot(start, (total[hi] - total[lo]) / (hi - lo), color=colour, label=name, linewidth=1.5)
+    ax.set(xlim=(0, max(float(start.max()), 1e-3)), ylim=(0, 127), xlabel="seconds", ylabel="velocity")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def plot_piano_rolls(segment: pd.DataFrame, predicted: np.ndarray, title: str, path: Path) -> None:
+    """The piano-roll figure written to `path` (PNG)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(png_bytes(piano_roll_figure(segment, predicted, title)))
+
+
+def png_bytes(fig: "Figure", dpi: int = FIGURE_DPI) -> bytes:
+    """The figure as PNG bytes."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return buffer.getvalue()
 
 
 def _save(fig, path: Path) -> None:
     plt = _pyplot()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=FIGURE_DPI, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -252,3 +252,7 @@ def assert_weights_close(a: dict, b: dict) -> None:
     for name in a:
         if not name.endswith("w_k.bias"):
             torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+# The tiny trained models, shared by the predict and studio tests (imported last: they use the helpers above).
+from trained_models import trained_model, trained_score_model  # noqa: E402,F401

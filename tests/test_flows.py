@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
 import re
 import shutil
@@ -15,7 +14,7 @@ from uuid import UUID
 import pytest
 import yaml
 from conftest import ROOT, SMALL_DEMO, deep_update, make_project, prefect_server_process, velocity
-from headless_browser import chromium_page, find_chromium
+from headless_browser import MAX_DRAWN_MEAN_DIFFERENCE, MIN_DRAWN_CORRELATION, chromium_page, drawn_likeness, find_chromium, open_image
 
 from pipeline.flows import (
     FIGURE_MAX_WIDTH_PX,
@@ -102,12 +101,6 @@ def embedded_images(markdown: str) -> dict[str, bytes]:
     """The images a markdown artifact carries as data: URIs, {alt text: file bytes}, in order."""
     found = re.findall(r"!\[([^\]]*)\]\(data:image/[a-z+]+;base64,([A-Za-z0-9+/=]+)\)", markdown)
     return {alt: base64.b64decode(data) for alt, data in found}
-
-
-def open_image(data: bytes) -> Any:
-    from PIL import Image
-
-    return Image.open(io.BytesIO(data))
 
 
 def project_figures(project: Path) -> list[Path]:
@@ -302,26 +295,6 @@ SHOW_FIGURE_JS = """(async () => {
   const {x, y, width, height} = img.getBoundingClientRect();
   return {x, y, width, height};
 })()"""
-# Measured: a figure drawn whole gives r >= 0.989 and a mean difference <= 1.6 (browser and PIL scale
-# a little differently); one drawn only in part (a corrupted PNG) r <= 0.70 and >= 15; broken ~0.1 and ~100.
-MIN_DRAWN_CORRELATION = 0.95
-MAX_DRAWN_MEAN_DIFFERENCE = 8.0  # grey levels out of 255
-
-
-def drawn_likeness(screenshot: Path, rect: dict[str, float], figure: Path) -> tuple[float, float]:
-    """How the screenshot inside `rect` matches the figure file scaled to it: the Pearson correlation
-    of their grey levels (4x4 blocks averaged, so sub-pixel placement does not matter) and the mean
-    absolute difference of grey levels."""
-    import numpy as np
-
-    box = tuple(round(rect[key]) for key in ("x", "y")) + (round(rect["x"] + rect["width"]), round(rect["y"] + rect["height"]))
-    drawn = open_image(screenshot.read_bytes()).convert("L").crop(box)
-    expected = open_image(figure.read_bytes()).convert("L").resize(drawn.size)
-    blocks = [np.asarray(image.reduce(4), dtype=np.float64).ravel() for image in (drawn, expected)]
-    difference = np.abs(np.asarray(drawn, dtype=np.float64) - np.asarray(expected, dtype=np.float64)).mean()
-    return float(np.corrcoef(*blocks)[0, 1]), float(difference)
-
-
 @pytest.mark.slow
 def test_figures_show_in_the_prefect_ui(first_run: dict[str, Any], tmp_path: Path) -> None:
     """A real server with its UI, the real `velocity run`, the artifact's page in a real headless Chromium:
@@ -361,7 +334,7 @@ def test_figures_show_in_the_prefect_ui(first_run: dict[str, Any], tmp_path: Pat
                     rect = page.evaluate(SHOW_FIGURE_JS % json.dumps(name))
                     assert rect["width"] >= min(expected.width, 400), (ui, name, rect)  # drawn, not a thumbnail
                     shot = page.screenshot(tmp_path / f"{ui}-{Path(name).stem}.png")
-                    correlation, difference = drawn_likeness(shot, rect, project / name)
+                    correlation, difference = drawn_likeness(shot, rect, (project / name).read_bytes())
                     assert correlation >= MIN_DRAWN_CORRELATION and difference <= MAX_DRAWN_MEAN_DIFFERENCE, (
                         f"{ui}: {name} is not drawn as the file is (r {correlation:.3f}, mean difference "
                         f"{difference:.1f}); see {shot}"

@@ -11,55 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import one_torch_thread, params_section
 from pipeline.cli import main as velocity
 from model.midi import read_midi
 from model.notes import NOTE_COLUMNS, read_notes
+from trained_models import TEST_SCORE
 
 TEST_PIECE = "maestro-v3.0.0/2008/MIDI-Unprocessed_13_R1_2008_01-04_ORIG_MID--AUDIO_13_R1_2008_wav--1__Prelude_bwv_862.midi"
 
 
 pytestmark = pytest.mark.usefixtures("single_threaded")
-
-
-@pytest.fixture(scope="session")
-def trained_model(tmp_path_factory, tiny_raw) -> Path:
-    """A tiny Velocity Transformer trained for a few steps on the tiny MAESTRO archive, through the
-    same stage functions `dvc repro train` runs."""
-    from model.features import learn_feature_edges
-    from model.training import TrainConfig
-    from stages.bins import BinsParams, learn_bins
-    from stages.extract import extract_notes
-    from stages.io import write_json
-    from stages.train import ModelParams, run_training
-    from stages.vocab import build_vocab
-    from stages.io import save_npy
-    from stages.windows import WindowsParams, make_windows
-
-    root = tmp_path_factory.mktemp("tiny_model")
-    extract_notes(tiny_raw, root / "notes", sustain=False, workers=1)
-    train_notes = pd.read_parquet(root / "notes/train.parquet")
-    bins = learn_bins(train_notes, BinsParams(dstart=3, duration=3, velocity=3, fixed_edges=None))
-    bins["features"] = learn_feature_edges(train_notes, {"dprev": 8, "chord_rank": 4})
-    vocab = build_vocab(bins, velocity_hint=False)
-    write_json(root / "bins.json", bins)
-    write_json(root / "vocab.json", vocab.to_dict())
-    windows_params = params_section(WindowsParams, "windows", length=32, step=16)
-    for split in ("train", "validation"):
-        windows = make_windows(pd.read_parquet(root / f"notes/{split}.parquet"), bins, vocab, windows_params)
-        save_npy(root / f"windows/{split}_src.npy", windows.src)
-        save_npy(root / f"windows/{split}_tgt.npy", windows.tgt)
-        save_npy(root / f"windows/{split}_features.npy", windows.features)
-    write_json(root / "windows/stats.json", {"length": 32, "step": 16, "tail": "last", "short": "pad"})
-    with one_torch_thread():  # a session fixture runs outside the tests' single_threaded
-        run_training(
-            root / "windows", root / "vocab.json", root / "bins.json", root / "models",
-            params_section(ModelParams, "model", layers=1, heads=2, d_model=32, d_ff=64, dropout=0.0),
-            params_section(TrainConfig, "train", batch_size=16, warmup=10, lr_factor=2.0, max_steps=20, eval_every=20, checkpoint_every=20,
-                           device="cpu", eval_windows=16),
-            live_dir=None, calibration_notes=root / "notes/validation.parquet",
-        )  # fmt: skip
-    return root / "models/velocity.pt"
 
 
 def predict(*args: str | Path) -> int:
@@ -273,7 +233,7 @@ def test_a_model_file_from_before_features_loads_and_says_what_it_lacks(trained_
 def test_damaged_files_give_the_same_notes_in_extract_and_predict(trained_model, tmp_path, caplog):
     import csv
 
-    from model.pieces import DEFAULT_DECODING, load_velocity_model, predict_notes
+    from model.pieces import load_velocity_model, predict_notes
     from stages.extract import extract_notes
     from test_midi import DAMAGED, write_case
 
@@ -381,56 +341,6 @@ def test_loudness_dynamics_and_plot_on_a_real_file(trained_model, tiny_raw, tmp_
 
 # ---------------------------------------------------------------------------------------------
 # Scores: --input auto|score|performance and the score model
-
-TINY_SCORES = Path(__file__).resolve().parents[2] / "shared/data/asap-maestro-v3.0.0-tiny-scores.zip"
-TEST_SCORE = "asap-dataset/Bach/Prelude/bwv_862/midi_score.mid"
-
-
-@pytest.fixture(scope="session")
-def trained_score_model(tmp_path_factory, tiny_raw) -> tuple[Path, Path]:
-    """A tiny score model trained for a few steps on the tiny archives' aligned scores, through the
-    stage functions `dvc repro score_train` runs; returns (the model file, the unzipped scores)."""
-    import zipfile
-
-    from model.features import learn_feature_edges
-    from model.training import TrainConfig
-    from stages.align import AlignParams, align
-    from stages.bins import BinsParams, learn_bins
-    from stages.extract import extract_notes
-    from stages.io import save_npy, write_json
-    from stages.train import ModelParams, run_training
-    from stages.vocab import build_vocab
-    from stages.windows import WindowsParams, make_windows
-
-    if not TINY_SCORES.is_file():
-        pytest.skip(f"{TINY_SCORES} not found (the shared ASAP scores archive)")
-    root = tmp_path_factory.mktemp("tiny_score_model")
-    extract_notes(tiny_raw, root / "notes", sustain=False, workers=1)
-    with zipfile.ZipFile(TINY_SCORES) as archive:
-        archive.extractall(root / "scores")
-    align(root / "scores/asap-dataset", root / "notes", root / "aligned", AlignParams(tolerance=0.2, skipped_beat=0.05))
-    train_notes = pd.read_parquet(root / "aligned/train.parquet")
-    bins = learn_bins(pd.read_parquet(root / "notes/train.parquet"), BinsParams(dstart=3, duration=3, velocity=3, fixed_edges=None))
-    bins["features"] = learn_feature_edges(train_notes, {"beat_dprev": 8, "bar_phase": 4, "notated_rank": 4, "notated_flat": 2})
-    vocab = build_vocab(bins, velocity_hint=False)
-    write_json(root / "bins.json", bins)
-    write_json(root / "vocab.json", vocab.to_dict())
-    windows_params = params_section(WindowsParams, "windows", length=32, step=16)
-    for split in ("train", "validation"):
-        windows = make_windows(pd.read_parquet(root / f"aligned/{split}.parquet"), bins, vocab, windows_params)
-        for name in ("src", "tgt", "features"):
-            save_npy(root / f"windows/{split}_{name}.npy", getattr(windows, name))
-    write_json(root / "windows/stats.json", {"length": 32, "step": 16, "tail": "last", "short": "pad"})
-    with one_torch_thread():
-        run_training(
-            root / "windows", root / "vocab.json", root / "bins.json", root / "models",
-            params_section(ModelParams, "model", layers=1, heads=2, d_model=32, d_ff=64, dropout=0.0),
-            params_section(TrainConfig, "train", batch_size=16, warmup=10, lr_factor=2.0, max_steps=20, eval_every=20, checkpoint_every=20,
-                           device="cpu", eval_windows=16),
-            live_dir=None, calibration_notes=root / "aligned/validation.parquet", input_kind="score",
-        )  # fmt: skip
-    return root / "models/velocity.pt", root / "scores"
-
 
 def test_a_score_is_read_as_a_score_and_given_the_score_models_velocities(trained_model, trained_score_model, tiny_raw, tmp_path, caplog):
     from model.pieces import DEFAULT_DECODING, load_velocity_model, predict_notes

@@ -1,0 +1,305 @@
+"""`velocity studio`: the real server on a free port, driven by a real headless Chromium."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import wave
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, free_port, stop, velocity, velocity_env
+from headless_browser import MAX_DRAWN_MEAN_DIFFERENCE, MIN_DRAWN_CORRELATION, Page, chromium_page, drawn_likeness, find_chromium
+from model.midi import read_midi
+from trained_models import TEST_SCORE
+
+TEST_PIECE = "maestro-v3.0.0/2008/MIDI-Unprocessed_13_R1_2008_01-04_ORIG_MID--AUDIO_13_R1_2008_wav--1__Prelude_bwv_862.midi"
+UPLOAD_LIMIT_MB = 1.5  # the test server's limit: an oversized file is cheap to make
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # server and command add their floats alike
+HAS_AUDIO = shutil.which("fluidsynth") is not None and Path("/usr/share/sounds/sf2/default-GM.sf2").exists()
+AUDIO_MISSING = "no fluidsynth or soundfont (apt-get install fluidsynth fluid-soundfont-gm; .ci/run installs them)"
+
+
+@pytest.fixture(scope="module")
+def studio(trained_model, trained_score_model, tmp_path_factory) -> Iterator[dict]:
+    """`velocity studio` serving the tiny models; yields its address and inputs."""
+    tmp = tmp_path_factory.mktemp("studio")
+    port = free_port()
+    score_model, scores = trained_score_model
+    command = [sys.executable, "-m", "pipeline", "studio", "--port", str(port), "--model", str(trained_model),
+               "--score-model", str(score_model), "--max-upload-mb", str(UPLOAD_LIMIT_MB)]  # fmt: skip
+    server = subprocess.Popen(
+        command, cwd=tmp, env={**velocity_env(tmp), **ONE_THREAD, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        address = server.stdout.readline().strip()  # the first line says where it serves
+        assert address == f"velocity studio: http://127.0.0.1:{port} (Ctrl+C to stop)", address
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/api/config", timeout=5).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "the studio did not start"
+                time.sleep(0.2)
+        yield {"base": base, "tmp": tmp, "model": trained_model, "score_model": score_model, "scores": scores}
+    finally:
+        stop(server)
+
+
+@pytest.fixture
+def page() -> Iterator[Page]:
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("no chromium on PATH (apt-get install chromium; .ci/run installs it): the page needs a real browser")
+    with chromium_page(chromium) as page:
+        yield page
+
+
+def open_studio(page: Page, studio: dict) -> None:
+    page.goto(studio["base"])
+    page.wait_for("document.body && document.body.dataset.ready === 'true'")
+
+
+def cards(page: Page) -> list[dict]:
+    """Each file's card as the page shows it."""
+    return page.evaluate("""[...document.querySelectorAll('.card')].map(card => ({
+        name: card.querySelector('.name').textContent, state: card.dataset.state || '', result: card.dataset.result || '',
+        error: card.querySelector('.error').hidden ? '' : card.querySelector('.error').textContent,
+        kind: card.querySelector('.kind').textContent, counts: card.querySelector('.counts').textContent,
+        download: card.querySelector('a.download').getAttribute('href'),
+    }))""")
+
+
+def wait_settled(page: Page, count: int, timeout_seconds: float = 120) -> list[dict]:
+    """The cards once all `count` of them are ready or failed."""
+    page.wait_for(f"""(() => {{ const all = [...document.querySelectorAll('.card')];
+        return all.length === {count} && all.every(card => ['ready', 'error'].includes(card.dataset.state)); }})()""", timeout_seconds)
+    return cards(page)
+
+
+def move(page: Page, control: str, value: float) -> None:
+    """Move a slider as a hand does: set it, then the input event."""
+    page.evaluate(f"(() => {{ const el = document.getElementById({json.dumps(control)}); el.value = {value}; "
+                  "el.dispatchEvent(new Event('input', {bubbles: true})); })()")  # fmt: skip
+
+
+def fetch(url: str, data: bytes | None = None) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data, method="POST" if data is not None else "GET"), timeout=60) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def cli_predict(studio: dict, source: Path, out: Path, *options: str) -> None:
+    proc = velocity(["predict", str(source), "-o", str(out), "--model", str(studio["model"]), "--score-model", str(studio["score_model"]), *options],
+                    {**velocity_env(studio["tmp"]), **ONE_THREAD}, studio["tmp"])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    from headless_browser import open_image
+
+    return open_image(data).size
+
+
+def differing_pixels(screenshot: Path, rect: dict, figure: bytes) -> int:
+    """Pixels of the screenshot inside `rect` whose grey level is 32+ away from the figure's (at its size)."""
+    from headless_browser import open_image
+
+    box = (round(rect["x"]), round(rect["y"]), round(rect["x"] + rect["width"]), round(rect["y"] + rect["height"]))
+    drawn = np.asarray(open_image(screenshot.read_bytes()).convert("L").crop(box), dtype=np.int16)
+    expected = np.asarray(open_image(figure).convert("L").resize((drawn.shape[1], drawn.shape[0])), dtype=np.int16)
+    return int((np.abs(drawn - expected) >= 32).sum())
+
+
+def wait_for_file(path: Path, timeout_seconds: float = 30) -> bytes:
+    deadline = time.monotonic() + timeout_seconds
+    while not path.is_file() and time.monotonic() < deadline:  # Chromium renames its .crdownload when done
+        time.sleep(0.1)
+    assert path.is_file(), f"nothing downloaded to {path}"
+    return path.read_bytes()
+
+
+def test_a_dropped_score_is_humanized_a_control_reshapes_it_and_the_download_is_the_commands_file(studio, page, tiny_raw, tmp_path):
+    score = studio["scores"] / TEST_SCORE
+    open_studio(page, studio)
+    page.set_files("#files", [score])
+    [card] = wait_settled(page, 1)
+    assert card["state"] == "ready" and card["name"] == "midi_score.mid", card
+    assert card["kind"].startswith("read as a score: ") and "1/96-beat grid" in card["kind"]
+    notes = len(read_midi(score).notes)
+    assert card["counts"].startswith(f"{notes} notes read: {notes} given the model's velocity")
+
+    # Strength 0.5 and dynamics 1.5: a new result from the same upload, no new upload.
+    move(page, "strength", 0.5)
+    move(page, "dynamics", 1.5)
+    page.wait_for(f"document.querySelector('.card').dataset.result !== {json.dumps(card['result'])} && "
+                  "document.querySelector('.card').dataset.state === 'ready'")  # fmt: skip
+    [moved] = cards(page)
+    assert moved["result"] != card["result"]
+
+    page.allow_downloads(tmp_path / "downloads")
+    page.evaluate("document.querySelector('a.download').click()")
+    downloaded = wait_for_file(tmp_path / "downloads/midi_score-humanized.mid")
+    cli_predict(studio, score, tmp_path / "cli.mid", "--strength", "0.5", "--dynamics", "1.5")
+    assert downloaded == (tmp_path / "cli.mid").read_bytes()  # one code path: the same bytes
+    assert downloaded != score.read_bytes()
+
+    # The performance beside it, read as a performance; the zip holds both, as the command writes them.
+    performance = tiny_raw.parent / TEST_PIECE
+    page.set_files("#files", [performance])
+    settled = wait_settled(page, 2)
+    assert settled[1]["state"] == "ready" and settled[1]["kind"].startswith("read as a performance: ")
+    page.evaluate("document.getElementById('download-all').click()")
+    archive = zipfile.ZipFile(io.BytesIO(wait_for_file(tmp_path / "downloads/humanized.zip")))
+    assert sorted(archive.namelist()) == sorted(["midi_score-humanized.mid", Path(TEST_PIECE).stem + "-humanized.mid"])
+    cli_predict(studio, performance, tmp_path / "cli_performance.mid", "--strength", "0.5", "--dynamics", "1.5")
+    assert archive.read(Path(TEST_PIECE).stem + "-humanized.mid") == (tmp_path / "cli_performance.mid").read_bytes()
+
+
+def test_a_bad_file_shows_its_error_and_the_good_ones_still_come_back(studio, page, tmp_path):
+    good = studio["scores"] / TEST_SCORE
+    damaged = tmp_path / "damaged.mid"
+    damaged.write_bytes(good.read_bytes()[:30])  # a header and the start of a track
+    not_midi = tmp_path / "notes.mid"
+    not_midi.write_text("these are not the notes you are looking for")
+    oversized = tmp_path / "huge.mid"
+    oversized.write_bytes(good.read_bytes() + bytes(int(UPLOAD_LIMIT_MB * 1e6)))
+    open_studio(page, studio)
+    page.set_files("#files", [damaged, good, not_midi, oversized])
+    by_name = {card["name"]: card for card in wait_settled(page, 4)}
+    assert by_name["midi_score.mid"]["state"] == "ready" and by_name["midi_score.mid"]["error"] == ""
+    # The shared reader's own one-line errors, beside each file's name.
+    assert by_name["notes.mid"]["error"] == "notes.mid: not a readable MIDI file (no MThd header)"
+    assert by_name["damaged.mid"]["error"].startswith("damaged.mid: ") and by_name["damaged.mid"]["state"] == "error"
+    assert by_name["huge.mid"]["error"] == f"huge.mid: {oversized.stat().st_size / 1e6:.1f} MB is over the {UPLOAD_LIMIT_MB:g} MB upload limit"
+    # Download all: only the file that worked.
+    zip_url = page.evaluate("document.getElementById('download-all').href")
+    status, data = fetch(zip_url)
+    assert status == 200 and zipfile.ZipFile(io.BytesIO(data)).namelist() == ["midi_score-humanized.mid"]
+
+    # The server refuses an oversized body itself, whatever a page does; the name never becomes a path.
+    status, answer = fetch(f"{studio['base']}/api/files?name=../../etc/huge.mid", oversized.read_bytes())
+    assert status == 413 and "over the 1.5 MB upload limit" in json.loads(answer)["error"]
+    status, answer = fetch(f"{studio['base']}/api/files?name=../../x.mid", good.read_bytes())
+    assert status == 200 and not (studio["tmp"].parent.parent / "x.mid").exists()
+    status, answer = fetch(f"{studio['base']}/api/files/{json.loads(answer)['id']}/humanize", json.dumps({"strength": 2}).encode())
+    assert status == 422 and json.loads(answer)["error"] == "bad controls: strength must be between 0 and 1, got 2"
+
+
+def test_the_page_is_drawn_as_it_should_be(studio, page, tmp_path):
+    """A screenshot of the page, compared with the figures its result should show."""
+    from model.notes import piece_notes
+    from pipeline.predict import plot_notes, plot_title
+    from pipeline.studio import FIGURE_DPI
+    from stages.evaluate import piano_roll_figure, png_bytes, velocity_curve_figure
+
+    score = studio["scores"] / TEST_SCORE
+    open_studio(page, studio)
+    page.set_files("#files", [score])
+    [card] = wait_settled(page, 1)
+    # What it should show, drawn here from the command's file with the same settings.
+    cli_predict(studio, score, tmp_path / "cli.mid")
+    piece = piece_notes(read_midi(score))
+    shown = plot_notes(piece)
+    velocity = read_midi(tmp_path / "cli.mid").notes["velocity"].to_numpy()[shown["note"].to_numpy()]
+    title = plot_title(piece, score.name)
+    expected = {"rolls": png_bytes(piano_roll_figure(shown, velocity, title), dpi=FIGURE_DPI),
+                "curve": png_bytes(velocity_curve_figure(shown, velocity, title), dpi=FIGURE_DPI)}  # fmt: skip
+    loud = png_bytes(piano_roll_figure(shown, np.full(len(shown), 120), title), dpi=FIGURE_DPI)
+    drawn, rect_of = {}, {}
+    for which in ("rolls", "curve"):
+        rect = rect_of[which] = page.evaluate(f"""(async () => {{ const img = document.querySelector('.card img.{which}');
+            img.scrollIntoView({{block: 'center'}});
+            await new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)));
+            const {{x, y, width, height}} = img.getBoundingClientRect(); return {{x, y, width, height}}; }})()""")
+        shot = page.screenshot(tmp_path / f"studio-{which}.png")
+        drawn[which] = drawn_likeness(shot, rect, expected[which])
+        assert drawn[which][0] >= MIN_DRAWN_CORRELATION and drawn[which][1] <= MAX_DRAWN_MEAN_DIFFERENCE, (which, drawn[which], shot)
+        assert rect["width"] == pytest.approx(png_size(expected[which])[0], abs=1)  # drawn at its own size, not scaled
+    # The comparison can fail: the piano rolls on screen are not those of every note at 120 (the notes
+    # are a small part of the figure, so count the pixels that differ rather than average them).
+    screen = tmp_path / "studio-rolls.png"
+    differing = {name: differing_pixels(screen, rect_of["rolls"], figure) for name, figure in (("model", expected["rolls"]), ("loud", loud))}
+    assert differing["loud"] > 10 * differing["model"] + 500, differing
+    text = page.evaluate("document.body.innerText")
+    assert "midi_score.mid" in text and "read as a score" in text and "Download all (zip)" in text
+
+
+@pytest.mark.skipif(not HAS_AUDIO, reason=AUDIO_MISSING)
+def test_the_page_plays_both_files_rendered_by_fluidsynth(studio, page):
+    score = studio["scores"] / TEST_SCORE
+    open_studio(page, studio)
+    page.set_files("#files", [score])
+    wait_settled(page, 1)
+    assert page.evaluate("document.getElementById('notice').textContent") == ""
+    durations = page.evaluate("""(async () => Promise.all(['original', 'humanized'].map(which => new Promise((done, fail) => {
+        const audio = document.querySelector('.card audio.' + which);
+        audio.onloadedmetadata = () => done(audio.duration); audio.onerror = () => fail(which + ': ' + audio.error.code);
+        audio.preload = 'auto'; audio.load(); }))))()""")
+    from model.notes import piece_notes
+
+    end = float(piece_notes(read_midi(score)).notes["end"].max())
+    for duration in durations:
+        # The whole piece: FluidSynth stops once the last notes have died away, a little before or after their note-offs.
+        assert end - 3 <= duration <= end + 5, (durations, end)
+
+
+@pytest.mark.skipif(not HAS_AUDIO, reason=AUDIO_MISSING)
+def test_predict_audio_renders_the_humanized_file_louder_when_asked(trained_model, tiny_raw, tmp_path):
+    source = tiny_raw.parent / TEST_PIECE
+    rms = {}
+    for loudness in (30, 110):
+        wav = tmp_path / f"loud_{loudness}.wav"
+        proc = velocity(["predict", str(source), "-o", str(tmp_path / f"{loudness}.mid"), "--model", str(trained_model),
+                         "--loudness", str(loudness), "--audio", str(wav)], {**velocity_env(tmp_path), **ONE_THREAD}, tmp_path)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        with wave.open(str(wav)) as audio:
+            assert audio.getframerate() == 44_100 and audio.getsampwidth() == 2
+            samples = np.frombuffer(audio.readframes(audio.getnframes()), dtype=np.int16).astype(np.float64)
+            seconds = audio.getnframes() / audio.getframerate()
+        rms[loudness] = float(np.sqrt(np.mean(samples**2)))
+        assert seconds >= 5
+    assert rms[110] > 2 * rms[30], rms  # the new velocities are what is heard
+
+
+def test_without_fluidsynth_the_command_says_how_to_install_it_and_still_writes_the_file(trained_model, tiny_raw, tmp_path):
+    source = tiny_raw.parent / TEST_PIECE
+    env = {**velocity_env(tmp_path), **ONE_THREAD, "PATH": str(Path(sys.executable).parent)}  # no fluidsynth on it
+    proc = velocity(["predict", str(source), "-o", str(tmp_path / "out.mid"), "--model", str(trained_model), "--audio", str(tmp_path / "out.wav")],
+                    env, tmp_path)  # fmt: skip
+    assert proc.returncode == 0 and (tmp_path / "out.mid").is_file() and not (tmp_path / "out.wav").exists()
+    [line] = [line for line in proc.stderr.splitlines() if "no audio" in line]
+    assert "sudo apt-get install fluidsynth fluid-soundfont-gm" in line
+
+
+def test_audio_unavailable_is_one_line_in_the_page_config(monkeypatch, trained_model):
+    from pipeline.predict import Models
+    from pipeline.studio import Studio
+
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))
+    config = Studio(Models(trained_model, None)).config()
+    assert config["audio_unavailable"].startswith("FluidSynth is not installed: install FluidSynth")
+    assert config["controls"]["strength"] == {"min": 0.0, "max": 1.0, "default": 1.0}
+    assert config["controls"]["loudness"] == {"min": 1.0, "max": 127.0, "default": None}
+    assert config["max_upload_bytes"] == 20_000_000 and config["decoding"] == "pianist" and config["input"] == "auto"
+
+
+def test_a_missing_model_is_one_line_saying_how_to_train_one(tmp_path):
+    proc = velocity(["studio", "--port", str(free_port()), "--model", str(tmp_path / "none.pt")], velocity_env(tmp_path), tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"ERROR pipeline.studio: {tmp_path / 'none.pt'}: no performance model file; train one with `dvc repro train`"]
