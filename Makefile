@@ -18,8 +18,12 @@ setup: $(VENV)/.installed
 repro: setup
 	$(BIN)/dvc repro
 
+# Two workers, each test file whole on one of them (its module fixtures built once): about 10 minutes
+# here instead of 17 in one process, as most tests wait on single-threaded subprocesses.
+TEST_WORKERS ?= 2
+
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: setup
 	$(BIN)/python bench/extract.py

@@ -28,7 +28,7 @@ import threading
 import time
 import zipfile
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,7 @@ DEFAULT_PORT = 8765
 MAX_UPLOAD_MB = 20.0
 KEEP_UPLOADS = 64
 KEEP_RESULTS = 128
+KEEP_RENDERED = 24  # figures and audio (a long piece's audio is megabytes)
 DYNAMICS_SLIDER_MAX = 3.0  # the command takes any D >= 0; a slider needs an end
 FIGURE_DPI = 80  # the page's figures: the evaluate stage's, a little smaller to fit the page
 PAGE = Path(__file__).with_name("studio.html")
@@ -96,15 +97,6 @@ class Result:
     velocity: "np.ndarray"  # every note of the file
     report: PredictReport
     data: bytes  # the humanized MIDI file
-    rendered: dict[str, bytes] = field(default_factory=dict)  # figures and audio, made when first asked for
-
-
-def _remember(store: OrderedDict, key: Any, value: Any, keep: int) -> Any:
-    store[key] = value
-    store.move_to_end(key)
-    while len(store) > keep:
-        store.popitem(last=False)
-    return value
 
 
 class Studio:
@@ -113,10 +105,21 @@ class Studio:
     def __init__(self, models: Models, max_upload_bytes: int = int(MAX_UPLOAD_MB * 1e6)) -> None:
         self.models = models
         self.max_upload_bytes = max_upload_bytes
-        self._lock = threading.Lock()  # one request's work at a time: torch, the stores
+        self._predicting = threading.Lock()  # one prediction at a time: torch has the cores
+        self._storing = threading.Lock()  # the stores below change one request at a time
         self._uploads: OrderedDict[str, Upload] = OrderedDict()
         self._predictions: OrderedDict[tuple, Prediction] = OrderedDict()
         self._results: OrderedDict[str, Result] = OrderedDict()
+        self._rendered: OrderedDict[tuple[str, str], bytes] = OrderedDict()  # (result or upload, what): made when first asked for
+
+    def _keep(self, store: OrderedDict, key: Any, value: Any, keep: int) -> Any:
+        """Store `value` as the newest in `store`, dropping the oldest beyond `keep`; return it."""
+        with self._storing:
+            store[key] = value
+            store.move_to_end(key)
+            while len(store) > keep:
+                store.popitem(last=False)
+        return value
 
     def config(self) -> dict[str, Any]:
         """The controls with `velocity predict`'s defaults and ranges, and what the server can do."""
@@ -147,8 +150,7 @@ class Studio:
         except MidiError as err:
             midi, error = None, str(err)
         upload = Upload(secrets.token_hex(8), name, midi, error)
-        with self._lock:
-            return _remember(self._uploads, upload.id, upload, KEEP_UPLOADS)
+        return self._keep(self._uploads, upload.id, upload, KEEP_UPLOADS)
 
     def upload(self, upload_id: str) -> Upload:
         if (upload := self._uploads.get(upload_id)) is None:
@@ -162,7 +164,7 @@ class Studio:
         from pipeline.predict import apply_controls, humanized_bytes, model_velocities, read_input, report_of
 
         began = time.perf_counter()
-        with self._lock:
+        with self._predicting:
             upload = self.upload(upload_id)
             if upload.error is not None:
                 raise StudioError(upload.error)
@@ -173,13 +175,13 @@ class Studio:
                     prediction = Prediction(piece, kind, model_velocities(piece, model, controls))
                 except (MidiError, CheckpointError) as err:
                     raise StudioError(str(err)) from None
-                _remember(self._predictions, key, prediction, KEEP_RESULTS)
+                self._keep(self._predictions, key, prediction, KEEP_RESULTS)
             velocity = apply_controls(prediction.piece, prediction.predicted, controls)
             result = Result(
                 secrets.token_hex(8), upload, prediction.piece, velocity,
                 report_of(prediction.piece, velocity, prediction.kind, began), humanized_bytes(upload.midi, velocity),
             )  # fmt: skip
-            return _remember(self._results, result.id, result, KEEP_RESULTS)
+            return self._keep(self._results, result.id, result, KEEP_RESULTS)
 
     def result(self, result_id: str) -> Result:
         if (result := self._results.get(result_id)) is None:
@@ -196,11 +198,11 @@ class Studio:
         if draw is None:
             raise StudioError(f"no figure named {which!r}", 404)
         result = self.result(result_id)
-        if which not in result.rendered:
+        if (png := self._rendered.get((result_id, which))) is None:
             shown = plot_notes(result.piece)
             title = plot_title(result.piece, result.upload.name)
-            result.rendered[which] = png_bytes(draw(shown, result.velocity[shown["note"].to_numpy()], title), dpi=FIGURE_DPI)
-        return result.rendered[which]
+            png = png_bytes(draw(shown, result.velocity[shown["note"].to_numpy()], title), dpi=FIGURE_DPI)
+        return self._keep(self._rendered, (result_id, which), png, KEEP_RENDERED)
 
     def audio(self, result_id: str, which: str) -> bytes:
         """The `original` or `humanized` file rendered by FluidSynth as Ogg Vorbis (AudioUnavailable
@@ -210,14 +212,14 @@ class Studio:
         if which not in ("original", "humanized"):
             raise StudioError(f"no audio named {which!r}", 404)
         result = self.result(result_id)
-        key = f"audio-{which}"
-        if key not in result.rendered:
+        key = (result_id, which) if which == "humanized" else (result.upload.id, which)  # the original is the upload's
+        if (audio := self._rendered.get(key)) is None:
             midi = result.data if which == "humanized" else result.upload.midi.data
             with tempfile.TemporaryDirectory(prefix="velocity-studio-") as scratch:
                 out = Path(scratch) / "audio.ogg"
                 render_audio(midi, out)
-                result.rendered[key] = out.read_bytes()
-        return result.rendered[key]
+                audio = out.read_bytes()
+        return self._keep(self._rendered, key, audio, KEEP_RENDERED)
 
     def zip(self, result_ids: list[str]) -> bytes:
         """Several results as one zip, each under its upload's name (numbered when names repeat)."""

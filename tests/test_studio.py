@@ -104,6 +104,37 @@ def fetch(url: str, data: bytes | None = None) -> tuple[int, bytes]:
         return err.code, err.read()
 
 
+def declared_upload(base: str, name: str, size: int) -> tuple[int, bytes]:
+    """An upload that declares `size` bytes and sends none: the answer must not wait for them."""
+    import http.client
+
+    connection = http.client.HTTPConnection(base.removeprefix("http://"), timeout=60)
+    connection.putrequest("POST", f"/api/files?name={name}")
+    connection.putheader("Content-Length", str(size))
+    connection.endheaders()
+    response = connection.getresponse()
+    return response.status, response.read()
+
+
+def chunked_upload(base: str, name: str, data: bytes) -> tuple[int, bytes]:
+    """An upload without a declared length, sent in 64 KB chunks until the server answers."""
+    import http.client
+
+    connection = http.client.HTTPConnection(base.removeprefix("http://"), timeout=60)
+    connection.putrequest("POST", f"/api/files?name={name}")
+    connection.putheader("Transfer-Encoding", "chunked")
+    connection.endheaders()
+    try:
+        for start in range(0, len(data), 65536):
+            chunk = data[start : start + 65536]
+            connection.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        connection.send(b"0\r\n\r\n")
+    except OSError:  # the server stopped reading once over the limit; its answer is waiting
+        pass
+    response = connection.getresponse()
+    return response.status, response.read()
+
+
 def cli_predict(studio: dict, source: Path, out: Path, *options: str) -> None:
     proc = velocity(["predict", str(source), "-o", str(out), "--model", str(studio["model"]), "--score-model", str(studio["score_model"]), *options],
                     {**velocity_env(studio["tmp"]), **ONE_THREAD}, studio["tmp"])  # fmt: skip
@@ -192,9 +223,13 @@ def test_a_bad_file_shows_its_error_and_the_good_ones_still_come_back(studio, pa
     status, data = fetch(zip_url)
     assert status == 200 and zipfile.ZipFile(io.BytesIO(data)).namelist() == ["midi_score-humanized.mid"]
 
-    # The server refuses an oversized body itself, whatever a page does; the name never becomes a path.
-    status, answer = fetch(f"{studio['base']}/api/files?name=../../etc/huge.mid", oversized.read_bytes())
-    assert status == 413 and "over the 1.5 MB upload limit" in json.loads(answer)["error"]
+    # The server refuses an oversized body itself, whatever a page does: on its declared length, before
+    # reading it, and when a body without one (chunked) grows past the limit.
+    status, answer = declared_upload(studio["base"], "huge.mid", oversized.stat().st_size)
+    assert status == 413 and json.loads(answer)["error"] == f"huge.mid: {oversized.stat().st_size / 1e6:.1f} MB is over the 1.5 MB upload limit"
+    status, answer = chunked_upload(studio["base"], "huge.mid", oversized.read_bytes())
+    assert status == 413 and json.loads(answer)["error"] == "huge.mid: over the 1.5 MB upload limit"
+    # A client's name never becomes a path.
     status, answer = fetch(f"{studio['base']}/api/files?name=../../x.mid", good.read_bytes())
     assert status == 200 and not (studio["tmp"].parent.parent / "x.mid").exists()
     status, answer = fetch(f"{studio['base']}/api/files/{json.loads(answer)['id']}/humanize", json.dumps({"strength": 2}).encode())
