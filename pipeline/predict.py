@@ -26,6 +26,9 @@ chords struck exactly together, as a score (model/score.py says how), and predic
 score model (`--score-model`, trained on aligned score notes: beats, meter, notated tempo, the
 notated dynamics relative to the piece); anything else with the performance model (`--model`).
 `--input score|performance` overrides the guess. Each file's log says which it used and why.
+
+`--audio` renders each written file with FluidSynth (pipeline/audio.py). The studio page
+(pipeline/studio.py) humanizes through this module's functions, never a copy of them.
 """
 
 from __future__ import annotations
@@ -79,9 +82,13 @@ def check_control(name: str, value: float) -> float:
 def _number(name: str):
     def parse(text: str) -> float:
         try:
-            return check_control(name, float(text))
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text}") from None
+        try:
+            return check_control(name, value)
         except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err) if "must be" in str(err) else f"{name} must be a number, got {text}") from None
+            raise argparse.ArgumentTypeError(str(err)) from None
 
     return parse
 

@@ -237,6 +237,16 @@ class Studio:
         return buffer.getvalue()
 
 
+def controls_from(values: dict[str, Any]) -> Controls:
+    """The page's controls as `Controls`; one not sent keeps the command's default. ValueError (or
+    TypeError) naming what is wrong, as the command's options would refuse it."""
+    numbers, choices = ("strength", "loudness", "dynamics"), ("decoding", "input")
+    if unknown := sorted(set(values) - set(numbers) - set(choices)):
+        raise ValueError(f"no control named {', '.join(unknown)}")
+    given = {name: None if values[name] is None and name == "loudness" else float(values[name]) for name in numbers if name in values}
+    return Controls(**given, **{name: str(values[name]) for name in choices if name in values})
+
+
 def result_json(result: Result) -> dict[str, Any]:
     """What the page shows of a result, and where to fetch the rest."""
     report = asdict(result.report)
@@ -288,14 +298,7 @@ def create_app(studio: Studio) -> "FastAPI":
     @app.post("/api/files/{upload_id}/humanize")
     async def humanize(upload_id: str, request: Request) -> dict[str, Any]:
         try:
-            values = await request.json()
-            controls = Controls(
-                strength=float(values.get("strength", 1.0)),
-                loudness=None if values.get("loudness") is None else float(values["loudness"]),
-                dynamics=float(values.get("dynamics", 1.0)),
-                decoding=str(values.get("decoding", DEFAULT_DECODING)),
-                input=str(values.get("input", "auto")),
-            )  # fmt: skip
+            controls = controls_from(await request.json())
         except (ValueError, TypeError, AttributeError) as err:
             raise StudioError(f"bad controls: {err}") from None
         return result_json(await run_in_threadpool(studio.humanize, upload_id, controls))
