@@ -21,8 +21,10 @@ The oldest uploads and results are dropped beyond KEEP_UPLOADS and KEEP_RESULTS.
 import argparse
 import io
 import logging
+import os
 import re
 import secrets
+import socket
 import tempfile
 import threading
 import time
@@ -357,6 +359,13 @@ def run(args: argparse.Namespace) -> int:
             models["score"]
     except CheckpointError as err:
         log.error("%s", err)
+        return 2
+    try:  # a taken port is one line, before the address is printed
+        with socket.create_server((args.host, args.port)):
+            pass
+    except OSError as err:
+        why = os.strerror(err.errno) if err.errno else str(err)
+        log.error("cannot serve on %s:%d (%s): choose another with --port", args.host, args.port, why)
         return 2
     studio = Studio(models, int(args.max_upload_mb * 1e6))
     if not models.available("score"):

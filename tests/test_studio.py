@@ -338,3 +338,15 @@ def test_a_missing_model_is_one_line_saying_how_to_train_one(tmp_path):
     proc = velocity(["studio", "--port", str(free_port()), "--model", str(tmp_path / "none.pt")], velocity_env(tmp_path), tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"ERROR pipeline.studio: {tmp_path / 'none.pt'}: no performance model file; train one with `dvc repro train`"]
+
+
+def test_a_taken_port_is_one_line(trained_model, tmp_path):
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        proc = velocity(["studio", "--port", str(port), "--model", str(trained_model), "--score-model", str(tmp_path / "none.pt")],
+                        velocity_env(tmp_path), tmp_path)  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"ERROR pipeline.studio: cannot serve on 127.0.0.1:{port} (Address already in use): choose another with --port"
+    assert "velocity studio: http" not in proc.stdout
