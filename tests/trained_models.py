@@ -19,39 +19,15 @@ def trained_model(tmp_path_factory, tiny_raw) -> Path:
     """A tiny Velocity Transformer trained for a few steps on the tiny MAESTRO archive, through the
     same stage functions `dvc repro train` runs."""
     from model.features import learn_feature_edges
-    from model.training import TrainConfig
     from stages.bins import BinsParams, learn_bins
     from stages.extract import extract_notes
-    from stages.io import write_json
-    from stages.train import ModelParams, run_training
-    from stages.vocab import build_vocab
-    from stages.io import save_npy
-    from stages.windows import WindowsParams, make_windows
 
     root = tmp_path_factory.mktemp("tiny_model")
     extract_notes(tiny_raw, root / "notes", sustain=False, workers=1)
     train_notes = pd.read_parquet(root / "notes/train.parquet")
     bins = learn_bins(train_notes, BinsParams(dstart=3, duration=3, velocity=3, fixed_edges=None))
     bins["features"] = learn_feature_edges(train_notes, {"dprev": 8, "chord_rank": 4})
-    vocab = build_vocab(bins, velocity_hint=False)
-    write_json(root / "bins.json", bins)
-    write_json(root / "vocab.json", vocab.to_dict())
-    windows_params = params_section(WindowsParams, "windows", length=32, step=16)
-    for split in ("train", "validation"):
-        windows = make_windows(pd.read_parquet(root / f"notes/{split}.parquet"), bins, vocab, windows_params)
-        save_npy(root / f"windows/{split}_src.npy", windows.src)
-        save_npy(root / f"windows/{split}_tgt.npy", windows.tgt)
-        save_npy(root / f"windows/{split}_features.npy", windows.features)
-    write_json(root / "windows/stats.json", {"length": 32, "step": 16, "tail": "last", "short": "pad"})
-    with one_torch_thread():  # a session fixture runs outside the tests' single_threaded
-        run_training(
-            root / "windows", root / "vocab.json", root / "bins.json", root / "models",
-            params_section(ModelParams, "model", layers=1, heads=2, d_model=32, d_ff=64, dropout=0.0),
-            params_section(TrainConfig, "train", batch_size=16, warmup=10, lr_factor=2.0, max_steps=20, eval_every=20, checkpoint_every=20,
-                           device="cpu", eval_windows=16),
-            live_dir=None, calibration_notes=root / "notes/validation.parquet",
-        )  # fmt: skip
-    return root / "models/velocity.pt"
+    return train_tiny(root, bins, root / "notes")
 
 
 @pytest.fixture(scope="session")
@@ -61,14 +37,9 @@ def trained_score_model(tmp_path_factory, tiny_raw) -> tuple[Path, Path]:
     import zipfile
 
     from model.features import learn_feature_edges
-    from model.training import TrainConfig
     from stages.align import AlignParams, align
     from stages.bins import BinsParams, learn_bins
     from stages.extract import extract_notes
-    from stages.io import save_npy, write_json
-    from stages.train import ModelParams, run_training
-    from stages.vocab import build_vocab
-    from stages.windows import WindowsParams, make_windows
 
     if not TINY_SCORES.is_file():
         pytest.skip(f"{TINY_SCORES} not found (the shared ASAP scores archive)")
@@ -80,21 +51,33 @@ def trained_score_model(tmp_path_factory, tiny_raw) -> tuple[Path, Path]:
     train_notes = pd.read_parquet(root / "aligned/train.parquet")
     bins = learn_bins(pd.read_parquet(root / "notes/train.parquet"), BinsParams(dstart=3, duration=3, velocity=3, fixed_edges=None))
     bins["features"] = learn_feature_edges(train_notes, {"beat_dprev": 8, "bar_phase": 4, "notated_rank": 4, "notated_flat": 2})
+    return train_tiny(root, bins, root / "aligned", input_kind="score"), root / "scores"
+
+
+def train_tiny(root: Path, bins: dict, notes_dir: Path, input_kind: str = "performance") -> Path:
+    """The vocabulary, 32-note windows of `notes_dir`'s train and validation notes, and 20 training
+    steps of a one-layer model calibrated on validation, all under `root`; returns the model file."""
+    from model.training import TrainConfig
+    from stages.io import save_npy, write_json
+    from stages.train import ModelParams, run_training
+    from stages.vocab import build_vocab
+    from stages.windows import WindowsParams, make_windows
+
     vocab = build_vocab(bins, velocity_hint=False)
     write_json(root / "bins.json", bins)
     write_json(root / "vocab.json", vocab.to_dict())
     windows_params = params_section(WindowsParams, "windows", length=32, step=16)
     for split in ("train", "validation"):
-        windows = make_windows(pd.read_parquet(root / f"aligned/{split}.parquet"), bins, vocab, windows_params)
+        windows = make_windows(pd.read_parquet(notes_dir / f"{split}.parquet"), bins, vocab, windows_params)
         for name in ("src", "tgt", "features"):
             save_npy(root / f"windows/{split}_{name}.npy", getattr(windows, name))
     write_json(root / "windows/stats.json", {"length": 32, "step": 16, "tail": "last", "short": "pad"})
-    with one_torch_thread():
+    with one_torch_thread():  # a session fixture runs outside the tests' single_threaded
         run_training(
             root / "windows", root / "vocab.json", root / "bins.json", root / "models",
             params_section(ModelParams, "model", layers=1, heads=2, d_model=32, d_ff=64, dropout=0.0),
             params_section(TrainConfig, "train", batch_size=16, warmup=10, lr_factor=2.0, max_steps=20, eval_every=20, checkpoint_every=20,
                            device="cpu", eval_windows=16),
-            live_dir=None, calibration_notes=root / "aligned/validation.parquet", input_kind="score",
+            live_dir=None, calibration_notes=notes_dir / "validation.parquet", input_kind=input_kind,
         )  # fmt: skip
-    return root / "models/velocity.pt", root / "scores"
+    return root / "models/velocity.pt"
