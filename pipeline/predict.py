@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -74,7 +75,7 @@ DECODINGS = ("pianist", "averaged", "notes-only", "median", "greedy")
 def check_control(name: str, value: float) -> float:
     """`value` if it lies in `name`'s range; ValueError saying the range otherwise."""
     low, high = CONTROL_RANGES[name]
-    if not (low <= value and (high is None or value <= high)):  # also refuses NaN
+    if not (math.isfinite(value) and low <= value and (high is None or value <= high)):  # refuses NaN and infinity
         raise ValueError(f"{name} must be {'between %g and %g' % (low, high) if high is not None else 'at least %g' % low}, got {value:g}")
     return value
 
@@ -180,9 +181,12 @@ def plan_jobs(inputs: list[Path], output: Path, plot: Path | None = None, audio:
         ]
     seen: dict[Path, Path] = {}
     for job in jobs:
-        if job.target in seen:
-            raise PredictError(f"{seen[job.target]} and {job.source} would both be written to {job.target}")
-        seen[job.target] = job.source
+        for written in (job.target, job.plot, job.audio):
+            if written is None:
+                continue
+            if written in seen:
+                raise PredictError(f"{seen[written]} and {job.source} would both be written to {written}")
+            seen[written] = job.source
     return jobs
 
 
@@ -431,7 +435,7 @@ def run(args: argparse.Namespace) -> int:
 
     from model.checkpoint import CheckpointError
     from model.midi import MidiError
-    from pipeline.audio import AudioError, AudioUnavailable, render_audio
+    from pipeline.audio import FILE_TYPES as AUDIO_TYPES, AudioError, AudioUnavailable, find_renderer, render_audio
 
     if args.batch_windows < 1:
         log.error("--batch-windows must be positive, got %d", args.batch_windows)
@@ -444,9 +448,19 @@ def run(args: argparse.Namespace) -> int:
     if not jobs:
         log.error("no *.mid or *.midi files in %s", ", ".join(map(str, args.inputs)))
         return 1
+    audio = args.audio is not None
+    if audio and jobs[0].audio.suffix.lower() not in AUDIO_TYPES:
+        log.error("--audio %s: audio is written as %s", args.audio, ", ".join(AUDIO_TYPES))
+        return 2
+    if audio:
+        try:
+            find_renderer()
+        except AudioUnavailable as err:  # everything else still works: say how to get audio, once
+            log.warning("no audio: %s", err)
+            audio = False
     models = Models(args.model, args.score_model)  # each loaded once, when a file first needs it
     controls = Controls(args.strength, args.loudness, args.dynamics, args.decoding, args.batch_windows, args.input)
-    failed, audio = 0, True
+    failed = 0
     with logging_redirect_tqdm():
         for job in tqdm(jobs, desc="predict", unit="file", disable=len(jobs) == 1):
             try:
@@ -460,14 +474,11 @@ def run(args: argparse.Namespace) -> int:
                 failed += 1
                 continue
             _log_report(job, report, controls)
-            if job.audio is not None and audio:
+            if audio:
                 try:
                     render_audio(job.target, job.audio)
                     log.info("rendered %s", job.audio)
-                except AudioUnavailable as err:  # everything else still works: say how to get audio, once
-                    log.warning("no audio: %s", err)
-                    audio = False
-                except AudioError as err:
+                except (AudioError, AudioUnavailable) as err:
                     log.error("%s", err)
                     failed += 1
     log.info("%d file%s written, %d failed%s", len(jobs) - failed, "" if len(jobs) - failed == 1 else "s", failed,

@@ -13,7 +13,8 @@ for the same settings. What the server holds:
   and, when asked for, its audio (FluidSynth, pipeline/audio.py), rendered in a temporary folder
   that is removed.
 
-The oldest uploads and results are dropped beyond KEEP_UPLOADS and KEEP_RESULTS.
+The oldest uploads and results are dropped beyond KEEP_UPLOADS and KEEP_RESULTS; a file over
+MAX_NOTES notes is refused (it would hold the model for minutes).
 """
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request) at
 # runtime, and those are imported inside create_app so that `velocity --help` stays quick.
@@ -33,6 +34,7 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from pipeline.predict import (
     CONTROL_RANGES, DECODINGS, DEFAULT_DECODING, DEFAULT_MODEL, DEFAULT_SCORE_MODEL, INPUT_KINDS, PLOT_NOTES, Controls, Models,
@@ -52,8 +54,10 @@ log = logging.getLogger(__name__)
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 MAX_UPLOAD_MB = 20.0
-KEEP_UPLOADS = 64
-KEEP_RESULTS = 128
+KEEP_UPLOADS = 32
+KEEP_RESULTS = 64  # a result keeps its upload alive, so at most this many uploads are held
+MAX_NOTES = 200_000  # a bigger file holds the model for minutes: `velocity predict` is the tool for it
+AUDIO_RENDERS = 2  # FluidSynth processes at once
 KEEP_RENDERED = 24  # figures and audio (a long piece's audio is megabytes)
 DYNAMICS_SLIDER_MAX = 3.0  # the command takes any D >= 0; a slider needs an end
 FIGURE_DPI = 80  # the page's figures: the evaluate stage's, a little smaller to fit the page
@@ -69,9 +73,22 @@ class StudioError(Exception):
 
 
 def download_name(name: str, suffix: str = "-humanized") -> str:
-    """A safe file name for a download: the upload's base name, other characters replaced."""
-    stem = re.sub(r"[^A-Za-z0-9._ -]+", "_", Path(name.replace("\\", "/")).stem).strip(" .") or "file"
+    """A safe file name for a download: the upload's base name (letters of any script kept), other
+    characters replaced."""
+    stem = re.sub(r"[^\w. -]+", "_", Path(name.replace("\\", "/")).stem).strip(" .") or "file"
     return f"{stem[:100]}{suffix}.mid"
+
+
+def attachment(name: str) -> dict[str, str]:
+    """The Content-Disposition header of a download named `name` (RFC 6266: an ASCII fallback, then UTF-8)."""
+    fallback = name.encode("ascii", "replace").decode().replace("?", "_").replace('"', "_")
+    return {"Content-Disposition": f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name)}"}
+
+
+def over_limit(name: str, size: int | None, limit: int) -> "StudioError":
+    """The refusal of an upload over the limit (its size when known)."""
+    how_big = f"{size / 1e6:.1f} MB is " if size is not None else ""
+    return StudioError(f"{name}: {how_big}over the {limit / 1e6:g} MB upload limit", 413)
 
 
 @dataclass
@@ -108,6 +125,7 @@ class Studio:
         self.models = models
         self.max_upload_bytes = max_upload_bytes
         self._predicting = threading.Lock()  # one prediction at a time: torch has the cores
+        self._rendering = threading.Semaphore(AUDIO_RENDERS)
         self._storing = threading.Lock()  # the stores below change one request at a time
         self._uploads: OrderedDict[str, Upload] = OrderedDict()
         self._predictions: OrderedDict[tuple, Prediction] = OrderedDict()
@@ -146,11 +164,13 @@ class Studio:
         from model.midi import MidiError, parse_midi
 
         if len(data) > self.max_upload_bytes:
-            raise StudioError(f"{name}: {len(data) / 1e6:.1f} MB is over the {self.max_upload_bytes / 1e6:g} MB upload limit", 413)
+            raise over_limit(name, len(data), self.max_upload_bytes)
         try:
             midi, error = parse_midi(data, name), None
         except MidiError as err:
             midi, error = None, str(err)
+        if midi is not None and len(midi.notes) > MAX_NOTES:
+            midi, error = None, f"{name}: {len(midi.notes):,} notes, over the page's {MAX_NOTES:,}: humanize it with `velocity predict`"
         upload = Upload(secrets.token_hex(8), name, midi, error)
         return self._keep(self._uploads, upload.id, upload, KEEP_UPLOADS)
 
@@ -165,25 +185,28 @@ class Studio:
         from model.midi import MidiError
         from pipeline.predict import apply_controls, humanized_bytes, model_velocities, read_input, report_of
 
-        began = time.perf_counter()
-        with self._predicting:
-            upload = self.upload(upload_id)
-            if upload.error is not None:
-                raise StudioError(upload.error)
-            key = (upload_id, controls.input, controls.decoding)
-            if (prediction := self._predictions.get(key)) is None:
-                try:
-                    piece, model, kind = read_input(upload.midi, self.models, controls.input)
-                    prediction = Prediction(piece, kind, model_velocities(piece, model, controls))
-                except (MidiError, CheckpointError) as err:
-                    raise StudioError(str(err)) from None
-                self._keep(self._predictions, key, prediction, KEEP_RESULTS)
-            velocity = apply_controls(prediction.piece, prediction.predicted, controls)
-            result = Result(
-                secrets.token_hex(8), upload, prediction.piece, velocity,
-                report_of(prediction.piece, velocity, prediction.kind, began), humanized_bytes(upload.midi, velocity),
-            )  # fmt: skip
-            return self._keep(self._results, result.id, result, KEEP_RESULTS)
+        upload = self.upload(upload_id)
+        if upload.error is not None:
+            raise StudioError(upload.error)
+        key = (upload_id, controls.input, controls.decoding)
+        if (prediction := self._predictions.get(key)) is None:  # a moved slider needs no lock: only the last step
+            with self._predicting:
+                began = time.perf_counter()
+                if (prediction := self._predictions.get(key)) is None:
+                    try:
+                        piece, model, kind = read_input(upload.midi, self.models, controls.input)
+                        prediction = Prediction(piece, kind, model_velocities(piece, model, controls))
+                    except (MidiError, CheckpointError) as err:
+                        raise StudioError(str(err)) from None
+                    self._keep(self._predictions, key, prediction, KEEP_RESULTS)
+        else:
+            began = time.perf_counter()
+        velocity = apply_controls(prediction.piece, prediction.predicted, controls)
+        result = Result(
+            secrets.token_hex(8), upload, prediction.piece, velocity,
+            report_of(prediction.piece, velocity, prediction.kind, began), humanized_bytes(upload.midi, velocity),
+        )  # fmt: skip
+        return self._keep(self._results, result.id, result, KEEP_RESULTS)
 
     def result(self, result_id: str) -> Result:
         if (result := self._results.get(result_id)) is None:
@@ -217,7 +240,7 @@ class Studio:
         key = (result_id, which) if which == "humanized" else (result.upload.id, which)  # the original is the upload's
         if (audio := self._rendered.get(key)) is None:
             midi = result.data if which == "humanized" else result.upload.midi.data
-            with tempfile.TemporaryDirectory(prefix="velocity-studio-") as scratch:
+            with self._rendering, tempfile.TemporaryDirectory(prefix="velocity-studio-") as scratch:
                 out = Path(scratch) / "audio.ogg"
                 render_audio(midi, out)
                 audio = out.read_bytes()
@@ -235,7 +258,7 @@ class Studio:
                     count += 1
                     name = download_name(result.upload.name, f"-humanized-{count}")
                 names.add(name)
-                archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), result.data)
+                archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), result.data, compress_type=zipfile.ZIP_DEFLATED)
         return buffer.getvalue()
 
 
@@ -261,15 +284,19 @@ def result_json(result: Result) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def create_app(studio: Studio) -> "FastAPI":
-    """The HTTP face of `studio`: the page and its JSON API."""
+def create_app(studio: Studio, host: str = DEFAULT_HOST) -> "FastAPI":
+    """The HTTP face of `studio`: the page and its JSON API, answering only requests addressed to
+    `host` or this machine's names (so a web page elsewhere cannot reach it by DNS rebinding)."""
     from fastapi import FastAPI, Request
     from fastapi.concurrency import run_in_threadpool
+    from fastapi.middleware.trustedhost import TrustedHostMiddleware
     from fastapi.responses import HTMLResponse, JSONResponse, Response
 
     from pipeline.audio import AudioError, AudioUnavailable
 
     app = FastAPI(title="velocity studio", docs_url=None, redoc_url=None, openapi_url=None)
+    if host not in ("0.0.0.0", "::"):  # bound to every address: any name may reach it
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=sorted({"127.0.0.1", "localhost", "[::1]", host}))
 
     @app.exception_handler(StudioError)
     async def studio_error(request: Request, err: StudioError) -> JSONResponse:
@@ -288,12 +315,12 @@ def create_app(studio: Studio) -> "FastAPI":
         # The body is the file itself, read up to the limit (never a multipart form spooled to disk).
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > studio.max_upload_bytes:
-            raise StudioError(f"{name}: {int(declared) / 1e6:.1f} MB is over the {studio.max_upload_bytes / 1e6:g} MB upload limit", 413)
+            raise over_limit(name, int(declared), studio.max_upload_bytes)
         data = bytearray()
         async for chunk in request.stream():
             data += chunk
             if len(data) > studio.max_upload_bytes:
-                raise StudioError(f"{name}: over the {studio.max_upload_bytes / 1e6:g} MB upload limit", 413)
+                raise over_limit(name, None, studio.max_upload_bytes)
         added = await run_in_threadpool(studio.add, name, bytes(data))
         return {"id": added.id, "name": added.name, "error": added.error}
 
@@ -308,8 +335,7 @@ def create_app(studio: Studio) -> "FastAPI":
     @app.get("/api/results/{result_id}/midi")
     def midi(result_id: str) -> Response:
         result = studio.result(result_id)
-        return Response(result.data, media_type="audio/midi",
-                        headers={"Content-Disposition": f'attachment; filename="{download_name(result.upload.name)}"'})  # fmt: skip
+        return Response(result.data, media_type="audio/midi", headers=attachment(download_name(result.upload.name)))
 
     @app.get("/api/results/{result_id}/{which}.png")
     def figure(result_id: str, which: str) -> Response:
@@ -329,8 +355,7 @@ def create_app(studio: Studio) -> "FastAPI":
         ids = [result_id for result_id in results.split(",") if result_id]
         if not ids:
             raise StudioError("no results to download")
-        return Response(studio.zip(ids), media_type="application/zip",
-                        headers={"Content-Disposition": 'attachment; filename="humanized.zip"'})  # fmt: skip
+        return Response(studio.zip(ids), media_type="application/zip", headers=attachment("humanized.zip"))
 
     return app
 
@@ -370,6 +395,8 @@ def run(args: argparse.Namespace) -> int:
     studio = Studio(models, int(args.max_upload_mb * 1e6))
     if not models.available("score"):
         log.warning("no score model (%s): scores are read by the performance model; `dvc repro score_train` trains one", args.score_model)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s: anyone who can reach this machine there can upload files (no login)", args.host)
     print(f"velocity studio: http://{args.host}:{args.port} (Ctrl+C to stop)", flush=True)
-    uvicorn.run(create_app(studio), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(create_app(studio, args.host), host=args.host, port=args.port, log_level="warning")
     return 0

@@ -184,6 +184,7 @@ def test_a_dropped_score_is_humanized_a_control_reshapes_it_and_the_download_is_
     assert moved["result"] != card["result"]
 
     page.allow_downloads(tmp_path / "downloads")
+    assert page.evaluate("document.querySelector('a.download').getAttribute('aria-disabled')") == "false"
     page.evaluate("document.querySelector('a.download').click()")
     downloaded = wait_for_file(tmp_path / "downloads/midi_score-humanized.mid")
     cli_predict(studio, score, tmp_path / "cli.mid", "--strength", "0.5", "--dynamics", "1.5")
@@ -350,3 +351,21 @@ def test_a_taken_port_is_one_line(trained_model, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == f"ERROR pipeline.studio: cannot serve on 127.0.0.1:{port} (Address already in use): choose another with --port"
     assert "velocity studio: http" not in proc.stdout
+
+
+def test_controls_are_refused_as_the_command_refuses_them(tmp_path):
+    from pipeline.predict import PredictError, plan_jobs
+    from pipeline.studio import controls_from
+
+    assert controls_from({}) == controls_from({"strength": 1, "loudness": None, "dynamics": 1, "decoding": "pianist", "input": "auto"})
+    for bad, why in [({"dynamics": float("inf")}, "dynamics must be at least 0, got inf"), ({"strength": float("nan")}, "strength must be between 0 and 1"),
+                     ({"loudness": 0}, "loudness must be between 1 and 127"), ({"volume": 3}, "no control named volume"),
+                     ({"decoding": "loud"}, "decoding must be one of pianist")]:  # fmt: skip
+        with pytest.raises(ValueError, match=why):
+            controls_from(bad)
+    # --audio (and --plot) files collide like the MIDI files do: a.mid and a.midi would both render a.wav.
+    (tmp_path / "songs").mkdir()
+    for name in ("a.mid", "a.midi"):
+        (tmp_path / "songs" / name).write_bytes(b"")
+    with pytest.raises(PredictError, match="would both be written to .*a.wav"):
+        plan_jobs([tmp_path / "songs"], tmp_path / "out", audio=tmp_path / "audio")
