@@ -43,8 +43,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import numpy as np
     import pandas as pd
+    from matplotlib.figure import Figure
 
     from model.midi import MidiFile, MidiWarning
     from model.notes import PieceNotes
@@ -368,12 +371,20 @@ def plot_title(piece: "PieceNotes", name: str) -> str:
     return title
 
 
-def plot_file(piece: "PieceNotes", velocity: "np.ndarray", path: Path) -> None:
-    """The evaluate stage's piano-roll figure of the piece's first PLOT_NOTES notes."""
-    from stages.evaluate import plot_piano_rolls
-
+def piece_figure(piece: "PieceNotes", velocity: "np.ndarray", name: str, draw: "Callable[..., Figure]") -> "Figure":
+    """`draw` (the evaluate stage's piano_roll_figure or velocity_curve_figure) of the piece's first
+    PLOT_NOTES notes, original against `velocity` (every note of the file)."""
     shown = plot_notes(piece)
-    plot_piano_rolls(shown, velocity[shown["note"].to_numpy()], plot_title(piece, piece.midi.path.name), path)
+    return draw(shown, velocity[shown["note"].to_numpy()], plot_title(piece, name))
+
+
+def plot_file(piece: "PieceNotes", velocity: "np.ndarray", path: Path) -> None:
+    """The evaluate stage's piano-roll figure of the piece's first PLOT_NOTES notes, as a PNG file."""
+    from stages.evaluate import piano_roll_figure, png_bytes
+    from stages.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(png_bytes(piece_figure(piece, velocity, piece.midi.path.name, piano_roll_figure)))
 
 
 def report_of(piece: "PieceNotes", velocity: "np.ndarray", kind: "InputKind", began: float) -> PredictReport:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from pipeline.predict import (
-    CONTROL_RANGES, DECODINGS, DEFAULT_DECODING, DEFAULT_MODEL, DEFAULT_SCORE_MODEL, INPUT_KINDS, PLOT_NOTES, Controls, Models,
+    CONTROL_RANGES, DECODINGS, DEFAULT_DECODING, DEFAULT_MODEL, DEFAULT_SCORE_MODEL, INPUT_KINDS, Controls, Models,
     PredictReport,
 )  # fmt: skip
 
@@ -156,7 +156,6 @@ class Studio:
         return {
             "controls": ranges, "decodings": list(DECODINGS), "decoding": DEFAULT_DECODING, "inputs": list(INPUT_KINDS),
             "input": defaults.input, "max_upload_bytes": self.max_upload_bytes, "audio_unavailable": audio,
-            "score_model": self.models.available("score"), "plot_notes": PLOT_NOTES,
         }  # fmt: skip
 
     def add(self, name: str, data: bytes) -> Upload:
@@ -189,18 +188,17 @@ class Studio:
         if upload.error is not None:
             raise StudioError(upload.error)
         key = (upload_id, controls.input, controls.decoding)
+        began = time.perf_counter()
         if (prediction := self._predictions.get(key)) is None:  # a moved slider needs no lock: only the last step
             with self._predicting:
-                began = time.perf_counter()
                 if (prediction := self._predictions.get(key)) is None:
+                    began = time.perf_counter()  # the work, not the wait for another file's
                     try:
                         piece, model, kind = read_input(upload.midi, self.models, controls.input)
                         prediction = Prediction(piece, kind, model_velocities(piece, model, controls))
                     except (MidiError, CheckpointError) as err:
                         raise StudioError(str(err)) from None
                     self._keep(self._predictions, key, prediction, KEEP_RESULTS)
-        else:
-            began = time.perf_counter()
         velocity = apply_controls(prediction.piece, prediction.predicted, controls)
         result = Result(
             secrets.token_hex(8), upload, prediction.piece, velocity,
@@ -216,7 +214,7 @@ class Studio:
     def figure(self, result_id: str, which: str) -> bytes:
         """The result's piano rolls (`rolls`) or velocity curve (`curve`) as PNG: the first
         PLOT_NOTES notes, as `velocity predict --plot` draws them."""
-        from pipeline.predict import plot_notes, plot_title
+        from pipeline.predict import piece_figure
         from stages.evaluate import piano_roll_figure, png_bytes, velocity_curve_figure
 
         draw = {"rolls": piano_roll_figure, "curve": velocity_curve_figure}.get(which)
@@ -224,9 +222,7 @@ class Studio:
             raise StudioError(f"no figure named {which!r}", 404)
         result = self.result(result_id)
         if (png := self._rendered.get((result_id, which))) is None:
-            shown = plot_notes(result.piece)
-            title = plot_title(result.piece, result.upload.name)
-            png = png_bytes(draw(shown, result.velocity[shown["note"].to_numpy()], title), dpi=FIGURE_DPI)
+            png = png_bytes(piece_figure(result.piece, result.velocity, result.upload.name, draw), dpi=FIGURE_DPI)
         return self._keep(self._rendered, (result_id, which), png, KEEP_RENDERED)
 
     def audio(self, result_id: str, which: str) -> bytes:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -26,7 +25,17 @@ from trained_models import TEST_SCORE
 TEST_PIECE = "maestro-v3.0.0/2008/MIDI-Unprocessed_13_R1_2008_01-04_ORIG_MID--AUDIO_13_R1_2008_wav--1__Prelude_bwv_862.midi"
 UPLOAD_LIMIT_MB = 1.5  # the test server's limit: an oversized file is cheap to make
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # server and command add their floats alike
-HAS_AUDIO = shutil.which("fluidsynth") is not None and Path("/usr/share/sounds/sf2/default-GM.sf2").exists()
+def has_audio() -> bool:
+    from pipeline.audio import AudioUnavailable, find_renderer
+
+    try:
+        find_renderer()
+        return True
+    except AudioUnavailable:
+        return False
+
+
+HAS_AUDIO = has_audio()
 AUDIO_MISSING = "no fluidsynth or soundfont (apt-get install fluidsynth fluid-soundfont-gm; .ci/run installs them)"
 
 
