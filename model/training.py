@@ -27,7 +27,7 @@ from model.loss import abs_error_sum, crps, label_smoothed_kl
 from model.runtime import autocast, seed_everything
 from model.schedule import lr_at
 from model.codec import N_SPECIALS, PAD, PIANO_PITCHES, START
-from model.transformer import EncoderOnly, ModelConfig, VelocityNet, build_model, decoder_input
+from model.transformer import ModelConfig, VelocityNet, build_model, decoder_input
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +77,14 @@ class TrainConfig:
     nproc_per_node: int
     compile: bool  # torch.compile the network (worth it on CUDA for long runs)
     loader_workers: int  # DataLoader processes reading the next steps' windows (0: in the training process)
+    # Networks trained alike from seeds seed, seed + 1, ...; the model file keeps them all and each
+    # note's distribution is their mean (model.transformer.Ensemble; encoder-only models).
+    ensemble: int = 1
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ParamsError(f"train.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        for name in ("batch_size", "accum", "warmup", "epochs", "eval_every", "checkpoint_every", "nproc_per_node"):
+        for name in ("batch_size", "accum", "warmup", "epochs", "eval_every", "checkpoint_every", "nproc_per_node", "ensemble"):
             if getattr(self, name) < 1:
                 raise ParamsError(f"train.{name} must be at least 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
@@ -271,7 +274,7 @@ def evaluate(
     model: VelocityNet, windows: Windows, device: torch.device, smoothing: float = 0.1, batch_size: int = 64, loss: str = "kl"
 ) -> dict[str, float]:
     """Teacher-forced means per note over all `windows` (see `validation_sums`)."""
-    kind = "encoder" if isinstance(model, EncoderOnly) else "encoder-decoder"
+    kind = model.cfg.kind
     was_training = model.training
     model.eval()
     sums = validation_sums(model, windows, np.arange(len(windows)), device, kind, smoothing, batch_size, loss)
@@ -352,7 +355,7 @@ def loop_config(cfg: TrainConfig, n_train_windows: int, world_size: int = 1, pro
 
 
 # Train params that do not change what is learned: a run may resume with other values of them.
-NOT_FINGERPRINTED = ("checkpoint_every", "device", "nproc_per_node", "compile", "loader_workers")
+NOT_FINGERPRINTED = ("checkpoint_every", "device", "nproc_per_node", "compile", "loader_workers", "ensemble")
 
 
 def train(
@@ -408,11 +411,15 @@ def warm_start(
     return state
 
 
-def export_model(path: Path | str, result: FitResult, model_cfg: ModelConfig, cfg: TrainConfig, **extra: Any) -> None:
-    """Write the self-contained `velocity.pt`: best weights plus all `velocity predict` needs."""
+def export_model(
+    path: Path | str, result: FitResult, model_cfg: ModelConfig, cfg: TrainConfig, members: list[dict[str, torch.Tensor]] = (), **extra: Any
+) -> None:
+    """Write the self-contained `velocity.pt`: best weights (and the other ensemble members' best
+    weights, `members`) plus all `velocity predict` needs."""
     from model.decode import FORMAT_VERSION, KIND
 
     save_checkpoint(path, {
+        **({"members": list(members)} if members else {}),
         "kind": KIND,
         "format_version": FORMAT_VERSION,
         "model": result.best_model,

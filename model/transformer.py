@@ -362,7 +362,28 @@ class EncoderDecoder(NoteEncoder):
         return DecoderCache(self.cfg.layers, max_len or self.cfg.max_len)
 
 
-VelocityNet = EncoderDecoder | EncoderOnly
+class Ensemble(nn.Module):
+    """Encoder-only networks trained alike from different seeds (`train.ensemble`): each note's
+    velocity distribution is the mean of theirs. It answers as one `EncoderOnly` does, with the
+    log of the mean probabilities as logits, so everything that reads a softmax reads their mean."""
+
+    def __init__(self, members: list[EncoderOnly]) -> None:
+        super().__init__()
+        if not members or any(not isinstance(m, EncoderOnly) for m in members):
+            raise ValueError("an ensemble needs one or more encoder-only networks (model.kind: encoder)")
+        self.members = nn.ModuleList(members)
+        self.cfg = members[0].cfg
+
+    def forward(self, src: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, S) source ids -> (B, S, tgt_vocab) log mean probabilities."""
+        log_probs = torch.stack([member(src, features).float().log_softmax(dim=-1) for member in self.members])
+        return log_probs.logsumexp(dim=0) - math.log(len(self.members))
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+VelocityNet = EncoderDecoder | EncoderOnly | Ensemble
 
 
 def build_model(cfg: ModelConfig) -> VelocityNet:
@@ -405,9 +426,9 @@ def pick_velocity(logits: torch.Tensor, pick: str = "argmax") -> torch.Tensor:
 def one_pass_logits(model: VelocityNet, src: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
     """(B, T, tgt_vocab) logits of every note from the notes alone: the encoder-only head, or the
     decoder fed <s> everywhere ("previous velocity unknown", as `train.input_dropout` teaches)."""
-    if isinstance(model, EncoderOnly):
-        return model(src, features)
-    return model(src, torch.full_like(src, START), features=features)
+    if isinstance(model, EncoderDecoder):
+        return model(src, torch.full_like(src, START), features=features)
+    return model(src, features)
 
 
 @torch.no_grad()
@@ -429,14 +450,14 @@ def greedy_decode(
     instead of the choices, so each velocity comes from the notes alone, all in one pass.
     With `use_cache` each step runs the decoder on one token against cached keys and values;
     without it, each step reruns the whole prefix (slower, same result; kept for testing).
-    An encoder-only model has nothing to feed back: it always decodes in one pass.
+    An encoder-only model (or an ensemble of them) has nothing to feed back: it always decodes in one pass.
     """
     was_training = model.training
     model.eval()
     try:
         B, T = src.shape
         steps = T if steps is None else steps
-        if isinstance(model, EncoderOnly) or not feed_back:
+        if not isinstance(model, EncoderDecoder) or not feed_back:
             logits = one_pass_logits(model, src, features)[:, :steps]  # (B, steps, tgt_vocab)
             ids = pick_velocity(logits.flatten(0, 1), pick).view(B, steps)
             return ids.masked_fill(src[:, :steps] == PAD, PAD)

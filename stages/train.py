@@ -15,7 +15,8 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,41 +96,58 @@ Under torchrun every process trains; rank 0 writes."""
         source = load_checkpoint(init_from)
         init_state = warm_start(build_model(model_cfg), source["model"], bins.get("features") or {}, source.get("bins", {}).get("features") or {})
         log.info("starting from %d of the weights of %s", len(init_state), init_from)
-    resumable_params = {k: v for k, v in asdict(train_params).items() if k not in NOT_FINGERPRINTED}
-    run_fingerprint = fingerprint(model_cfg.to_dict(), resumable_params, vocab, bins, files=data_files + code_files())
+    if train_params.ensemble > 1 and model_cfg.kind != "encoder":
+        raise params_lib.ParamsError(f"train.ensemble: {train_params.ensemble} networks average their distributions in one pass, which needs model.kind: encoder")
 
     dist = distributed_from_env()
+    results = []
     try:
         with Curves(live_dir if dist.is_main else None) as curves:
-            result = train(model_cfg, train_params, train_windows, val_windows, checkpoint_dir, run_fingerprint, curves, dist=dist,
-                           flat_notation=flat_notation_ids(bins.get("features") or {}), init_state=init_state)
+            # Member i trains from seed + i in its own checkpoint folder; its fingerprint leaves out
+            # the member count, so a larger ensemble keeps the members already trained.
+            for member in range(train_params.ensemble):
+                member_params = replace(train_params, seed=train_params.seed + member)
+                resumable_params = {k: v for k, v in asdict(member_params).items() if k not in NOT_FINGERPRINTED}
+                run_fingerprint = fingerprint(model_cfg.to_dict(), resumable_params, vocab, bins, files=data_files + code_files())
+                member_dir, log_point = checkpoint_dir, curves
+                if member:
+                    log.info("ensemble member %d of %d (seed %d)", member + 1, train_params.ensemble, member_params.seed)
+                    member_dir, log_point = checkpoint_dir / f"member_{member}", member_curves(curves, member)
+                results.append(train(model_cfg, member_params, train_windows, val_windows, member_dir, run_fingerprint, log_point, dist=dist,
+                                     flat_notation=flat_notation_ids(bins.get("features") or {}), init_state=init_state))
     finally:
         end_process(dist)
+    result = results[0]
     if not dist.is_main:
         return result
 
     extra = {"vocab": vocab, "bins": bins, "windows": windows_stats, "extract": {"sustain": sustain}, "input_kind": input_kind}
+    states = [r.best_model for r in results]
     if calibration_notes is not None:
-        extra["calibration"] = calibrate(result.best_model, model_cfg, extra, calibration_notes, train_params.min_std_ratio)
+        extra["calibration"] = calibrate(states, model_cfg, extra, calibration_notes, train_params.min_std_ratio)
     out_path = out_dir / "velocity.pt"
-    export_model(out_path, result, model_cfg, train_params, **extra)
-    log.info(
-        "wrote %s (best of %d steps at step %d: val loss %.4f, val MAE %.2f); checkpoints in %s",
-        out_path, result.step, result.best_step, result.best["loss"], result.best["mae"], checkpoint_dir,
-    )
+    export_model(out_path, result, model_cfg, train_params, members=states[1:], **extra)
+    for r in results:
+        log.info("best of %d steps at step %d: val loss %.4f, val MAE %.2f", r.step, r.best_step, r.best["loss"], r.best["mae"])
+    log.info("wrote %s (%d network%s); checkpoints in %s", out_path, len(states), "s" if len(states) > 1 else "", checkpoint_dir)
     return result
 
 
-def calibrate(state: dict, model_cfg: Any, extra: dict, notes_path: Path, min_std_ratio: float) -> dict[str, float]:
-    """Fit the `pianist` decoding's stretch on the notes at `notes_path` with the trained weights."""
+def member_curves(curves: Curves, member: int) -> Callable[[dict[str, float]], None]:
+    """Ensemble member `member`'s points, logged beside the first network's as member_<i>/<name>."""
+    return lambda point: curves({name if name == "step" else f"member_{member}/{name}": value for name, value in point.items()})
+
+
+def calibrate(states: list[dict], model_cfg: Any, extra: dict, notes_path: Path, min_std_ratio: float) -> dict[str, float]:
+    """Fit the `pianist` decoding's stretch on the notes at `notes_path` with the trained weights
+    (one state dict per ensemble member)."""
     import pandas as pd
 
     from model.codec import Vocab
+    from model.decode import assemble
     from model.pieces import VelocityModel, fit_calibration, predict_notes
-    from model.transformer import build_model
 
-    net = build_model(model_cfg)
-    net.load_state_dict(state)
+    net = assemble(model_cfg, states)
     length = model_cfg.max_len
     model = VelocityModel(net.eval(), extra["bins"], Vocab.from_dict(extra["vocab"]), length, int(extra["windows"].get("step", length // 2)), {})
     notes = pd.read_parquet(notes_path)

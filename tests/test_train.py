@@ -157,8 +157,8 @@ def test_a_finished_run_is_reused_and_changed_params_start_over(tmp_path):
     assert _steps_logged(root / "dvclive" / "train") == [4, 8]  # the restarted run's history only
 
 
-def _steps_logged(live_dir: Path) -> list[int]:
-    with open(live_dir / "plots" / "metrics" / "val_loss.tsv", newline="") as f:
+def _steps_logged(live_dir: Path, metric: str = "val_loss") -> list[int]:
+    with open(live_dir / "plots" / "metrics" / f"{metric}.tsv", newline="") as f:
         return [int(row["step"]) for row in csv.DictReader(f, delimiter="\t")]
 
 
@@ -366,3 +366,51 @@ def test_score_train_overrides_replace_only_their_keys():
         with_overrides({**params, "score_train": {"train": {"epoch": 2}}}, "score_train")
     with pytest.raises(ParamsError, match="only `model:` and `train:`"):
         with_overrides({**params, "score_train": {"windows": {}}}, "score_train")
+
+
+def test_an_ensemble_keeps_every_member_and_averages_their_distributions(tmp_path):
+    """`train.ensemble: 2` trains a second network from seed + 1 beside the first, exports both,
+    and decodes with the mean of their distributions; a third member later reuses the two."""
+    from model.transformer import Ensemble, one_pass_logits
+
+    root = write_windows_project(tmp_path)
+    encoder = params_section(ModelParams, "model", **{**TINY_MODEL, "kind": "encoder"})
+
+    def run(ensemble: int):
+        return run_training(root / "data" / "windows", root / "data" / "vocab.json", root / "data" / "bins.json", root / "models",
+                            encoder, replace(TINY_TRAIN, ensemble=ensemble), live_dir=root / "dvclive" / "train")
+
+    first = run(2)
+    ckpt = load_checkpoint(root / "models" / "velocity.pt")
+    assert len(ckpt["members"]) == 1 and ckpt["model"].keys() == ckpt["members"][0].keys()
+    assert not all(torch.equal(ckpt["model"][k], ckpt["members"][0][k]) for k in ckpt["model"])  # seeds 0 and 1
+    assert all(torch.equal(first.best_model[k], ckpt["model"][k]) for k in ckpt["model"])  # the first member is "model"
+    assert _steps_logged(root / "dvclive" / "train") == [4, 8]
+    assert _steps_logged(root / "dvclive" / "train", "member_1/val_loss") == [4, 8]  # its own curves, beside the first's
+
+    model, _ = load_model(root / "models" / "velocity.pt")
+    assert isinstance(model, Ensemble) and len(model.members) == 2
+    src = torch.as_tensor(np.load(root / "data" / "windows" / "test_src.npy").astype(np.int64))
+    members = []
+    for state in (ckpt["model"], ckpt["members"][0]):
+        network = build_model(model.cfg)
+        network.load_state_dict(state)
+        members.append(one_pass_logits(network.eval(), src).softmax(dim=-1))
+    with torch.no_grad():
+        mean = one_pass_logits(model, src).softmax(dim=-1)
+    torch.testing.assert_close(mean, (members[0] + members[1]) / 2)
+
+    (root / "models" / "velocity.pt").unlink()
+    modified = {p: p.stat().st_mtime_ns for p in (root / "models" / "checkpoints").rglob("last.pt")}
+    run(3)
+    assert len(load_checkpoint(root / "models" / "velocity.pt")["members"]) == 2
+    assert all(p.stat().st_mtime_ns == t for p, t in modified.items())  # the two trained members were reused as they were
+    assert (root / "models" / "checkpoints" / "member_2" / "last.pt").exists()
+
+
+def test_an_ensemble_needs_an_encoder_only_model(tmp_path):
+    from model.config import ParamsError
+
+    root = write_windows_project(tmp_path)
+    with pytest.raises(ParamsError, match="train.ensemble.*model.kind: encoder"):
+        run_in(root, replace(TINY_TRAIN, ensemble=2))
