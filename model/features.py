@@ -69,7 +69,11 @@ SCORE_CATEGORY = {"downbeat": 0, "notated_flat": 0}
 # are merged, so a feature may get fewer bins). "Category" features are small integers from their
 # lowest value here, the count clipping the top (chord_size: 8 means 1..7 and 8+): their edges are
 # fixed half-integers, so one `bin_index` quantizes both kinds.
-QUANTILE = ("dstart", "duration", "dprev", "chord_asynchrony", "chord_span", "density_8", "density_128", "position", *SCORE_QUANTILE)
+QUANTILE = (
+    "dstart", "duration", "dprev", "chord_asynchrony", "chord_span", "density_8", "density_128", "position",
+    "pitch", "interval_prev_1", "interval_next_1", "max_pitch_32", "pitch_minus_mean_8", "mean_pitch_512",
+    *SCORE_QUANTILE,
+)  # fmt: skip
 CATEGORY = {"chord_size": 1, "chord_rank": 0, "top_voice": 0, "bottom_voice": 0, "pedal": 0, **SCORE_CATEGORY}
 EMBEDDED = QUANTILE + tuple(CATEGORY)
 KNOWN = set(GBT_FEATURES) | set(SCORE_GBT_FEATURES) | set(EMBEDDED)
@@ -187,7 +191,8 @@ def score_features(notes: pd.DataFrame) -> dict[str, np.ndarray]:
     f["notated_flat"] = np.full(len(notated), float(flat))
     f["notated_rank"] = (rankdata(notated, method="average") - 0.5) / len(notated)
     f["notated_z"] = np.zeros(len(notated)) if flat else (notated - notated.mean()) / notated.std()
-    f["notated_change"] = f["notated_z"] - _centred_mean(f["notated_z"], 32)
+    # Rounded: a steady passage's change is exactly 0, not float noise that quantile edges would split.
+    f["notated_change"] = np.round(f["notated_z"] - _centred_mean(f["notated_z"], 32), 6)
     return f
 
 
@@ -223,7 +228,7 @@ def learn_feature_edges(train_notes: pd.DataFrame, counts: dict[str, int], secti
         if name in CATEGORY:
             edges[name] = [CATEGORY[name] - 0.5 + k for k in range(n + 1)]
         else:
-            quantiles = np.quantile(values[name].to_numpy(), np.linspace(0.0, 1.0, n + 1))
+            quantiles = np.quantile(_embeddable(values[name]), np.linspace(0.0, 1.0, n + 1))
             edges[name] = [float(e) for e in np.unique(quantiles)]
             if len(edges[name]) < 2:  # a constant feature: one bin holds everything
                 edges[name] = [edges[name][0], edges[name][0] + 1.0]
@@ -246,6 +251,12 @@ def feature_sizes(edges: dict[str, list[float]]) -> tuple[int, ...]:
     return tuple(len(e) for e in edges.values())  # bins + 1
 
 
+def _embeddable(values: pd.Series) -> np.ndarray:
+    """A feature's values for binning: a neighbour beyond the piece (NaN, which the tree reads as
+    missing) counts as 0, no gap and no interval."""
+    return np.nan_to_num(values.to_numpy(dtype=np.float64), nan=0.0)
+
+
 def feature_ids(notes: pd.DataFrame, edges: dict[str, list[float]]) -> np.ndarray:
     """(n_notes, n_features) int64 ids of the features named by `edges` (in its order): 1 + the
     note's bin, so that 0 stays free for padding."""
@@ -253,5 +264,5 @@ def feature_ids(notes: pd.DataFrame, edges: dict[str, list[float]]) -> np.ndarra
     values = note_features(notes, names)
     ids = np.zeros((len(notes), len(names)), dtype=np.int64)
     for j, name in enumerate(names):
-        ids[:, j] = bin_index(values[name].to_numpy(), edges[name]) + 1
+        ids[:, j] = bin_index(_embeddable(values[name]), edges[name]) + 1
     return ids

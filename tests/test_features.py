@@ -71,6 +71,17 @@ def test_feature_edges_merge_equal_quantiles_and_categories_are_fixed():
         learn_feature_edges(NOTES, {"dprev": 1})
 
 
+def test_a_missing_neighbour_embeds_as_no_interval():
+    """The tree reads a piece's first note's interval from the previous one as missing (NaN); the
+    embedded feature reads it as 0, so the edges are learned over real intervals, not NaN."""
+    edges = learn_feature_edges(NOTES, {"interval_prev_1": 4, "pitch": 4})
+    assert len(edges["interval_prev_1"]) > 2 and np.isfinite(edges["interval_prev_1"]).all()
+    ids = feature_ids(NOTES, edges)
+    zero_interval = bin_index([0.0], edges["interval_prev_1"])[0] + 1
+    assert ids[0, 0] == ids[6, 0] == zero_interval  # each piece's first note
+    assert ids[7, 0] == bin_index([2.0], edges["interval_prev_1"])[0] + 1
+
+
 def test_no_features_gives_the_seeds_tokens_and_model_exactly():
     from model.transformer import ModelConfig, build_model
     from stages.bins import BinsParams, learn_bins

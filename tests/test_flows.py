@@ -38,6 +38,7 @@ TINY_PIPELINE: dict[str, Any] = deep_update(
             "batch_size": 4, "epochs": 1, "max_steps": 4, "warmup": 2, "eval_every": 4,
             "checkpoint_every": 4, "eval_windows": 4, "device": "cpu",
         },
+        "score_train": {"train": {"max_steps": 4, "ensemble": 2}},  # the score model's ensemble, two members of 4 steps
         "evaluate": {"batch_windows": 64, "segments": 1, "segment_notes": 32},
         "gbt": {"max_iter": 20, "seed": 0},  # both trees (gbt, score_gbt): seconds, not a minute
         "performance_rnn": {

@@ -280,3 +280,14 @@ def test_notation_dropout_hides_a_windows_dynamics_as_a_flat_score_reads():
     assert (always[1, :, 0] == flat_ids[0]).all() and (always[1, :, 2] == flat_ids[2]).all()
     _, _, never = hide_notation((src, src, features), flat_ids, 0.0)
     assert torch.equal(never, features)
+
+
+def test_a_steady_passage_has_no_notated_change(tmp_path):
+    """Inside a long run at one level the change is exactly 0, not float noise: the quantile edges
+    learned on train would otherwise split the noise into bins of their own."""
+    levels = [49] * 100 + [96] * 100 + [70] * 100
+    notes = [(240 * i, 60 + i % 12, 240, v) for i, v in enumerate(levels)]
+    change = note_features(score_table(piece(write_midi(tmp_path / "steady.mid", notes, 480))), NOTATED)["notated_change"].to_numpy()
+    steady = np.r_[20:80, 120:180, 220:280]
+    assert (change[steady] == 0).all()
+    assert change[100] > 0 and change[200] < 0
