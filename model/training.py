@@ -79,7 +79,7 @@ class TrainConfig:
     loader_workers: int  # DataLoader processes reading the next steps' windows (0: in the training process)
     # Networks trained alike from seeds seed, seed + 1, ...; the model file keeps them all and each
     # note's distribution is their mean (model.transformer.Ensemble; encoder-only models).
-    ensemble: int = 1
+    ensemble: int
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
