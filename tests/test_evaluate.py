@@ -120,7 +120,7 @@ def test_dvc_repro_evaluate_beats_the_baselines_on_the_demo_corpus(tmp_path, mon
                   "checkpoint_every": 400, "device": "cpu"},
         "evaluate": {"segments": 2, "segment_notes": 64},
         # The score model as the default one (encoder-only: its four decodings in evaluate take seconds, not minutes).
-        "score_train": {"model": {"kind": "encoder"}, "train": {"max_steps": 100, "notation_dropout": 0.25}},
+        "score_train": {"model": {"kind": "encoder"}, "train": {"max_steps": 100, "notation_dropout": 0.25, "ensemble": 2}},
     })  # fmt: skip
     dvc(project, "repro", "evaluate")
 
