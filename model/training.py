@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -412,14 +412,13 @@ def warm_start(
 
 
 def export_model(
-    path: Path | str, result: FitResult, model_cfg: ModelConfig, cfg: TrainConfig, members: list[dict[str, torch.Tensor]] = (), **extra: Any
+    path: Path | str, result: FitResult, model_cfg: ModelConfig, cfg: TrainConfig, members: Sequence[dict[str, torch.Tensor]] = (), **extra: Any
 ) -> None:
     """Write the self-contained `velocity.pt`: best weights (and the other ensemble members' best
     weights, `members`) plus all `velocity predict` needs."""
     from model.decode import FORMAT_VERSION, KIND
 
     save_checkpoint(path, {
-        **({"members": list(members)} if members else {}),
         "kind": KIND,
         "format_version": FORMAT_VERSION,
         "model": result.best_model,
@@ -429,6 +428,7 @@ def export_model(
         "steps_trained": result.step,
         "best_val_loss": result.best["loss"],
         "val_mae": result.best["mae"],
+        **({"members": list(members)} if members else {}),
         **extra,  # vocab, bins, windows, calibration
     })
 
