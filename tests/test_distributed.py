@@ -65,7 +65,7 @@ TINY = {
     "data": {"source": "demo", "demo_pieces": 12},
     "model": {"layers": 1, "heads": 2, "d_model": 16, "d_ff": 32},
     "train": {"batch_size": 4, "max_steps": 6, "warmup": 10, "eval_every": 3, "checkpoint_every": 3, "eval_windows": 16,
-              "device": "cpu", "nproc_per_node": 2},
+              "device": "cpu", "nproc_per_node": 2, "ensemble": 1},
 }
 
 

@@ -77,7 +77,7 @@ def train_tiny(root: Path, bins: dict, notes_dir: Path, input_kind: str = "perfo
             root / "windows", root / "vocab.json", root / "bins.json", root / "models",
             params_section(ModelParams, "model", layers=1, heads=2, d_model=32, d_ff=64, dropout=0.0),
             params_section(TrainConfig, "train", batch_size=16, warmup=10, lr_factor=2.0, max_steps=20, eval_every=20, checkpoint_every=20,
-                           device="cpu", eval_windows=16),
+                           device="cpu", eval_windows=16, ensemble=1),
             live_dir=None, calibration_notes=notes_dir / "validation.parquet", input_kind=input_kind,
         )  # fmt: skip
     return root / "models/velocity.pt"
