@@ -16,7 +16,9 @@ prediction; `plan_windows` returns that choice and `stitch` applies it.
 Averaging (`averaged` and `pianist` decodings): instead, every window gives every note it holds a
 velocity distribution from the notes alone (one pass), and each note takes the median of the mean
 of its distributions, so it hears all the context around it. `pianist` then stretches the result
-(`Calibration`, learned on validation) so its dynamics span a pianist's range.
+(`Calibration`, learned on validation) so its dynamics span a pianist's range; a model that carries a
+tree (the score model: `model.trees`) first blends its velocity with the tree's, by a weight also
+learned on validation.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from model.checkpoint import CheckpointError
 from model.codec import N_SPECIALS, PAD, Vocab, id_to_velocity, piece_bounds, tokenize, window_starts
 from model.decode import format_version, load_model
 from model.features import feature_ids
+from model.trees import TreeEnsemble
 from model.transformer import ModelConfig, VelocityNet, build_model, greedy_decode, one_pass_logits
 
 
@@ -112,6 +115,12 @@ class VelocityModel:
         found = self.checkpoint.get("calibration")
         return Calibration(**found) if found else None
 
+    @property
+    def tree(self) -> TreeEnsemble | None:
+        """The tree the `pianist` decoding blends with (the score model's), if the model carries one."""
+        found = self.checkpoint.get("tree")
+        return TreeEnsemble.from_state(found) if found else None
+
 
 def load_velocity_model(path: Path | str, device: torch.device | str = "cpu") -> VelocityModel:
     """Load a self-contained `models/velocity.pt` (weights_only) for predicting whole pieces."""
@@ -174,11 +183,14 @@ DEFAULT_DECODING = "pianist"
 class Calibration:
     """Stretch predicted dynamics back towards a pianist's range: each piece's mean moves away from
     `centre` by `between`, each note away from its piece's mean by `within`. Learned on validation
-    (`fit_calibration`): a predictor that minimises absolute error shrinks towards the middle."""
+    (`fit_calibration`): a predictor that minimises absolute error shrinks towards the middle.
+    A model with a tree first takes `network_weight` of the network's velocity and the rest of the
+    tree's (`fit_network_weight`)."""
 
     centre: float = 64.0
     between: float = 1.0
     within: float = 1.0
+    network_weight: float = 1.0
 
     def apply(self, velocity: np.ndarray) -> np.ndarray:
         """One piece's predicted velocities, stretched, rounded and kept in 1..127."""
@@ -213,6 +225,14 @@ def fit_calibration(predicted: np.ndarray, true: np.ndarray, piece_id: np.ndarra
                 best = candidate
     assert best is not None
     return best[2]
+
+
+def fit_network_weight(network: np.ndarray, tree: np.ndarray, true: np.ndarray) -> float:
+    """The share of the network in `w * network + (1 - w) * tree` with the least absolute error,
+    w in 0.00, 0.05, ..., 1.00."""
+    weights = np.round(np.arange(0.0, 1.0001, 0.05), 2)
+    errors = [np.mean(np.abs(w * network + (1 - w) * tree - true)) for w in weights]
+    return float(weights[int(np.argmin(errors))])
 
 
 def decode_windows(
@@ -292,11 +312,11 @@ def predict_pieces(
     progress: bool = False,
     decoding: str = "greedy",
     pieces_features: list[np.ndarray] | None = None,
-    calibration: Calibration | None = None,
 ) -> list[np.ndarray]:
     """Predicted velocity (int64, 0..127) of every note of each piece, from each piece's source ids
     in note order (and its (n_notes, F) feature ids): the windows of all pieces are decoded
-    together, batch by batch, then each piece is stitched (or its notes' distributions averaged)."""
+    together, batch by batch, then each piece is stitched (or its notes' distributions averaged).
+    A calibrated decoding gives its velocities before calibration (`predict_notes` applies it)."""
     how = _decoding(decoding)
     if pieces_features is None:
         pieces_features = [np.zeros((len(src), 0), dtype=np.int64) for src in pieces_src]
@@ -309,12 +329,7 @@ def predict_pieces(
         rows = _stack([np.where(plan.window_rows() >= 0, plan.window_rows() + offset, -1) for plan, offset in zip(plans, offsets)], (0, length))
         probs = averaged_distributions(model, windows, features, rows, int(offsets[-1]), batch_windows, progress)
         velocity = median_velocity(probs)
-        result = [velocity[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
-        if how.calibrated:
-            if calibration is None:
-                raise ValueError(f"decoding {decoding!r} needs a calibration of the dynamics")
-            result = [calibration.apply(v) for v in result]
-        return result
+        return [velocity[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
     # Decode each window only as far as the last note it owns (the centre rule leaves the last
     # quarter of an inner window to its neighbour).
     steps = np.concatenate([owned_steps(plan) for plan in plans]) if plans else np.zeros(0, dtype=np.int64)
@@ -353,9 +368,17 @@ def predict_notes(
     pieces = list(zip(bounds[:-1], bounds[1:]))
     predicted = predict_pieces(
         model.model, [src_ids[a:b] for a, b in pieces], model.length, model.step, batch_windows, progress, decoding,
-        [note_features[a:b] for a, b in pieces], model.calibration,
+        [note_features[a:b] for a, b in pieces],
     )
-    return np.concatenate(predicted) if predicted else np.zeros(0, dtype=np.int64)
+    if not predicted:
+        return np.zeros(0, dtype=np.int64)
+    if not _decoding(decoding).calibrated:
+        return np.concatenate(predicted)
+    calibration, tree = model.calibration, model.tree
+    if tree is not None:
+        blended = calibration.network_weight * np.concatenate(predicted) + (1 - calibration.network_weight) * tree.predict(notes)
+        predicted = [blended[a:b] for a, b in pieces]
+    return np.concatenate([calibration.apply(velocity) for velocity in predicted])
 
 
 def _decoding(name: str) -> Decoding:

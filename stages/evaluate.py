@@ -19,7 +19,9 @@ Metrics (metrics/evaluate.json):
 The score path (with `--score-model`, on data/aligned/test.parquet: every paired note of the test
 split's scores, each score read as exported, the pianist's velocity as truth): the score model's
 `velocity_mae_score`, `velocity_r_score`, `velocity_std_ratio_score`, `velocity_mae_centred_score`
-(`pianist` decoding, as `velocity predict` plays a score); the same scores with every velocity 64
+(`pianist` decoding, as `velocity predict` plays a score: its networks blended with its tree, then
+stretched; the parts alone: `velocity_mae_score_network`, the networks' `averaged` decoding, and
+`velocity_mae_score_tree`, with the blend's `score_network_weight`); the same scores with every velocity 64
 (`_score_flat_input`: no markings) and through another notation program's dynamics curve
 (`_score_remapped`); and the baselines on the same notes: flat 64 (`velocity_mae_flat64_score`),
 the notated velocities linearly rescaled on train (`_notated_score`), the performance model fed the
@@ -361,15 +363,19 @@ def evaluate_scores(
     true = test["velocity"].to_numpy(dtype=np.float64)[played]
     piece_id = test["piece_id"].to_numpy()[played]
 
-    def predict(model: "VelocityModel", notes: pd.DataFrame, what: str) -> np.ndarray:
+    def predict(model: "VelocityModel", notes: pd.DataFrame, what: str, decoding: str = DEFAULT_DECODING) -> np.ndarray:
         log.info("score path: %s (%d notes)", what, len(notes))
-        return predict_notes(model, notes, batch_windows=batch_windows, progress=True, decoding=DEFAULT_DECODING)[played]
+        return predict_notes(model, notes, batch_windows=batch_windows, progress=True, decoding=decoding)[played]
 
     def scores(predicted: np.ndarray, suffix: str) -> dict[str, float]:
         return {k: v for k, v in dynamics_scores(predicted, true, piece_id, suffix).items() if "_macro_" not in k}
 
     predicted = predict(score_model, test, "the score model")
     metrics: dict[str, float | int] = dict(scores(predicted, "score"))
+    metrics["velocity_mae_score_network"] = mae(predict(score_model, test, "the score model's networks alone", "averaged"), true)
+    if (tree := score_model.tree) is not None:
+        metrics["velocity_mae_score_tree"] = mae(tree.predict(test)[played], true)
+        metrics["score_network_weight"] = score_model.calibration.network_weight
     flat = predict(score_model, test.assign(notated_velocity=np.int16(FLAT_VELOCITY)), "every notated velocity 64")
     metrics.update(scores(flat, "score_flat_input"))
     remapped = predict(score_model, test.assign(notated_velocity=remap_dynamics(test["notated_velocity"])), "another dynamics curve")

@@ -61,6 +61,7 @@ def run_training(
     sustain: bool = False,
     input_kind: str = "performance",
     init_from: Path | None = None,
+    blend_tree: Path | None = None,
 ) -> Any:
     """Train (or resume) and export `out_dir/velocity.pt`; returns the loop's `FitResult`. With
     `calibration_notes` (data/notes/validation.parquet) the `pianist` decoding's stretch is fitted
@@ -68,10 +69,13 @@ def run_training(
 `velocity predict` reads a new file the same way), and `input_kind`: what the model reads, a
 performance or a score (velocity predict picks the model by it). With `init_from` (a trained
 velocity.pt) training starts from its weights wherever they mean the same (model.training.warm_start).
+With `blend_tree` (a tree stage's tree.pt) the model carries that tree, and calibration also fits
+how much of the network's velocity the `pianist` decoding keeps against the tree's.
 Under torchrun every process trains; rank 0 writes."""
     from model.features import feature_sizes, flat_notation_ids
     from model.harness import distributed_from_env, end_process, fingerprint
-    from model.checkpoint import load_checkpoint
+    from model.checkpoint import CheckpointError, load_checkpoint
+    from model.trees import TreeEnsemble
     from model.training import NOT_FINGERPRINTED, Windows, WindowsError, export_model, train, warm_start
     from model.transformer import ModelConfig, build_model
 
@@ -96,6 +100,15 @@ Under torchrun every process trains; rank 0 writes."""
         source = load_checkpoint(init_from)
         init_state = warm_start(build_model(model_cfg), source["model"], bins.get("features") or {}, source.get("bins", {}).get("features") or {})
         log.info("starting from %d of the weights of %s", len(init_state), init_from)
+    tree_state = None
+    if blend_tree is not None:  # read before training, so a bad file fails at once
+        if calibration_notes is None:
+            raise params_lib.ParamsError("a blend tree needs validation notes to fit its weight on (--calibrate-on)")
+        stored = load_checkpoint(blend_tree)
+        try:
+            tree_state = TreeEnsemble.from_state(stored).to_state()
+        except CheckpointError as err:
+            raise CheckpointError(f"{blend_tree}: {err}") from None
     if train_params.ensemble > 1 and model_cfg.kind != "encoder":
         raise params_lib.ParamsError(f"train.ensemble: {train_params.ensemble} networks average their distributions in one pass, which needs model.kind: encoder")
 
@@ -123,6 +136,8 @@ Under torchrun every process trains; rank 0 writes."""
 
     extra = {"vocab": vocab, "bins": bins, "windows": windows_stats, "extract": {"sustain": sustain}, "input_kind": input_kind}
     states = [r.best_model for r in results]
+    if tree_state is not None:
+        extra["tree"] = tree_state
     if calibration_notes is not None:
         extra["calibration"] = calibrate(states, model_cfg, extra, calibration_notes, train_params.min_std_ratio)
     out_path = out_dir / "velocity.pt"
@@ -140,12 +155,13 @@ def member_curves(curves: Curves, member: int) -> Callable[[dict[str, float]], N
 
 def calibrate(states: list[dict], model_cfg: Any, extra: dict, notes_path: Path, min_std_ratio: float) -> dict[str, float]:
     """Fit the `pianist` decoding's stretch on the notes at `notes_path` with the trained weights
-    (one state dict per ensemble member)."""
+    (one state dict per ensemble member), after the blend with `extra["tree"]` when there is one."""
     import pandas as pd
 
     from model.codec import Vocab
     from model.decode import assemble
-    from model.pieces import VelocityModel, fit_calibration, predict_notes
+    from model.pieces import VelocityModel, fit_calibration, fit_network_weight, predict_notes
+    from model.trees import TreeEnsemble
 
     net = assemble(model_cfg, states)
     length = model_cfg.max_len
@@ -155,7 +171,14 @@ def calibrate(states: list[dict], model_cfg: Any, extra: dict, notes_path: Path,
     if not played.any():
         raise SystemExit(f"{notes_path}: no notes to calibrate the dynamics on (the validation split is empty)")
     predicted = predict_notes(model, notes, decoding="averaged")
-    calibration = fit_calibration(predicted[played], notes["velocity"].to_numpy()[played], notes["piece_id"].to_numpy()[played], min_std_ratio)
+    true = notes["velocity"].to_numpy()[played]
+    network_weight = 1.0
+    if "tree" in extra:
+        tree_velocity = TreeEnsemble.from_state(extra["tree"]).predict(notes)
+        network_weight = fit_network_weight(predicted[played], tree_velocity[played], true)
+        predicted = network_weight * predicted + (1 - network_weight) * tree_velocity
+    calibration = fit_calibration(predicted[played], true, notes["piece_id"].to_numpy()[played], min_std_ratio)
+    calibration = replace(calibration, network_weight=network_weight)
     log.info("dynamics calibrated on %d notes of %s: %s", len(notes), notes_path, calibration)
     return asdict(calibration)
 
@@ -188,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overrides", help="a params.yaml section whose `model:` and `train:` keys replace those sections' "
                                                  "values (score_train: what the score model trains with differently)")
     parser.add_argument("--init-from", type=Path, help="a trained velocity.pt to start from (the score model starts from the performance model's weights)")
+    parser.add_argument("--blend-tree", type=Path, help="a tree stage's tree.pt (data/score_tree/tree.pt): the model carries it "
+                                                        "and the pianist decoding blends with it, by a weight fitted on --calibrate-on")
     parser.add_argument("--input", choices=("performance", "score"), default="performance",
                         help="what the windows were cut from, recorded in the model for velocity predict (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -206,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         if exit_code is not None:  # trained by torchrun's processes
             return exit_code
         run_training(args.windows_dir, args.vocab, args.bins, args.out_dir, model_params, train_params, live_dir=args.live_dir,
-                     calibration_notes=args.calibrate_on, sustain=sustain, input_kind=args.input, init_from=args.init_from)
+                     calibration_notes=args.calibrate_on, sustain=sustain, input_kind=args.input, init_from=args.init_from,
+                     blend_tree=args.blend_tree)
     except (params_lib.ParamsError, WindowsError, CheckpointError) as err:  # bad params, empty data or a bad --init-from: one line
         raise SystemExit(f"train: {err}") from None
     return 0

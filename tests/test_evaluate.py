@@ -146,6 +146,7 @@ def test_dvc_repro_evaluate_beats_the_baselines_on_the_demo_corpus(tmp_path, mon
     assert metrics["velocity_mae_score"] < 0.8 * metrics["velocity_mae_flat64_score"]
     assert metrics["velocity_mae_score"] < metrics["velocity_mae_performance_model_score"]  # a score is not a performance
     assert abs(metrics["velocity_mae_score_remapped"] - metrics["velocity_mae_score"]) < 0.5  # relative dynamics only
+    assert 0 <= metrics["score_network_weight"] <= 1  # fitted on validation: the networks' share against the tree's
 
     plots = sorted(p.name for p in (project / "plots/evaluate").iterdir())
     assert "predicted_vs_true.png" in plots and "velocity_bins_confusion.png" in plots
@@ -166,7 +167,8 @@ def test_dvc_repro_evaluate_beats_the_baselines_on_the_demo_corpus(tmp_path, mon
 SCORE_KEYS = {
     f"velocity_{what}_{kind}" for kind in ("score", "score_flat_input", "score_remapped") for what in ("mae", "r", "std_ratio", "mae_centred")
 } | {"velocity_mae_flat64_score", "velocity_mae_notated_score", "velocity_mae_performance_model_score", "velocity_mae_gbt_score",
-     "velocity_r_gbt_score", "velocity_std_ratio_gbt_score", "score_notes", "score_performances"}  # fmt: skip
+     "velocity_r_gbt_score", "velocity_std_ratio_gbt_score", "score_notes", "score_performances",
+     "velocity_mae_score_network", "velocity_mae_score_tree", "score_network_weight"}  # fmt: skip
 
 
 def test_other_pianists_mean_leaves_each_performance_out():

@@ -32,14 +32,18 @@ def trained_model(tmp_path_factory, tiny_raw) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_score_model(tmp_path_factory, tiny_raw) -> tuple[Path, Path]:
-    """A tiny score model trained for a few steps on the tiny archives' aligned scores, through the
-    stage functions `dvc repro score_train` runs; returns (the model file, the unzipped scores)."""
+    """A tiny score model trained for a few steps on the tiny archives' aligned scores, blended with a
+    20-iteration tree, through the stage functions `dvc repro score_tree score_train` run; returns
+    (the model file, the unzipped scores)."""
     import zipfile
 
     from model.features import learn_feature_edges
     from stages.align import AlignParams, align
+    from model.checkpoint import save_checkpoint
+    from model.features import GBT_FEATURES
     from stages.bins import BinsParams, learn_bins
     from stages.extract import extract_notes
+    from stages.gbt import RELATIVE_SCORE_FEATURES, GbtParams, fit_predict
 
     if not TINY_SCORES.is_file():
         pytest.skip(f"{TINY_SCORES} not found (the shared ASAP scores archive)")
@@ -51,10 +55,12 @@ def trained_score_model(tmp_path_factory, tiny_raw) -> tuple[Path, Path]:
     train_notes = pd.read_parquet(root / "aligned/train.parquet")
     bins = learn_bins(pd.read_parquet(root / "notes/train.parquet"), BinsParams(dstart=3, duration=3, velocity=3, fixed_edges=None))
     bins["features"] = learn_feature_edges(train_notes, {"beat_dprev": 8, "bar_phase": 4, "notated_rank": 4, "notated_flat": 2})
-    return train_tiny(root, bins, root / "aligned", input_kind="score"), root / "scores"
+    *_, tree = fit_predict(train_notes, {}, GbtParams(max_iter=20, seed=0), GBT_FEATURES + RELATIVE_SCORE_FEATURES)
+    save_checkpoint(root / "score_tree/tree.pt", tree.to_state())
+    return train_tiny(root, bins, root / "aligned", input_kind="score", blend_tree=root / "score_tree/tree.pt"), root / "scores"
 
 
-def train_tiny(root: Path, bins: dict, notes_dir: Path, input_kind: str = "performance") -> Path:
+def train_tiny(root: Path, bins: dict, notes_dir: Path, input_kind: str = "performance", blend_tree: Path | None = None) -> Path:
     """The vocabulary, 32-note windows of `notes_dir`'s train and validation notes, and 20 training
     steps of a one-layer model calibrated on validation, all under `root`; returns the model file."""
     from model.training import TrainConfig
@@ -78,6 +84,6 @@ def train_tiny(root: Path, bins: dict, notes_dir: Path, input_kind: str = "perfo
             params_section(ModelParams, "model", layers=1, heads=2, d_model=32, d_ff=64, dropout=0.0),
             params_section(TrainConfig, "train", batch_size=16, warmup=10, lr_factor=2.0, max_steps=20, eval_every=20, checkpoint_every=20,
                            device="cpu", eval_windows=16, ensemble=1),
-            live_dir=None, calibration_notes=notes_dir / "validation.parquet", input_kind=input_kind,
+            live_dir=None, calibration_notes=notes_dir / "validation.parquet", input_kind=input_kind, blend_tree=blend_tree,
         )  # fmt: skip
     return root / "models/velocity.pt"

@@ -1,0 +1,81 @@
+"""Fitted trees as plain arrays (model/trees.py), and the score model's blend of its networks with one."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """A real scikit-learn regressor on data with missing values, and its flattened copy."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    from model.trees import TreeEnsemble
+
+    rng = np.random.default_rng(0)
+    x = rng.random((3000, 4))
+    x[rng.random(x.shape) < 0.15] = np.nan  # NaN must follow each split's learned side
+    y = 40 * np.nan_to_num(x[:, 0]) + 20 * np.nan_to_num(x[:, 1], nan=0.9) + rng.normal(0, 2, len(x))
+    regressor = HistGradientBoostingRegressor(loss="absolute_error", max_iter=60, random_state=0).fit(x, y)
+    return regressor, TreeEnsemble.from_sklearn(regressor, ("pitch", "duration", "dstart", "dprev"))
+
+
+def test_flattened_trees_predict_exactly_as_scikit_learn(fitted):
+    regressor, tree = fitted
+    x = np.random.default_rng(1).random((10_000, 4))
+    x[::3, 1] = np.nan
+    x[::5, 0] = np.nan
+    np.testing.assert_allclose(tree.predict_features(x), regressor.predict(x), rtol=0, atol=1e-9)
+
+
+def test_trees_survive_a_weights_only_checkpoint(fitted, tmp_path):
+    from model.checkpoint import load_checkpoint, save_checkpoint
+    from model.trees import TreeEnsemble
+
+    regressor, tree = fitted
+    save_checkpoint(tmp_path / "tree.pt", tree.to_state())
+    loaded = TreeEnsemble.from_state(load_checkpoint(tmp_path / "tree.pt"))  # torch.load(weights_only=True)
+    x = np.random.default_rng(2).random((500, 4))
+    np.testing.assert_array_equal(loaded.predict_features(x), tree.predict_features(x))
+    assert loaded.features == tree.features
+
+
+def test_a_file_that_is_not_a_tree_is_refused(fitted):
+    from model.checkpoint import CheckpointError
+    from model.trees import TreeEnsemble
+
+    state = fitted[1].to_state()
+    del state["threshold"]
+    with pytest.raises(CheckpointError, match="not a tree ensemble: no 'threshold'"):
+        TreeEnsemble.from_state(state)
+    with pytest.raises(ValueError, match=r"expected an \(n, 4\) feature matrix"):
+        fitted[1].predict_features(np.zeros((3, 5)))
+
+
+def test_the_network_weight_is_the_blend_with_least_absolute_error():
+    from model.pieces import fit_network_weight
+
+    rng = np.random.default_rng(0)
+    network, tree = rng.normal(64, 10, 2000), rng.normal(64, 10, 2000)
+    assert fit_network_weight(network, tree, 0.3 * network + 0.7 * tree) == pytest.approx(0.3)
+    assert fit_network_weight(network, tree, network) == 1.0
+    assert fit_network_weight(network, tree, tree) == 0.0
+
+
+def test_the_score_model_plays_its_networks_blended_with_its_tree(trained_score_model):
+    """`pianist` = the networks' `averaged` velocity and the tree's, weighted as calibration fitted,
+    then stretched piece by piece; the tree reads the score's features, so it moves the result."""
+    from model.pieces import load_velocity_model, predict_notes
+
+    model_path, _ = trained_score_model
+    model = load_velocity_model(model_path)
+    assert model.tree is not None and 0 <= model.calibration.network_weight <= 1
+    notes = pd.read_parquet(model_path.parents[1] / "aligned/validation.parquet")
+    averaged = predict_notes(model, notes, decoding="averaged")
+    blended = model.calibration.network_weight * averaged + (1 - model.calibration.network_weight) * model.tree.predict(notes)
+    piece_id = notes["piece_id"].to_numpy()
+    expected = np.concatenate([model.calibration.apply(blended[piece_id == p]) for p in pd.unique(piece_id)])
+    played = predict_notes(model, notes, decoding="pianist")
+    np.testing.assert_array_equal(played, expected)
+    networks_only = np.concatenate([model.calibration.apply(averaged[piece_id == p]) for p in pd.unique(piece_id)])
+    assert not np.array_equal(played, networks_only)
