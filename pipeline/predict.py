@@ -5,10 +5,11 @@ the same notes as training data, in the same order, the same warnings about dama
 rule for which notes are the piano (GM programs 0-7, off the drum channel, keys 21..108). Those
 notes are quantized as the model file says (bins, note features, vocabulary), cut into the model's
 windows and decoded in batches (`--decoding`, default pianist: distributions averaged over windows,
-then the dynamics stretched as calibrated; model/pieces.py). Only the velocity byte of those notes'
-note-on messages changes: the output is the input's bytes with those bytes replaced, so note timing
-in ticks, the tempo map, pedals, other tracks and programs, controllers, meta and system-exclusive
-events, the drum channel and any damage the file had stay exactly as they were.
+blended with the score model's tree on a score, then the dynamics stretched as calibrated;
+model/pieces.py). Only the velocity byte of those notes' note-on messages changes: the output is the
+input's bytes with those bytes replaced, so note timing in ticks, the tempo map, pedals, other tracks
+and programs, controllers, meta and system-exclusive events, the drum channel and any damage the file
+had stay exactly as they were.
 
 The new velocity of each piano note: the model's prediction p, its spread around the piece's own
 predicted mean m scaled by `--dynamics d` and the mean moved to `--loudness L` (m when not given):
@@ -130,9 +131,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--decoding", choices=DECODINGS, default=DEFAULT_DECODING,
         help="pianist (default): the median of each note's velocity distribution averaged over every window "
-        "holding it, stretched to a pianist's range of dynamics as calibrated on validation; averaged: the same "
-        "unstretched (least absolute error, flatter); notes-only: the median from the window centred nearest "
-        "the note; median: medians fed back note by note; greedy: the likeliest velocity fed back (the seed's)",
+        "holding it (the score model: blended with its tree), stretched to a pianist's range of dynamics as "
+        "calibrated on validation; averaged: the networks alone, unstretched (least absolute error, flatter); "
+        "notes-only: the median from the window centred nearest the note; median: medians fed back note by "
+        "note; greedy: the likeliest velocity fed back (the seed's)",
     )  # fmt: skip
     parser.add_argument("--batch-windows", type=int, default=256, help="windows decoded at once (default: 256)")
     parser.add_argument(

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from model.checkpoint import save_checkpoint
 from model.features import GBT_FEATURES, SCORE_GBT_FEATURES, note_features
 from model.trees import TreeEnsemble
 from stages import params as params_lib
-from model.checkpoint import save_checkpoint
 from stages.io import save_npy, write_json
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     params = params_lib.load(GbtParams, "gbt")
     if args.relative and not args.score:
         parser.error("--relative needs --score")
-    features = GBT_FEATURES + (RELATIVE_SCORE_FEATURES if args.relative else SCORE_GBT_FEATURES) if args.score else GBT_FEATURES
+    features = GBT_FEATURES
+    if args.score:
+        features += RELATIVE_SCORE_FEATURES if args.relative else SCORE_GBT_FEATURES
     columns = None if args.score else NOTE_COLUMNS  # a score's table: every column
     train = pd.read_parquet(args.notes_dir / "train.parquet", columns=columns)
     others = {split: pd.read_parquet(args.notes_dir / f"{split}.parquet", columns=columns) for split in SPLITS}
