@@ -4,7 +4,8 @@ scikit-learn's `HistGradientBoostingRegressor` has no safe file format (joblib i
 file runs its code), yet the score model carries a tree inside its `velocity.pt`, which `velocity
 predict` loads with `torch.load(weights_only=True)`. So a fitted regressor is flattened here into
 node arrays (every tree's nodes one after another), stored as tensors (`to_state`: a torch file
-that `torch.load(weights_only=True)` reads), and evaluated by walking all trees at once, level by level.
+that `torch.load(weights_only=True)` reads), and evaluated by walking all trees at once, level by
+level, moving only the paths not yet at a leaf.
 
 The walk is scikit-learn's rule for numeric splits: a missing value (NaN) goes where the split
 learned to send missing values, any other value goes left when it is <= the threshold. The
@@ -23,7 +24,7 @@ import torch
 from model.checkpoint import CheckpointError
 from model.features import note_features
 
-CHUNK_NOTES = 4096  # notes walked at once (x trees: the index arrays of one level)
+CHUNK_NOTES = 2048  # notes walked at once (x trees: the index arrays of one level; small stays in cache)
 
 
 @dataclass(frozen=True)
@@ -70,15 +71,20 @@ class TreeEnsemble:
         if x.ndim != 2 or x.shape[1] != len(self.features):
             raise ValueError(f"expected an (n, {len(self.features)}) feature matrix, got shape {x.shape}")
         predicted = np.full(len(x), self.baseline)
+        trees = len(self.roots)
         for begin in range(0, len(x), CHUNK_NOTES):
             chunk = x[begin : begin + CHUNK_NOTES]
-            rows = np.arange(len(chunk))[:, None]
-            node = np.broadcast_to(self.roots, (len(chunk), len(self.roots))).copy()
-            while not (leaf := self.is_leaf[node]).all():
-                value = chunk[rows, self.feature[node]]
-                go_left = np.where(np.isnan(value), self.missing_left[node], value <= self.threshold[node])
-                node = np.where(leaf, node, np.where(go_left, self.left[node], self.right[node]))
-            predicted[begin : begin + CHUNK_NOTES] += self.value[node].sum(axis=1)
+            # One entry per (note, tree); only the entries still at a split node move on each level.
+            node = np.tile(self.roots, len(chunk))
+            row = np.repeat(np.arange(len(chunk)), trees)
+            active = np.flatnonzero(~self.is_leaf[node])
+            while active.size:
+                at = node[active]
+                value = chunk[row[active], self.feature[at]]
+                go_left = np.where(np.isnan(value), self.missing_left[at], value <= self.threshold[at])
+                node[active] = at = np.where(go_left, self.left[at], self.right[at])
+                active = active[~self.is_leaf[at]]
+            predicted[begin : begin + CHUNK_NOTES] += self.value[node].reshape(len(chunk), trees).sum(axis=1)
         return predicted
 
     def predict(self, notes: pd.DataFrame) -> np.ndarray:
