@@ -227,11 +227,15 @@ def fit_calibration(predicted: np.ndarray, true: np.ndarray, piece_id: np.ndarra
     return best[2]
 
 
+def blend(network: np.ndarray, tree: np.ndarray, network_weight: float) -> np.ndarray:
+    """`network_weight` of the network's velocity and the rest of the tree's."""
+    return network_weight * network + (1 - network_weight) * tree
+
+
 def fit_network_weight(network: np.ndarray, tree: np.ndarray, true: np.ndarray) -> float:
-    """The share of the network in `w * network + (1 - w) * tree` with the least absolute error,
-    w in 0.00, 0.05, ..., 1.00."""
+    """The network's share in `blend` with the least absolute error, among 0.00, 0.05, ..., 1.00."""
     weights = np.round(np.arange(0.0, 1.0001, 0.05), 2)
-    errors = [np.mean(np.abs(w * network + (1 - w) * tree - true)) for w in weights]
+    errors = [np.mean(np.abs(blend(network, tree, w) - true)) for w in weights]
     return float(weights[int(np.argmin(errors))])
 
 
@@ -376,7 +380,7 @@ def predict_notes(
         return np.concatenate(predicted)
     calibration, tree = model.calibration, model.tree
     if tree is not None:
-        blended = calibration.network_weight * np.concatenate(predicted) + (1 - calibration.network_weight) * tree.predict(notes)
+        blended = blend(np.concatenate(predicted), tree.predict(notes), calibration.network_weight)
         predicted = [blended[a:b] for a, b in pieces]
     return np.concatenate([calibration.apply(velocity) for velocity in predicted])
 

@@ -160,7 +160,7 @@ def calibrate(states: list[dict], model_cfg: Any, extra: dict, notes_path: Path,
 
     from model.codec import Vocab
     from model.decode import assemble
-    from model.pieces import VelocityModel, fit_calibration, fit_network_weight, predict_notes
+    from model.pieces import VelocityModel, blend, fit_calibration, fit_network_weight, predict_notes
     from model.trees import TreeEnsemble
 
     net = assemble(model_cfg, states)
@@ -176,7 +176,7 @@ def calibrate(states: list[dict], model_cfg: Any, extra: dict, notes_path: Path,
     if "tree" in extra:
         tree_velocity = TreeEnsemble.from_state(extra["tree"]).predict(notes)
         network_weight = fit_network_weight(predicted[played], tree_velocity[played], true)
-        predicted = network_weight * predicted + (1 - network_weight) * tree_velocity
+        predicted = blend(predicted, tree_velocity, network_weight)
     calibration = fit_calibration(predicted[played], true, notes["piece_id"].to_numpy()[played], min_std_ratio)
     calibration = replace(calibration, network_weight=network_weight)
     log.info("dynamics calibrated on %d notes of %s: %s", len(notes), notes_path, calibration)

@@ -37,10 +37,9 @@ def trained_score_model(tmp_path_factory, tiny_raw) -> tuple[Path, Path]:
     (the model file, the unzipped scores)."""
     import zipfile
 
-    from model.features import learn_feature_edges
-    from stages.align import AlignParams, align
     from model.checkpoint import save_checkpoint
-    from model.features import GBT_FEATURES
+    from model.features import GBT_FEATURES, learn_feature_edges
+    from stages.align import AlignParams, align
     from stages.bins import BinsParams, learn_bins
     from stages.extract import extract_notes
     from stages.gbt import RELATIVE_SCORE_FEATURES, GbtParams, fit_predict
