@@ -1,0 +1,194 @@
+"""model/timing.py on synthetic performances with known answers (no data, fast)."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+from model import timing as T
+
+
+def score(n_groups: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(start, end) of a score: onset groups every 0.25-0.75 s of 1-4 notes, lengths 0.1-1 s."""
+    rng = np.random.default_rng(seed)
+    onsets = np.cumsum(rng.choice([0.25, 0.5, 0.75], n_groups))
+    start = np.repeat(onsets, rng.integers(1, 5, n_groups))
+    return start, start + rng.choice([0.125, 0.25, 0.5, 1.0], len(start))
+
+
+def test_onset_groups_share_exact_onsets_in_score_order():
+    start = np.array([1.0, 0.0, 1.0, 0.5, 1.0 + 1e-9, 0.5009])  # a tick (~1 ms) apart: another group
+    assert T.onset_groups(start).tolist() == [3, 0, 3, 1, 3, 2]
+
+
+def test_a_constant_tempo_of_1_2x_has_a_flat_tempo_curve_at_log_1_2():
+    start, end = score()
+    played = 3.0 + 1.2 * start  # 1.2 performance seconds per score second, starting 3 s in
+    clock = T.fit_clock(start, played)
+    grid = T.tempo_grid(start.min(), start.max())
+    assert len(grid) > 20 and np.allclose(np.diff(grid), 0.5)
+    np.testing.assert_allclose(T.tempo_curve(clock, grid), np.log(1.2), atol=1e-12)
+    # Beyond the outer groups the clock keeps the pace.
+    np.testing.assert_allclose(clock(np.array([start.min() - 5, start.max() + 5])), 3.0 + 1.2 * np.array([start.min() - 5, start.max() + 5]))
+
+    performance = T.timing_profile(start, end, played, 3.0 + 1.2 * end)
+    written = T.timing_profile(start, end, start, end)
+    assert T.tempo_shape_error(performance.tempo, written.tempo) == pytest.approx(0, abs=1e-12)
+    assert T.overall_tempo_error(performance.duration, written.duration) == pytest.approx(0.2)
+    assert T.overall_tempo_error(written.duration, performance.duration) == pytest.approx(0.2)  # symmetric
+    np.testing.assert_allclose(performance.articulation, 0, atol=1e-12)  # as notated, at its tempo
+
+
+def test_tempo_shape_error_ignores_the_level_and_is_exp_of_the_mean_gap():
+    a = np.log([1.0, 1.1, 1.2, 1.1])
+    assert T.tempo_shape_error(a + 0.3, a) == pytest.approx(0, abs=1e-12)
+    b = a + np.array([0.1, -0.1, 0.1, -0.1])  # mean 0 change: every sample 0.1 off in shape
+    assert T.tempo_shape_error(b, a) == pytest.approx(np.exp(0.1) - 1)
+
+
+def test_the_clock_goes_through_group_medians_and_extrapolates_at_the_outer_4_seconds():
+    start = np.array([0.0, 0.0, 0.0, 2.0, 4.0, 6.0, 8.0])
+    played = np.array([0.1, 0.0, 0.5, 2.0, 5.0, 7.0, 8.0])  # first group's median 0.1
+    clock = T.fit_clock(start, played)
+    np.testing.assert_allclose(clock.score, [0, 2, 4, 6, 8])
+    np.testing.assert_allclose(clock.performance, [0.1, 2, 5, 7, 8])
+    assert clock.pace_before == pytest.approx((5 - 0.1) / 4)
+    assert clock.pace_after == pytest.approx((8 - 5) / 4)
+    assert clock(-1.0) == pytest.approx(0.1 - (5 - 0.1) / 4)
+    assert clock(3.0) == pytest.approx(3.5)
+    # An unplayed group is no knot: the clock interpolates across it.
+    played[3] = np.nan
+    assert T.fit_clock(start, played)(2.0) == pytest.approx(0.1 + (5 - 0.1) / 2)
+
+
+def test_the_clock_stays_strictly_increasing_when_a_group_is_played_out_of_order():
+    start = np.arange(8.0)
+    played = np.array([0.0, 1.0, 2.0, 1.5, 4.0, 5.0, 5.0, 7.0])  # group 3 before group 2; 6 ties 5
+    clock = T.fit_clock(start, played)
+    assert np.all(np.diff(clock.performance) > 0)
+    assert len(clock.score) == 6  # the fewest groups left out: one of 2 and 3, one of 5 and 6
+    x = np.linspace(-3, 10, 1000)
+    assert np.all(np.diff(clock(x)) > 0)
+    assert np.isfinite(T.tempo_curve(clock, T.tempo_grid(0.0, 7.0))).all()
+    # A single early outlier costs only itself, not every group after it.
+    played = np.array([0.0, 6.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
+    assert T.fit_clock(start, played).score.tolist() == [0, 2, 3, 4, 5, 6, 7]
+
+
+def test_onset_deviation_is_off_the_group_median_in_groups_of_two_or_more_played_notes():
+    played = np.array([1.00, 1.02, 1.05, 2.0, 3.0, np.nan, 4.1, 3.9])
+    group = np.array([0, 0, 0, 1, 2, 2, 3, 3])
+    deviation = T.onset_deviation(played, group)
+    np.testing.assert_allclose(deviation, [-0.02, 0.0, 0.03, np.nan, np.nan, np.nan, 0.1, -0.1], atol=1e-12)
+
+
+def test_articulation_is_the_log_of_the_performed_over_the_clocked_length():
+    start, end = np.array([0.0, 1.0, 2.0, 3.0]), np.array([1.0, 2.0, 2.0, 4.0])
+    played = 2 * start  # twice as slow: a notated second lasts two
+    clock = T.fit_clock(start, played)
+    performed_end = played + np.array([2.0, 1.0, 0.5, np.nan])
+    np.testing.assert_allclose(T.articulation(clock, start, end, played, performed_end), [0, np.log(0.5), np.nan, np.nan])
+
+
+def test_a_performances_own_targets_render_its_timing_back():
+    start, end = score(seed=1)
+    rng = np.random.default_rng(2)
+    group = T.onset_groups(start)
+    # A tempo that drifts (slower, then faster), chords spread by up to 30 ms, free articulation,
+    # a few notes not played, one group played out of the clock's order.
+    warp = 1.0 + 0.3 * np.sin(start / 3)
+    played = 2.0 + np.cumsum(np.r_[0, np.diff(start) * warp[1:]]) + rng.uniform(-0.015, 0.015, len(start))
+    played_end = played + (end - start) * warp * rng.uniform(0.3, 1.5, len(start))
+    played[rng.choice(len(start), 5, replace=False)] = np.nan
+    late = np.flatnonzero(group == 10)
+    played[late] += 0.8  # after the next group: the clock leaves it out
+    played_end[late] += 0.8
+    targets = T.timing_targets(start, end, played, played_end)
+    assert 10 not in np.searchsorted(np.unique(start), targets.clock.score)
+
+    onset, offset = T.render(targets.clock, start, end, targets.deviation, targets.articulation)
+    ok = np.isfinite(played)
+    np.testing.assert_allclose(onset[ok], played[ok], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(offset[ok], played_end[ok], rtol=0, atol=1e-9)
+    # Unplayed notes fall on the clock, for their notated length on it.
+    np.testing.assert_allclose(onset[~ok], targets.clock(start[~ok]))
+    np.testing.assert_allclose(offset[~ok] - onset[~ok], targets.clock(end[~ok]) - targets.clock(start[~ok]))
+    # In groups of 2+ played notes on the clock, the deviation is `onset_deviation`.
+    spec = T.onset_deviation(played, group)
+    on_clock = np.isfinite(spec) & (group != 10)
+    np.testing.assert_allclose(targets.deviation[on_clock], spec[on_clock], atol=1e-12)
+
+
+def test_a_tempo_curve_integrates_back_to_its_clock():
+    grid = T.score_grid(0.0, 60.0, 0.5)
+    flat = T.clock_from_tempo(grid, np.full(len(grid), np.log(1.2)), origin=5.0)
+    x = np.linspace(-10, 80, 50)
+    np.testing.assert_allclose(flat(x), 5.0 + 1.2 * x, atol=1e-9)
+    curve = np.log(1.0 + 0.2 * np.sin(grid / 8))  # a phrase-long swell, slower than the window
+    back = T.tempo_curve(T.clock_from_tempo(grid, curve), grid)
+    # A pace read at the window's centre: within 0.1% inside, 1% at the ends (flat beyond them).
+    assert np.max(np.abs(back - curve)[2:-2]) < 1e-3 and np.max(np.abs(back - curve)) < 1e-2
+    assert T.tempo_shape_error(back, curve) < 1e-3
+
+
+def test_a_constant_prediction_correlates_r_0():
+    truth = np.random.default_rng(3).normal(size=50)
+    assert T.pearson(np.full(50, 0.7), truth) == 0.0
+    assert T.pearson(np.full(50, np.log(1.2)) + 1e-16 * np.arange(50), truth) == 0.0  # rounding noise
+    assert T.pearson(truth, truth) == pytest.approx(1.0)
+    assert T.pearson([1.0, np.nan, 3.0, 2.0], [2.0, 5.0, 6.0, 4.0]) == pytest.approx(1.0)  # NaN pairs left out
+
+    start, end = score(seed=4)
+    rng = np.random.default_rng(5)
+    played = 1.1 * start + rng.normal(0, 0.01, len(start))
+    pianist = T.timing_profile(start, end, played, played + (end - start) * rng.uniform(0.5, 1.2, len(start)))
+    metrics = T.compare(T.timing_profile(start, end, start, end), pianist)
+    assert metrics["tempo_r"] == metrics["onset_r"] == metrics["articulation_r"] == 0.0
+    assert T.compare(pianist, pianist)["tempo_r"] == pytest.approx(1.0)
+    assert T.compare(pianist, pianist)["tempo_shape_error"] == 0.0
+
+
+def test_pedal_down_reads_cc64_on_the_clock_and_scores_accuracy_and_f1():
+    times, values = np.array([1.0, 2.0, 4.0, 5.0]), np.array([100, 30, 64, 63])  # down 1-2 and 4-5
+    grid = np.arange(0.0, 6.0, 0.5)
+    down = T.pedal_down(times, values, T.identity_clock(), grid)
+    assert grid[down].tolist() == [1.0, 1.5, 4.0, 4.5]
+    # Played twice as slow, the pedal lands at half the score times.
+    slow = T.Clock(np.array([0.0, 1.0]), np.array([0.0, 2.0]), 2.0, 2.0)
+    assert grid[T.pedal_down(times, values, slow, grid)].tolist() == [0.5, 2.0]
+    assert not T.pedal_down(np.zeros(0), np.zeros(0), slow, grid).any()
+
+    predicted = np.array([1, 1, 1, 0, 0, 0, 0, 0], dtype=bool)
+    truth = np.array([1, 1, 0, 0, 0, 0, 1, 1], dtype=bool)
+    accuracy, f1 = T.pedal_scores(predicted, truth)
+    assert accuracy == pytest.approx(5 / 8)
+    assert f1 == pytest.approx(2 * 2 / (3 + 4))  # precision 2/3, recall 2/4
+    assert T.pedal_scores(np.zeros(8, bool), truth) == (pytest.approx(4 / 8), 0.0)
+    assert T.pedal_scores(np.zeros(8, bool), np.zeros(8, bool)) == (1.0, 0.0)  # no "down" to find
+
+
+def test_mean_metrics_average_per_performance_leaving_out_nan():
+    rows = [dict.fromkeys(T.METRICS, 1.0), {**dict.fromkeys(T.METRICS, 0.0), "overall_tempo_error": float("nan")}]
+    assert T.mean_metrics(rows) == {**dict.fromkeys(T.METRICS, 0.5), "overall_tempo_error": 1.0}
+
+
+def _midi(events: list[tuple[int, int]], tpq: int = 480, microseconds: int = 1_000_000) -> bytes:
+    """A one-track file at `microseconds` per quarter: a note, then CC64 (tick, value) events."""
+    body = bytes([0x00, 0xFF, 0x51, 0x03]) + microseconds.to_bytes(3, "big") + bytes([0x00, 0x90, 60, 64, 0x60, 0x80, 60, 0])
+    tick = 0x60
+    for at, value in events:
+        delta, tick = at - tick, at
+        assert 0 <= delta < 128  # a one-byte delta time keeps the writer trivial
+        body += bytes([delta, 0xB0, 64, value])
+    body += bytes([0x00, 0xFF, 0x2F, 0x00])
+    return b"MThd" + struct.pack(">IHHH", 6, 0, 1, tpq) + b"MTrk" + struct.pack(">I", len(body)) + body
+
+
+def test_sustain_events_reads_cc64_in_seconds_of_the_files_tempo_map(tmp_path):
+    path = tmp_path / "pedal.mid"
+    path.write_bytes(_midi([(120, 127), (240, 0)]))  # a quarter is a second: ticks / 480 seconds
+    times, values = T.sustain_events(path)
+    np.testing.assert_allclose(times, [0.25, 0.5])
+    assert values.tolist() == [127, 0]
