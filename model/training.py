@@ -164,6 +164,11 @@ class Windows:
                 raise WindowsError(f"{path}: not a readable .npy array ({err})") from err
         return cls(*arrays, name=f"{Path(folder) / split}_{{src,tgt,features}}.npy")
 
+    def subset(self, keep: np.ndarray) -> "Windows":
+        """The windows where `keep` (bool per window) is true, in memory."""
+        keep = np.asarray(keep, dtype=bool)
+        return Windows(self.src[keep], self.tgt[keep], self.features[keep], name=f"{self.name} (subset)")
+
     @property
     def n_features(self) -> int:
         return self.features.shape[2]

@@ -22,10 +22,13 @@ How a pair is aligned:
 - each score note pairs with the performance note of the same pitch nearest its mapped onset,
   within `align.tolerance` seconds, one to one: all candidate pairs are taken nearest first.
 
-A row's split is its MAESTRO recording's, through `maestro_midi_performance`: the performance is
-the notes table's piece named `<year>/<name>__<title>.midi` (when one recording supplies two
-performances) or `<year>/<name>.midi`, tried in that order. A row whose performance is not in the
-notes (not in `data.source`, or skipped by extract) is left out and counted, never guessed.
+A row's performance and split are the notes table's: a row with a MAESTRO recording is the piece
+named through `maestro_midi_performance` (`<year>/<name>__<title>.midi` when one recording supplies
+two performances, else `<year>/<name>.midi`, model/asap.py), an ASAP-only row the piece named by
+its `midi_performance`, which the extract stage read with its piece's split (model/asap.py's
+rule). A row whose performance is not in the notes (not in `data.source`, or skipped by extract)
+is left out and counted, never guessed. The report counts the rows by `source` (`maestro`,
+`asap`) and split.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from model.asap import SPLITS, MetadataError, is_asap_only, maestro_name, read_metadata
 from model.midi import MidiError, read_midi
 from model.notes import piece_notes
 from model.score import SCORE_COLUMNS, score_table
@@ -50,12 +54,9 @@ from stages.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation", "test")
-METADATA_COLUMNS = ["title", "folder", "midi_score", "performance_annotations", "midi_score_annotations", "maestro_midi_performance"]
-MAESTRO_PREFIX = "{maestro}/"
 ALIGNED_COLUMNS = [
-    "piece_id", "score_id", "composer", "title", "split", "score_note",
-    "pitch", "start", "end", "duration", "dstart", "velocity", "pedal", *SCORE_COLUMNS, "performance_start",
+    "piece_id", "score_id", "composer", "title", "split", "source", "score_note",
+    "pitch", "start", "end", "duration", "dstart", "velocity", "pedal", *SCORE_COLUMNS, "performance_start", "performance_end",
 ]  # fmt: skip
 UNMATCHED = -1  # `velocity` of a score note no performance note was paired with
 
@@ -171,33 +172,19 @@ def align_pair(score: pd.DataFrame, performance: pd.DataFrame, beats: BeatMap, t
 # The whole table
 
 
-def read_metadata(path: Path) -> pd.DataFrame:
-    """ASAP's metadata.csv, checked for the columns this stage reads."""
-    if not path.is_file():
-        raise AlignError(f"{path}: no such file (expected ASAP's metadata.csv; run the scores stage)")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = [c for c in METADATA_COLUMNS if c not in table.columns]
-    if missing:
-        raise AlignError(f"{path}: missing column(s) {missing}")
-    return table
-
-
 def performance_id(row: Any, known: set[str]) -> str | None:
     """The notes table's piece of a metadata row (see the module doc), None when it has none."""
-    name = row.maestro_midi_performance
-    if not name.startswith(MAESTRO_PREFIX):
-        return None
-    name = name[len(MAESTRO_PREFIX):]
-    stem, dot, suffix = name.rpartition(".")
-    for candidate in (f"{stem}__{row.title}{dot}{suffix}", name):
-        if candidate in known:
-            return candidate
-    return None
+    if is_asap_only(row):
+        return row.midi_performance if row.midi_performance in known else None
+    return maestro_name(row, known)
 
 
 def align(scores_dir: Path, notes_dir: Path, out_dir: Path, params: AlignParams) -> dict[str, Any]:
     """Align every metadata row; write the per-split tables and return the report."""
-    metadata = read_metadata(scores_dir / "metadata.csv")
+    try:
+        metadata = read_metadata(scores_dir / "metadata.csv")
+    except MetadataError as err:
+        raise AlignError(str(err)) from None
     for split in SPLITS:
         if not (notes_dir / f"{split}.parquet").is_file():
             raise AlignError(f"{notes_dir / f'{split}.parquet'}: no such file (run the extract stage)")
@@ -211,7 +198,8 @@ def align(scores_dir: Path, notes_dir: Path, out_dir: Path, params: AlignParams)
         piece_id = performance_id(row, known)
         where = row.performance_annotations
         if piece_id is None:
-            skipped.append({"performance": where, "reason": f"its MAESTRO performance {row.maestro_midi_performance!r} is not in the notes (data.source)"})
+            what = f"its performance {row.midi_performance!r}" if is_asap_only(row) else f"its MAESTRO performance {row.maestro_midi_performance!r}"
+            skipped.append({"performance": where, "reason": f"{what} is not in the notes (data.source, or left out by extract: data/notes/report.json)"})
             continue
         if row.midi_score not in scores:
             try:
@@ -238,12 +226,13 @@ def align(scores_dir: Path, notes_dir: Path, out_dir: Path, params: AlignParams)
         table = score.drop(columns="note").reset_index(drop=True)
         table["velocity"] = np.where(paired, performance["velocity"].to_numpy()[np.maximum(match, 0)], UNMATCHED).astype(np.int16)
         table["performance_start"] = np.where(paired, performance["start"].to_numpy()[np.maximum(match, 0)], np.nan)
+        table["performance_end"] = np.where(paired, performance["end"].to_numpy()[np.maximum(match, 0)], np.nan)
         table["score_note"] = np.arange(len(table), dtype=np.int32)
         table["pedal"] = table["pedal"].astype(np.int8)
         table = table.assign(piece_id=piece_id, score_id=row.folder, composer=performance["composer"].iloc[0],
-                             title=performance["title"].iloc[0], split=split)  # fmt: skip
+                             title=performance["title"].iloc[0], split=split, source=performance["source"].iloc[0])  # fmt: skip
         parts[split].append(table[ALIGNED_COLUMNS])
-        performances.append({"piece_id": piece_id, "score": row.midi_score, "split": split, **counts,
+        performances.append({"piece_id": piece_id, "score": row.midi_score, "split": split, "source": table["source"].iloc[0], **counts,
                              "match_rate": round(counts["matched"] / max(1, counts["score_notes"]), 4)})  # fmt: skip
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -258,6 +247,8 @@ def align(scores_dir: Path, notes_dir: Path, out_dir: Path, params: AlignParams)
         matched = sum(p["matched"] for p in chosen)
         report[split] = {"performances": len(chosen), "score_notes": score_notes, "matched": matched,
                          "match_rate": round(matched / max(1, score_notes), 4)}  # fmt: skip
+    report["by_source"] = {source: {split: sum(p["source"] == source and p["split"] == split for p in performances) for split in SPLITS}
+                           for source in sorted({p["source"] for p in performances})}  # fmt: skip
     report["performances"] = performances
     report["skipped_rows"] = skipped
     return report
@@ -265,7 +256,7 @@ def align(scores_dir: Path, notes_dir: Path, out_dir: Path, params: AlignParams)
 
 def _empty() -> pd.DataFrame:
     """An empty split with the aligned table's columns and types."""
-    types = {"piece_id": str, "score_id": str, "composer": str, "title": str, "split": str, "score_note": np.int32,
+    types = {"piece_id": str, "score_id": str, "composer": str, "title": str, "split": str, "source": str, "score_note": np.int32,
              "pitch": np.int16, "velocity": np.int16, "pedal": np.int8, "notated_velocity": np.int16}  # fmt: skip
     return pd.DataFrame({c: pd.Series(dtype=types.get(c, np.float64)) for c in ALIGNED_COLUMNS})
 

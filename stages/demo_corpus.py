@@ -84,13 +84,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from model.asap import MAESTRO_PREFIX, SPLITS
+
 log = logging.getLogger(__name__)
 
 MAESTRO_DIR = "maestro-v3.0.0"
 CSV_NAME = "maestro-v3.0.0.csv"
 JSON_NAME = "maestro-v3.0.0.json"
 COLUMNS = ["canonical_composer", "canonical_title", "split", "year", "midi_filename", "audio_filename", "duration"]
-SPLITS = ("train", "validation", "test")
 YEARS = (2004, 2006, 2008, 2009, 2011, 2013, 2014, 2015, 2017, 2018)  # MAESTRO's year folders
 
 TICKS_PER_BEAT = 480
@@ -117,7 +118,6 @@ ASAP_CSV = "metadata.csv"
 ASAP_COLUMNS = ["composer", "title", "folder", "xml_score", "midi_score", "midi_performance", "performance_annotations",
                 "midi_score_annotations", "maestro_midi_performance", "maestro_audio_performance", "start", "end",
                 "audio_performance"]  # fmt: skip
-MAESTRO_PREFIX = "{maestro}/"  # how ASAP's metadata names a file of the MAESTRO archive
 MUSESCORE_VELOCITY = {"pp": 33, "p": 49, "mp": 64, "mf": 80, "f": 96, "ff": 112}  # how MuseScore plays the markings
 UNMARKED_VELOCITY = 80  # MuseScore's velocity where no dynamic is marked
 HAIRPIN = 8  # velocity a phrase's crescendo adds by the arc's peak; the diminuendo takes it back
@@ -687,12 +687,9 @@ def beat_annotations(score: DemoScore) -> tuple[str, str]:
     return lines(score_s), lines(performed_s)
 
 
-def generate_piece(seed: int, index: int) -> DemoPiece:
-    """Piece `index` of the corpus with this seed: music, performance, velocities and MIDI bytes."""
-    rng = np.random.default_rng([seed, index])
-    style = STYLES[int(rng.integers(len(STYLES)))]
-    composer = _Composer(rng, style)
-    composer.write(target_notes=int(rng.integers(280, 721)))
+def _play(composer: _Composer, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, bytes, list[tuple[int, int]]]:
+    """One pianist's performance of the composed piece: its notes (`_perform`'s columns, overlaps
+    resolved, in time order), their ticks, the MIDI bytes and the pedal events."""
     piece_level = rng.normal(PIECE_LEVEL_MEAN, PIECE_LEVEL_SD)
     perf = _perform(composer, rng, piece_level)
 
@@ -701,12 +698,27 @@ def generate_piece(seed: int, index: int) -> DemoPiece:
     keep = _resolve_overlaps(start_tick, end_tick, perf["pitch"], perf["role"])
     order = np.lexsort((perf["pitch"][keep], start_tick[keep]))
     columns = {name: perf[name][keep][order] for name in ("pitch", "velocity", "expected", "role", "phrase")}
+    columns["step_start_s"] = perf["step_start_s"]
     start_tick, end_tick = start_tick[keep][order], end_tick[keep][order]
 
-    uses_pedal = rng.random() < style.pedal_share
+    uses_pedal = rng.random() < composer.style.pedal_share
     pedal = _pedal_events(rng, perf["bar_s"], float(end_tick.max()) / TICKS_PER_SECOND) if uses_pedal else []
     # The performance's file keeps MAESTRO's 120 bpm and 4/4, whatever the music's meter.
     midi = _midi_bytes(start_tick, end_tick, columns["pitch"], columns["velocity"], pedal, _conductor(MIDI_TEMPO, 4))
+    return columns, start_tick, end_tick, midi, pedal
+
+
+def generate_piece(seed: int, index: int, pianist: int = 0) -> DemoPiece:
+    """Piece `index` of the corpus with this seed: music, performance, velocities and MIDI bytes.
+    Pianist 0 is the corpus's performance; another `pianist` plays the same score (same title and
+    notes) with its own loudness, noise, articulation and pedal: the ASAP-only rows of the scores."""
+    rng = np.random.default_rng([seed, index])
+    style = STYLES[int(rng.integers(len(STYLES)))]
+    composer = _Composer(rng, style)
+    composer.write(target_notes=int(rng.integers(280, 721)))
+    columns, start_tick, end_tick, midi, pedal = _play(composer, rng)
+    if pianist:  # pianist 0's draws above keep the title's draw below the same
+        columns, start_tick, end_tick, midi, pedal = _play(composer, np.random.default_rng([seed, index, 3, pianist]))
     last_tick = max(int(end_tick.max()), max((t for t, _ in pedal), default=0))
 
     score, phrases = composer.score, composer.phrases
@@ -720,7 +732,7 @@ def generate_piece(seed: int, index: int) -> DemoPiece:
         phrase_peak=np.array([0.5 ** (1 / ph.arc_exponent) for ph in phrases]),
         phrase_level=tuple(ph.level_name for ph in phrases), marked=style.composer not in UNMARKED_STYLES,
         beats_per_bar=composer.beats, bpm=composer.bpm, tonic=composer.tonic, minor=composer.minor,
-        step_start_s=perf["step_start_s"],
+        step_start_s=columns["step_start_s"],
     )
 
     key = f"{KEY_NAMES[composer.tonic]} {'minor' if composer.minor else 'major'}"
@@ -797,21 +809,36 @@ def _csv_text(rows: list[dict], columns: list[str]) -> str:
     return text.getvalue()
 
 
+def asap_only_performances(n_pieces: int, seed: int) -> list[tuple[int, int]]:
+    """(piece index, pianist) of the demo scores' ASAP-only performances, as ASAP has beside its
+    MAESTRO ones: a second pianist of the first piece of each split and of every 25th piece, and
+    the first pianist of `n_pieces // 100` (at least one) pieces beyond the corpus, which have no
+    MAESTRO performance at all (so the split rule sends them to train)."""
+    splits = assign_splits(n_pieces, seed)
+    firsts = {splits.index(split) for split in SPLITS}
+    seconds = sorted(firsts | set(range(0, n_pieces, 25)))
+    beyond = range(n_pieces, n_pieces + max(1, n_pieces // 100))
+    return [(index, 1) for index in seconds] + [(index, 0) for index in beyond]
+
+
 def generate_scores(out_dir: Path | str, n_pieces: int, seed: int, progress: bool = False) -> Path:
     """Write the scores of `generate_corpus`'s pieces in ASAP's layout to `out_dir/asap-dataset/`
     and return that folder: per piece `Demo/<style>/<title>/` with `midi_score.mid`, its beat
     annotations, the performance (the corpus file's bytes) as `Demo_Pianist_<index>.mid` and its
-    beat annotations; and `metadata.csv`. Deterministic like the corpus."""
+    beat annotations; and `metadata.csv`. Beside them, the ASAP-only performances of
+    `asap_only_performances` (`Demo_Pianist_<index>_<pianist>.mid`, no MAESTRO recording).
+    Deterministic like the corpus."""
     root = Path(out_dir) / ASAP_DIR
     root.mkdir(parents=True, exist_ok=True)
     rows = []
-    indices = range(n_pieces)
+    performances = [(index, 0) for index in range(n_pieces)] + asap_only_performances(n_pieces, seed)
     if progress:
-        indices = tqdm(indices, desc="demo scores", unit="piece")
-    for index in indices:
-        piece = generate_piece(seed, index)
+        performances = tqdm(performances, desc="demo scores", unit="performance")
+    for index, pianist in performances:
+        piece = generate_piece(seed, index, pianist)
         folder = f"Demo/{_slug(piece.composer)}/{_slug(piece.title)}"
-        performer = f"{folder}/Demo_Pianist_{index:04d}"
+        in_maestro = index < n_pieces and pianist == 0
+        performer = f"{folder}/Demo_Pianist_{index:04d}" + ("" if in_maestro else f"_{pianist}")
         (root / folder).mkdir(parents=True, exist_ok=True)
         (root / folder / "midi_score.mid").write_bytes(score_midi(piece.score))
         score_beats, performed_beats = beat_annotations(piece.score)
@@ -824,8 +851,8 @@ def generate_scores(out_dir: Path | str, n_pieces: int, seed: int, progress: boo
             "midi_score": f"{folder}/midi_score.mid", "midi_performance": f"{performer}.mid",
             "performance_annotations": f"{performer}_annotations.txt",
             "midi_score_annotations": f"{folder}/midi_score_annotations.txt",
-            "maestro_midi_performance": f"{MAESTRO_PREFIX}{stem}.midi",
-            "maestro_audio_performance": f"{MAESTRO_PREFIX}{stem}.wav",
+            "maestro_midi_performance": f"{MAESTRO_PREFIX}{stem}.midi" if in_maestro else "",
+            "maestro_audio_performance": f"{MAESTRO_PREFIX}{stem}.wav" if in_maestro else "",
             "start": 0.0, "end": round(piece.duration, 9), "audio_performance": f"{performer}.wav",
         })
     (root / ASAP_CSV).write_text(_csv_text(rows, ASAP_COLUMNS), encoding="utf-8")

@@ -51,6 +51,7 @@ import pandas as pd
 
 from stages import params as params_lib
 from stages.io import atomic_path, write_json
+from model.asap import MAESTRO
 from model.codec import bin_index, n_bins
 
 if TYPE_CHECKING:
@@ -352,54 +353,113 @@ def other_pianists_mean(test: pd.DataFrame) -> np.ndarray:
     return np.where(played & (others > 0), (sums - velocity) / np.maximum(others, 1), np.nan)
 
 
+# The headline keys that evaluate also reports over the whole test split, ASAP-only performances
+# included, with `_all` added; the plain keys score the test performances that come from MAESTRO.
+WHOLE_SPLIT_KEYS = (
+    "velocity_mae_predict", "velocity_r_predict", "velocity_std_ratio_predict", "velocity_mae_gbt", "velocity_r_gbt",
+    "velocity_mae_flat64", "notes", "pieces",
+    "velocity_mae_score", "velocity_r_score", "velocity_std_ratio_score", "velocity_mae_score_flat_input",
+    "velocity_r_score_flat_input", "velocity_mae_gbt_score", "velocity_r_gbt_score", "velocity_mae_flat64_score",
+    "velocity_mae_other_pianists_score", "velocity_r_other_pianists_score", "velocity_mae_score_shared_notes",
+    "score_notes", "score_performances",
+)  # fmt: skip
+
+
+def maestro_rows(table: pd.DataFrame) -> np.ndarray:
+    """True for the rows of performances that come from MAESTRO (every row of a table without a `source`)."""
+    if "source" not in table:
+        return np.ones(len(table), dtype=bool)
+    return table["source"].to_numpy() == MAESTRO
+
+
+def whole_split(
+    model: "VelocityModel", test_notes: pd.DataFrame, headline: np.ndarray, headline_predicted: np.ndarray,
+    gbt_velocity: np.ndarray | None, batch_windows: int,
+) -> dict[str, float | int]:
+    """The performance path's `_all` keys: `headline_predicted` (velocity predict's decoding of the
+    `headline` rows) completed with the other rows' predictions, over every test note."""
+    from model.pieces import DEFAULT_DECODING, predict_notes
+
+    predicted = np.zeros(len(test_notes), dtype=np.float64)
+    predicted[headline] = headline_predicted
+    if (~headline).any():
+        log.info("%d test notes of ASAP-only performances", int((~headline).sum()))
+        predicted[~headline] = predict_notes(model, test_notes[~headline], batch_windows=batch_windows, progress=True, decoding=DEFAULT_DECODING)
+    true = test_notes["velocity"].to_numpy(dtype=np.float64)
+    metrics: dict[str, float | int] = dict(dynamics_scores(predicted, true, test_notes["piece_id"].to_numpy(), "predict"))
+    if gbt_velocity is not None:
+        metrics.update(dynamics_scores(gbt_velocity, true, test_notes["piece_id"].to_numpy(), "gbt"))
+    metrics["velocity_mae_flat64"] = mae(np.full_like(true, FLAT_VELOCITY), true)
+    metrics["notes"] = int(len(true))
+    metrics["pieces"] = int(test_notes["piece_id"].nunique())
+    return {f"{key}_all": value for key, value in metrics.items() if key in WHOLE_SPLIT_KEYS}
+
+
 def evaluate_scores(
     score_model: "VelocityModel", performance_model: "VelocityModel", test: pd.DataFrame, train: pd.DataFrame,
     gbt_velocity: np.ndarray | None, batch_windows: int,
 ) -> dict[str, float | int]:
-    """The score path's metrics (see the module doc) over the paired notes of `test` (aligned)."""
+    """The score path's metrics (see the module doc) over the paired notes of the MAESTRO
+    performances of `test` (aligned), and the `_all` keys over every paired note."""
     from model.pieces import DEFAULT_DECODING, predict_notes
 
     played = test["velocity"].to_numpy() >= 0
-    true = test["velocity"].to_numpy(dtype=np.float64)[played]
-    piece_id = test["piece_id"].to_numpy()[played]
+    headline = maestro_rows(test)
+    true = test["velocity"].to_numpy(dtype=np.float64)
+    piece_id = test["piece_id"].to_numpy()
 
-    def predict(model: "VelocityModel", notes: pd.DataFrame, what: str, decoding: str = DEFAULT_DECODING) -> np.ndarray:
-        log.info("score path: %s (%d notes)", what, len(notes))
-        return predict_notes(model, notes, batch_windows=batch_windows, progress=True, decoding=decoding)[played]
+    def predict(model: "VelocityModel", notes: pd.DataFrame, what: str, decoding: str = DEFAULT_DECODING, rows: np.ndarray | None = None) -> np.ndarray:
+        """Predictions for every row of `notes` (NaN outside `rows`, which hold whole performances)."""
+        rows = np.ones(len(notes), dtype=bool) if rows is None else rows
+        log.info("score path: %s (%d notes)", what, int(rows.sum()))
+        predicted = np.full(len(notes), np.nan)
+        predicted[rows] = predict_notes(model, notes[rows], batch_windows=batch_windows, progress=True, decoding=decoding)
+        return predicted
 
-    def scores(predicted: np.ndarray, suffix: str) -> dict[str, float]:
-        return {k: v for k, v in dynamics_scores(predicted, true, piece_id, suffix).items() if "_macro_" not in k}
+    def scores(predicted: np.ndarray, suffix: str, keep: np.ndarray, drop: str = "_macro_") -> dict[str, float]:
+        return {k: v for k, v in dynamics_scores(predicted[keep], true[keep], piece_id[keep], suffix).items() if "_macro_" not in k and drop not in k}
 
     predicted = predict(score_model, test, "the score model")
-    metrics: dict[str, float | int] = dict(scores(predicted, "score"))
-    metrics["velocity_mae_score_network"] = mae(predict(score_model, test, "the score model's networks alone", "averaged"), true)
-    if (tree := score_model.tree) is not None:
-        metrics["velocity_mae_score_tree"] = mae(tree.predict(test)[played], true)
-        metrics["score_network_weight"] = score_model.calibration.network_weight
     flat = predict(score_model, test.assign(notated_velocity=np.int16(FLAT_VELOCITY)), "every notated velocity 64")
-    metrics.update(scores(flat, "score_flat_input"))
-    remapped = predict(score_model, test.assign(notated_velocity=remap_dynamics(test["notated_velocity"])), "another dynamics curve")
-    metrics.update(scores(remapped, "score_remapped"))
-
-    metrics["velocity_mae_flat64_score"] = mae(np.full_like(true, FLAT_VELOCITY), true)
     train_played = train["velocity"].to_numpy() >= 0
     slope, intercept = np.polyfit(train["notated_velocity"].to_numpy(dtype=np.float64)[train_played],
                                   train["velocity"].to_numpy(dtype=np.float64)[train_played], 1)  # fmt: skip
-    notated = slope * test["notated_velocity"].to_numpy(dtype=np.float64)[played] + intercept
-    metrics.update({k: v for k, v in scores(notated, "notated_score").items() if "_centred_" not in k})
-    as_performance = predict(performance_model, test, "the performance model fed the score")
-    metrics.update({k: v for k, v in scores(as_performance, "performance_model_score").items() if "_centred_" not in k})
-    if gbt_velocity is not None:
-        metrics.update({k: v for k, v in scores(gbt_velocity[played], "gbt_score").items() if "_centred_" not in k})
-    others = other_pianists_mean(test)[played]
-    shared = ~np.isnan(others)
-    if shared.any():
-        metrics["velocity_mae_other_pianists_score"] = mae(others[shared], true[shared])
-        metrics["velocity_r_other_pianists_score"] = pearson_r(others[shared], true[shared])
-        metrics["velocity_mae_score_shared_notes"] = mae(predicted[shared], true[shared])
-        metrics["score_shared_notes"] = int(shared.sum())
-    metrics["score_notes"] = int(played.sum())
-    metrics["score_performances"] = int(test["piece_id"].nunique())
+    notated = slope * test["notated_velocity"].to_numpy(dtype=np.float64) + intercept
+
+    def metrics_over(rows: np.ndarray) -> dict[str, float | int]:
+        """Every key whose predictions exist for `rows`, over their paired notes; the other
+        pianists are the other performances among `rows`."""
+        keep = played & rows
+        metrics: dict[str, float | int] = dict(scores(predicted, "score", keep))
+        metrics.update(scores(flat, "score_flat_input", keep))
+        metrics["velocity_mae_flat64_score"] = mae(np.full(int(keep.sum()), FLAT_VELOCITY), true[keep])
+        metrics.update(scores(notated, "notated_score", keep, drop="_centred_"))
+        if gbt_velocity is not None:
+            metrics.update(scores(gbt_velocity, "gbt_score", keep, drop="_centred_"))
+        others = np.full(len(test), np.nan)
+        others[rows] = other_pianists_mean(test[rows])
+        shared = keep & ~np.isnan(others)
+        if shared.any():
+            metrics["velocity_mae_other_pianists_score"] = mae(others[shared], true[shared])
+            metrics["velocity_r_other_pianists_score"] = pearson_r(others[shared], true[shared])
+            metrics["velocity_mae_score_shared_notes"] = mae(predicted[shared], true[shared])
+            metrics["score_shared_notes"] = int(shared.sum())
+        metrics["score_notes"] = int(keep.sum())
+        metrics["score_performances"] = int(test["piece_id"][rows].nunique())
+        return metrics
+
+    metrics = metrics_over(headline)
+    keep = played & headline
+    metrics["velocity_mae_score_network"] = mae(predict(score_model, test, "the score model's networks alone", "averaged", headline)[keep], true[keep])
+    if (tree := score_model.tree) is not None:
+        metrics["velocity_mae_score_tree"] = mae(tree.predict(test)[keep], true[keep])
+        metrics["score_network_weight"] = score_model.calibration.network_weight
+    remapped = predict(score_model, test.assign(notated_velocity=remap_dynamics(test["notated_velocity"])), "another dynamics curve", rows=headline)
+    metrics.update(scores(remapped, "score_remapped", keep))
+    as_performance = predict(performance_model, test, "the performance model fed the score", rows=headline)
+    metrics.update(scores(as_performance, "performance_model_score", keep, drop="_centred_"))
+    whole = metrics_over(np.ones(len(test), dtype=bool))
+    metrics.update({f"{key}_all": value for key, value in whole.items() if key in WHOLE_SPLIT_KEYS})
     return metrics
 
 
@@ -440,7 +500,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    from model.pieces import load_velocity_model
+    from model.pieces import DEFAULT_DECODING, load_velocity_model
     from model.training import Windows
 
     params = params_lib.load(EvaluateParams, "evaluate")
@@ -457,11 +517,18 @@ def main(argv: list[str] | None = None) -> None:
     if gbt_velocity is not None and len(gbt_velocity) != len(test_notes):
         raise SystemExit(f"{args.gbt}: {len(gbt_velocity)} predictions for {len(test_notes)} test notes: rerun the gbt stage")
 
-    metrics, predicted = evaluate(model, test_notes, train_notes, test_windows, velocity_edges, params, gbt_velocity)
+    # The plain keys score the MAESTRO performances, as every earlier round did; `_all` the whole split.
+    headline = maestro_rows(test_notes)
+    headline_notes = test_notes[headline].reset_index(drop=True)
+    window_rows = np.load(args.windows_dir / "test_rows.npy", mmap_mode="r")[:, 0]
+    headline_windows = test_windows.subset(headline[window_rows])
+    headline_gbt = None if gbt_velocity is None else gbt_velocity[headline]
+    metrics, predicted = evaluate(model, headline_notes, train_notes, headline_windows, velocity_edges, params, headline_gbt)
+    metrics.update(whole_split(model, test_notes, headline, predicted[DEFAULT_DECODING], gbt_velocity, params.batch_windows))
     if args.score_model:
         metrics.update(score_path(args, model, params))
     write_json(args.metrics, metrics)
-    write_figures(test_notes, predicted[params.figures], velocity_edges, params, args.plots_dir, args.samples_dir)
+    write_figures(headline_notes, predicted[params.figures], velocity_edges, params, args.plots_dir, args.samples_dir)
     log.info("velocity MAE %s", ", ".join(f"{name} {metrics[key]:.2f}" for name, key in DECODINGS.items()))
     log.info("velocity predict's decoding: MAE %.2f, r %.3f, std ratio %.2f (flat 64: %.2f, per-pitch mean: %.2f, tree: %s) on %d test notes",
              metrics["velocity_mae_predict"], metrics["velocity_r_predict"], metrics["velocity_std_ratio_predict"], metrics["velocity_mae_flat64"],
@@ -480,6 +547,7 @@ def score_path(args: argparse.Namespace, performance_model: "VelocityModel", par
     if not (test["velocity"].to_numpy() >= 0).any():
         raise SystemExit(f"evaluate: {test_path}: no aligned test notes to score (the align stage's report.json says why)")
     train = pd.read_parquet(args.aligned / "train.parquet", columns=["notated_velocity", "velocity"])
+    test = test.reset_index(drop=True)
     gbt_velocity = np.load(args.score_gbt) if args.score_gbt else None
     if gbt_velocity is not None and len(gbt_velocity) != len(test):
         raise SystemExit(f"{args.score_gbt}: {len(gbt_velocity)} predictions for {len(test)} aligned test notes: rerun the score_gbt stage")

@@ -1,6 +1,12 @@
 """Extract stage: every MIDI file the MAESTRO csv lists -> one Parquet table of notes per split.
 
-    python -m stages.extract data/raw/maestro-v3.0.0 data/notes
+    python -m stages.extract data/raw/maestro-v3.0.0 data/notes --scores data/raw_scores/asap-dataset
+
+With `--scores`, the ASAP-only performances of ASAP's metadata.csv (those with no MAESTRO
+recording: their MIDI file is in the ASAP folder) are read too, through the same reader and note
+rules, with the split of their piece (model/asap.py: a piece with MAESTRO performances keeps their
+split, a piece without any goes to train). Their `piece_id` is the metadata's `midi_performance`
+and their `source` is `asap`; MAESTRO's files have `source` `maestro`.
 
 Writes `data/notes/{train,validation,test}.parquet` (columns and order in `NOTE_SCHEMA`, see the
 contract in CONTRIBUTING.md) and `data/notes/report.json` (files read and skipped with reasons, each
@@ -45,6 +51,7 @@ from model.midi import (
     MidiWarning,
     warning_counts,
 )
+from model.asap import ASAP_ONLY, MAESTRO, SPLITS, MetadataError, asap_only_splits, is_asap_only, maestro_name, read_metadata
 from model.notes import NOTE_COLUMNS, NOTES_IGNORED_NON_PIANO_PROGRAM, read_piece
 from stages.params import load
 
@@ -52,7 +59,6 @@ log = logging.getLogger(__name__)
 
 CSV_NAME = "maestro-v3.0.0.csv"
 CSV_COLUMNS = ["canonical_composer", "canonical_title", "split", "midi_filename"]
-SPLITS = ("train", "validation", "test")
 # The report's counters of damage worked around and notes left out by the program rule.
 WARNING_KINDS = (FILES_TRUNCATED, FILES_BAD_CHUNK_LENGTH, FILES_BAD_EVENT, FILES_MISSING_TRACKS, FILES_TYPE_2,
                  NOTES_CLOSED_AT_TRACK_END, NOTES_IGNORED_NON_PIANO_PROGRAM)  # fmt: skip
@@ -63,6 +69,7 @@ NOTE_SCHEMA = pa.schema(
         ("composer", pa.string()),
         ("title", pa.string()),
         ("split", pa.string()),
+        ("source", pa.string()),
         ("pitch", pa.int16()),
         ("start", pa.float64()),
         ("end", pa.float64()),
@@ -72,6 +79,8 @@ NOTE_SCHEMA = pa.schema(
         ("pedal", pa.int8()),
     ]
 )
+LISTING_COLUMNS = ["piece_id", "composer", "title", "split", "source", "path"]  # what `listing` gives per file
+_EMPTY_LISTING = pd.DataFrame(columns=LISTING_COLUMNS)
 ROW_GROUP_NOTES = 500_000  # notes buffered per split before a Parquet row group is written
 
 
@@ -189,27 +198,67 @@ class _SplitWriter:
         piece_of_note = pa.array(np.repeat(np.arange(len(self.pieces)), [len(c["pitch"]) for _, c in self.pieces]))
         columns: dict[str, Any] = {
             key: pa.array([m[key] for m, _ in self.pieces], type=pa.string()).take(piece_of_note)
-            for key in ("piece_id", "composer", "title", "split")
+            for key in ("piece_id", "composer", "title", "split", "source")
         }
         columns.update({name: np.concatenate([c[name] for _, c in self.pieces]) for name in NOTE_COLUMNS})
         self.writer.write_table(pa.Table.from_pydict(columns, schema=NOTE_SCHEMA))
         self.pieces, self.buffered_notes = [], 0
 
 
-def extract_notes(raw_dir: Path, out_dir: Path, sustain: bool, workers: int) -> dict[str, Any]:
-    """Read every MIDI file `raw_dir`'s MAESTRO csv lists into `out_dir/{split}.parquet`.
+def asap_only_performances(scores_dir: Path, maestro: pd.DataFrame) -> tuple[pd.DataFrame, list[dict[str, str]]]:
+    """ASAP-only rows of `scores_dir`'s metadata.csv as a listing (see `listing`), and the rows
+    left out with their reason. Scores that share no recording with the MAESTRO table (the demo
+    scores beside a real corpus, say) are not this corpus's: none of their rows is read."""
+    metadata = read_metadata(scores_dir / "metadata.csv")
+    maestro_split = dict(zip(maestro["midi_filename"], maestro["split"]))
+    rows, left_out = asap_only_splits(metadata, maestro_split)
+    maestro_rows = [row for row in metadata.itertuples(index=False) if not is_asap_only(row)]
+    if maestro_rows and all(maestro_name(row, maestro_split) is None for row in maestro_rows):
+        reason = f"{scores_dir}: none of its MAESTRO performances is in the MAESTRO table: these scores are not data.source's"
+        return _EMPTY_LISTING, left_out + [{"performance": name, "reason": reason} for name in rows["midi_performance"]]
+    root = scores_dir.resolve()
+    inside = [(root / name).resolve().is_relative_to(root) for name in rows["midi_performance"]]
+    left_out += [{"performance": name, "reason": "its path leaves the scores folder"} for name, ok in zip(rows["midi_performance"], inside) if not ok]
+    rows = rows[inside].reset_index(drop=True)
+    return pd.DataFrame({
+        "piece_id": rows["midi_performance"], "composer": rows["composer"], "title": rows["title"], "split": rows["split"],
+        "source": ASAP_ONLY, "path": [scores_dir / name for name in rows["midi_performance"]],
+    }), left_out  # fmt: skip
 
-    Files are read by `workers` processes (0 = all cores); results keep csv order. A bad file is
-    skipped and its reason recorded. Writes and returns the report (`out_dir/report.json`).
+
+def listing(raw_dir: Path, scores_dir: Path | None) -> tuple[pd.DataFrame, list[dict[str, str]]]:
+    """Every performance to read: `piece_id`, `composer`, `title`, `split`, `source` and `path`,
+    MAESTRO's csv rows first (csv order), then the ASAP-only ones (metadata order); and the ASAP
+    rows left out with their reason."""
+    table = read_csv(raw_dir / CSV_NAME)
+    maestro = pd.DataFrame({
+        "piece_id": table["midi_filename"], "composer": table["canonical_composer"], "title": table["canonical_title"],
+        "split": table["split"], "source": MAESTRO, "path": [raw_dir / name for name in table["midi_filename"]],
+    })  # fmt: skip
+    if scores_dir is None:
+        return maestro, []
+    asap, left_out = asap_only_performances(Path(scores_dir), table)
+    return pd.concat([maestro, asap], ignore_index=True), left_out
+
+
+def extract_notes(raw_dir: Path, out_dir: Path, sustain: bool, workers: int, scores_dir: Path | None = None) -> dict[str, Any]:
+    """Read every MIDI file `raw_dir`'s MAESTRO csv lists, and with `scores_dir` the ASAP-only
+    performances of its metadata.csv, into `out_dir/{split}.parquet`.
+
+    Files are read by `workers` processes (0 = all cores); results keep the listing's order. A bad
+    file is skipped and its reason recorded. Writes and returns the report (`out_dir/report.json`).
     """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    csv_path = raw_dir / CSV_NAME
-    table = read_csv(csv_path)
+    table, asap_left_out = listing(raw_dir, scores_dir)
+    for row in asap_left_out:
+        log.warning("left out %s: %s", row["performance"], row["reason"])
     n_workers = resolve_workers(workers)
-    tasks = [(raw_dir / name, sustain) for name in table["midi_filename"]]
-    log.info("extract: %d files listed in %s, reading with %d process(es)", len(tasks), csv_path, n_workers)
+    tasks = [(path, sustain) for path in table["path"]]
+    log.info("extract: %d files listed (%d ASAP-only), reading with %d process(es)", len(tasks),
+             int((table["source"] == ASAP_ONLY).sum()), n_workers)  # fmt: skip
 
     split_counts = {s: {"files_listed": 0, "files_read": 0, "files_skipped": 0, "notes": 0} for s in SPLITS}
+    by_source = {source: dict.fromkeys(SPLITS, 0) for source in (MAESTRO, ASAP_ONLY)}  # files listed
     skipped: dict[str, str] = {}
     warned: dict[str, list[str]] = {}
     totals = dict(notes_read=0, notes_written=0, notes_dropped_out_of_range=0,
@@ -228,9 +277,10 @@ def extract_notes(raw_dir: Path, out_dir: Path, sustain: bool, workers: int) -> 
         for row, outcome in tqdm(zip(rows, outcomes), total=len(tasks), desc="extract", unit="file"):
             counts = split_counts[row.split]
             counts["files_listed"] += 1
+            by_source[row.source][row.split] += 1
             if outcome.columns is None:
                 counts["files_skipped"] += 1
-                skipped[row.midi_filename] = str(outcome.reason)
+                skipped[row.piece_id] = str(outcome.reason)
                 log.warning("skipped %s", outcome.reason)
                 continue
             n_notes = len(outcome.columns["pitch"])
@@ -245,25 +295,27 @@ def extract_notes(raw_dir: Path, out_dir: Path, sustain: bool, workers: int) -> 
                 if kind in WARNING_KINDS:  # the other kinds have their own counters above
                     totals[kind] += count
             if outcome.warnings:
-                warned[row.midi_filename] = [w.text for w in outcome.warnings]
+                warned[row.piece_id] = [w.text for w in outcome.warnings]
                 for warning in outcome.warnings:
-                    log.warning("%s: %s", row.midi_filename, warning.text)
-            meta = {"piece_id": row.midi_filename, "composer": row.canonical_composer,
-                    "title": row.canonical_title, "split": row.split}  # fmt: skip
+                    log.warning("%s: %s", row.piece_id, warning.text)
+            meta = {"piece_id": row.piece_id, "composer": row.composer, "title": row.title, "split": row.split, "source": row.source}
             writers[row.split].add(meta, outcome.columns)
         for split_writer in writers.values():
             split_writer.flush()
 
     report = {
         "raw_dir": str(raw_dir),
+        "scores_dir": None if scores_dir is None else str(scores_dir),
         "sustain": sustain,
         "files_listed": len(tasks),
         "files_read": len(tasks) - len(skipped),
         "files_skipped": len(skipped),
         **totals,
         "splits": split_counts,
-        "skipped": skipped,  # midi_filename -> reason
-        "warnings": warned,  # midi_filename -> what was wrong with it and worked around, or left out
+        "files_listed_by_source": by_source,
+        "skipped": skipped,  # piece_id -> reason
+        "asap_rows_left_out": asap_left_out,
+        "warnings": warned,  # piece_id -> what was wrong with it and worked around, or left out
     }
     write_json(out_dir / "report.json", report)
     log.info(
@@ -279,10 +331,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("raw_dir", type=Path, help="folder holding maestro-v3.0.0.csv and the MIDI files")
     parser.add_argument("out_dir", type=Path, help="folder for {train,validation,test}.parquet and report.json")
+    parser.add_argument("--scores", type=Path, help="data/raw_scores/asap-dataset: also read its ASAP-only performances")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load(ExtractParams, "extract")
-    extract_notes(args.raw_dir, args.out_dir, sustain=params.sustain, workers=params.workers)
+    try:  # a bad csv or metadata table: one line, no traceback
+        extract_notes(args.raw_dir, args.out_dir, sustain=params.sustain, workers=params.workers, scores_dir=args.scores)
+    except (CsvError, MetadataError) as err:
+        raise SystemExit(f"extract: {err}") from None
     return 0
 
 

@@ -22,7 +22,8 @@ from conftest import ROOT, SHARED_DATA, stage_error
 from stages.align import ALIGNED_COLUMNS, AlignParams, align, align_pair, beat_map, match_notes, read_beats
 from stages.extract import NOTE_SCHEMA
 
-TINY_SCORES_ZIP = SHARED_DATA / "asap-maestro-v3.0.0-tiny-scores.zip"
+# The tiny MAESTRO archive's 10 rows plus 4 ASAP-only performances (../shared/data/README.md).
+TINY_SCORES_ZIP = SHARED_DATA / "asap-all-tiny-scores.zip"
 SPLITS = ("train", "validation", "test")
 
 
@@ -214,7 +215,8 @@ def performance(piece_id: str, split: str, beats: np.ndarray, velocity: np.ndarr
     table["duration"] = 0.3
     table["dstart"] = np.append(np.diff(table["start"]), 0.3)
     table["pedal"] = 0
-    return table.assign(piece_id=piece_id, composer="Composer X", title=f"Canonical {piece_id}", split=split)
+    source = "asap" if piece_id.endswith(".mid") else "maestro"
+    return table.assign(piece_id=piece_id, composer="Composer X", title=f"Canonical {piece_id}", split=split, source=source)
 
 
 def write_notes(notes_dir: Path, pieces: list[pd.DataFrame]) -> None:
@@ -227,21 +229,22 @@ def write_notes(notes_dir: Path, pieces: list[pd.DataFrame]) -> None:
 
 @pytest.fixture
 def hand_made(tmp_path: Path) -> dict:
-    """An ASAP folder of one piece and four performances (rows A..D), and the notes of the performances."""
+    """An ASAP folder of one piece and five performances (rows A..E; E is ASAP-only), and the notes
+    of the performances."""
     scores_dir, folder = tmp_path / "asap-dataset", "Comp/Work/Piece"
     (scores_dir / folder).mkdir(parents=True)
     write_score_midi(scores_dir / folder / "midi_score.mid")
     write_annotations(scores_dir / folder / "midi_score_annotations.txt", 0.5 * np.arange(N_BEATS))
     beats = {"A": 1.0 + 0.6 * np.arange(N_BEATS), "B": 0.3 + 0.5 * np.arange(N_BEATS - 1),  # B: one beat short
-             "C": 0.5 * np.arange(N_BEATS), "D": 0.4 + 0.55 * np.arange(N_BEATS)}  # fmt: skip
+             "C": 0.5 * np.arange(N_BEATS), "D": 0.4 + 0.55 * np.arange(N_BEATS), "E": 0.2 + 0.45 * np.arange(N_BEATS)}  # fmt: skip
     for name, times in beats.items():
         write_annotations(scores_dir / folder / f"{name}_annotations.txt", times)
-    rows = {"A": "2019/recA.midi", "B": "2019/recB.midi", "C": "2019/recC.midi", "D": "2019/recD.midi"}
+    rows = {"A": "2019/recA.midi", "B": "2019/recB.midi", "C": "2019/recC.midi", "D": "2019/recD.midi", "E": None}
     pd.DataFrame([{
         "composer": "Comp", "title": "Piece_A", "folder": folder, "xml_score": f"{folder}/xml_score.musicxml",
         "midi_score": f"{folder}/midi_score.mid", "midi_performance": f"{folder}/{name}.mid",
         "performance_annotations": f"{folder}/{name}_annotations.txt", "midi_score_annotations": f"{folder}/midi_score_annotations.txt",
-        "maestro_midi_performance": "{maestro}/" + maestro, "maestro_audio_performance": "", "start": "", "end": "", "audio_performance": "",
+        "maestro_midi_performance": "{maestro}/" + maestro if maestro else "", "maestro_audio_performance": "", "start": "", "end": "", "audio_performance": "",
     } for name, maestro in rows.items()]).to_csv(scores_dir / "metadata.csv", index=False)  # fmt: skip
     n = len(SCORE_NOTES)
     missed = np.ones(n, dtype=bool)
@@ -252,6 +255,7 @@ def hand_made(tmp_path: Path) -> dict:
         performance("2019/recB.midi", "test", 0.3 + 0.5 * np.arange(N_BEATS), np.full(n, 50)),
         performance("2019/recC__Another_piece.midi", "train", beats["C"], np.full(n, 40)),  # C: not its name
         performance("2019/recD.midi", "validation", beats["D"], 100 - np.arange(n), keep=missed),  # D: plain name only
+        performance(f"{folder}/E.mid", "train", beats["E"], np.full(n, 77)),  # E: ASAP-only, named by its file
     ]
     write_notes(tmp_path / "notes", pieces)
     return {"scores": scores_dir, "notes": tmp_path / "notes", "out": tmp_path / "aligned", "folder": folder, "n": n}
@@ -260,18 +264,21 @@ def hand_made(tmp_path: Path) -> dict:
 def test_align_stage_on_a_hand_made_asap_folder(hand_made):
     report = align(hand_made["scores"], hand_made["notes"], hand_made["out"], AlignParams(tolerance=0.2, skipped_beat=0.05))
     folder, n = hand_made["folder"], hand_made["n"]
-    assert (report["rows"], report["aligned"], report["skipped"]) == (4, 2, 2)
+    assert (report["rows"], report["aligned"], report["skipped"]) == (5, 3, 2)
     skipped = {row["performance"]: row["reason"] for row in report["skipped_rows"]}
     assert skipped == {
         f"{folder}/B_annotations.txt": "15 beats annotated in the performance, 16 in the score: cannot pair them",
-        f"{folder}/C_annotations.txt": "its MAESTRO performance '{maestro}/2019/recC.midi' is not in the notes (data.source)",
-    }
+        f"{folder}/C_annotations.txt": "its MAESTRO performance '{maestro}/2019/recC.midi' is not in the notes "
+                                       "(data.source, or left out by extract: data/notes/report.json)",
+    }  # fmt: skip
     by_piece = {p["piece_id"]: p for p in report["performances"]}
-    assert set(by_piece) == {"2019/recA__Piece_A.midi", "2019/recD.midi"}
+    assert set(by_piece) == {"2019/recA__Piece_A.midi", "2019/recD.midi", f"{folder}/E.mid"}
     assert by_piece["2019/recA__Piece_A.midi"]["split"] == "train" and by_piece["2019/recA__Piece_A.midi"]["match_rate"] == 1.0
     assert by_piece["2019/recD.midi"]["split"] == "validation" and by_piece["2019/recD.midi"]["matched"] == n - 1
-    assert report["train"]["performances"] == 1 and report["test"]["performances"] == 0
-    assert report["all"] == {"performances": 2, "score_notes": 2 * n, "matched": 2 * n - 1, "match_rate": round((2 * n - 1) / (2 * n), 4)}
+    assert by_piece[f"{folder}/E.mid"]["source"] == "asap" and by_piece[f"{folder}/E.mid"]["match_rate"] == 1.0
+    assert report["train"]["performances"] == 2 and report["test"]["performances"] == 0
+    assert report["all"] == {"performances": 3, "score_notes": 3 * n, "matched": 3 * n - 1, "match_rate": round((3 * n - 1) / (3 * n), 4)}
+    assert report["by_source"] == {"asap": {"train": 1, "validation": 0, "test": 0}, "maestro": {"train": 1, "validation": 1, "test": 0}}
 
     tables = {split: pd.read_parquet(hand_made["out"] / f"{split}.parquet") for split in SPLITS}
     assert all(list(t.columns) == ALIGNED_COLUMNS for t in tables.values())
@@ -279,7 +286,9 @@ def test_align_stage_on_a_hand_made_asap_folder(hand_made):
     every = pd.concat(tables.values(), ignore_index=True)
     assert not every["piece_id"].isin(["2019/recB.midi", "2019/recA.midi", "2019/recC__Another_piece.midi"]).any()
 
-    a = tables["train"]
+    e = tables["train"][tables["train"]["source"] == "asap"]
+    assert (e["piece_id"] == f"{folder}/E.mid").all() and e["velocity"].eq(77).all()
+    a = tables["train"][tables["train"]["source"] == "maestro"]
     assert (a["piece_id"] == "2019/recA__Piece_A.midi").all() and (a["score_id"] == folder).all()
     assert a["score_note"].tolist() == list(range(n)) and a["pitch"].tolist() == [p for _, p in SCORE_NOTES]
     np.testing.assert_allclose(a["start"], [t / TPQ * 0.5 for t, _ in SCORE_NOTES])  # score time at the notated tempo
@@ -292,6 +301,7 @@ def test_align_stage_on_a_hand_made_asap_folder(hand_made):
     expected[5] = -1
     assert d["velocity"].tolist() == expected.tolist()
     assert d["performance_start"].isna().tolist() == [i == 5 for i in range(n)]
+    assert d["performance_end"].isna().tolist() == [i == 5 for i in range(n)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,17 +320,35 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
             pytest.skip(f"{path} not found: the shared archives sit in ../shared/data beside the repo (CI has them)")
     root = tmp_path_factory.mktemp("tiny_align")
     raw = download(str(TINY_ZIP), root / "raw", downloads_dir=root / "downloads", lock_path=root / "downloads.lock.json")
-    extract_notes(raw, root / "notes", False, 1)
     with zipfile.ZipFile(TINY_SCORES_ZIP) as archive:
         archive.extractall(root / "scores")
-    return {"root": root, "raw": raw, "notes": root / "notes", "scores": root / "scores" / "asap-dataset"}
+    report = extract_notes(raw, root / "notes", False, 1, scores_dir=root / "scores" / "asap-dataset")
+    return {"root": root, "raw": raw, "notes": root / "notes", "scores": root / "scores" / "asap-dataset", "extract": report}
+
+
+def test_tiny_archives_extract_the_asap_only_performances_with_their_piece_split(tiny_pipeline):
+    """The 4 ASAP-only rows: two of Chopin's op. 10 no. 5, whose MAESTRO performance is in validation,
+    and two of pieces with no MAESTRO performance, which go to train."""
+    report = tiny_pipeline["extract"]
+    assert report["files_listed_by_source"] == {"maestro": {"train": 6, "validation": 2, "test": 2},
+                                                "asap": {"train": 2, "validation": 2, "test": 0}}  # fmt: skip
+    assert report["files_read"] == 14 and report["asap_rows_left_out"] == []
+    notes = pd.concat([pd.read_parquet(tiny_pipeline["notes"] / f"{s}.parquet") for s in SPLITS], ignore_index=True)
+    asap = notes[notes["source"] == "asap"].groupby("piece_id")["split"].first().to_dict()
+    assert asap == {"Chopin/Etudes_op_10/5/Bach02.mid": "validation", "Chopin/Etudes_op_10/5/USHIKI03.mid": "validation",
+                    "Chopin/Etudes_op_25/8/Toscano02.mid": "train", "Bach/Prelude/bwv_866/SOLOM02.mid": "train"}  # fmt: skip
+    # Read through the same reader and note rules as MAESTRO's files: the same note count as a direct read.
+    from model.notes import read_piece
+
+    direct = read_piece(tiny_pipeline["scores"] / "Chopin/Etudes_op_10/5/USHIKI03.mid", False).notes
+    assert (notes["piece_id"] == "Chopin/Etudes_op_10/5/USHIKI03.mid").sum() == len(direct) > 0
 
 
 def test_tiny_archives_align_with_high_match_rates(tiny_pipeline):
     out = tiny_pipeline["root"] / "aligned"
     report = align(tiny_pipeline["scores"], tiny_pipeline["notes"], out, AlignParams(tolerance=0.2, skipped_beat=0.05))
     print({split: report[split]["match_rate"] for split in (*SPLITS, "all")})
-    assert report["rows"] == 10 and report["aligned"] + report["skipped"] == 10
+    assert report["rows"] == 14 and report["aligned"] + report["skipped"] == 14
     assert len(report["performances"]) == report["aligned"] and len(report["skipped_rows"]) == report["skipped"]
     assert all(row["reason"] for row in report["skipped_rows"])
     assert report["all"]["match_rate"] > 0.8
@@ -329,10 +357,18 @@ def test_tiny_archives_align_with_high_match_rates(tiny_pipeline):
     metadata = pd.read_csv(scores / "metadata.csv", dtype=str, keep_default_na=False)
     pairable = [len(read_beats(scores / row.performance_annotations)) == len(read_beats(scores / row.midi_score_annotations))
                 for row in metadata.itertuples()]  # fmt: skip
-    assert report["aligned"] == sum(pairable) and sum(pairable) >= 8
+    assert report["aligned"] == sum(pairable) and sum(pairable) >= 12
+    assert sum(report["by_source"]["asap"].values()) == 4
 
     maestro = pd.read_csv(tiny_pipeline["raw"] / "maestro-v3.0.0.csv")
     maestro_split = dict(zip(maestro["midi_filename"], maestro["split"]))
+    maestro_split.update({row.midi_performance: row.split for row in pd.concat(
+        [pd.read_parquet(tiny_pipeline["notes"] / f"{s}.parquet", columns=["piece_id", "split", "source"]) for s in SPLITS]
+    ).query("source == 'asap'").rename(columns={"piece_id": "midi_performance"}).itertuples()})  # the extract stage's split
+    # No piece (ASAP's composer and title) in two splits.
+    piece_of = {row.folder: f"{row.composer}/{row.title}" for row in metadata.itertuples()}
+    aligned = pd.concat([pd.read_parquet(out / f"{s}.parquet", columns=["score_id", "split"]) for s in SPLITS])
+    assert aligned.assign(piece=aligned["score_id"].map(piece_of)).groupby("piece")["split"].nunique().max() == 1
     performance_notes = pd.concat([pd.read_parquet(tiny_pipeline["notes"] / f"{s}.parquet") for s in SPLITS], ignore_index=True)
     for split in SPLITS:
         table = pd.read_parquet(out / f"{split}.parquet")
@@ -365,7 +401,7 @@ def test_align_command_writes_report_json(tiny_pipeline, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
-    assert report["rows"] == 10 and len(report["performances"]) == report["aligned"]
+    assert report["rows"] == 14 and len(report["performances"]) == report["aligned"]
     rates = {p["piece_id"]: p["match_rate"] for p in report["performances"]}
     assert all(0.0 <= rate <= 1.0 for rate in rates.values()) and min(rates.values()) > 0.5
     assert all(p["matched"] <= p["score_notes"] and p["split"] in SPLITS for p in report["performances"])

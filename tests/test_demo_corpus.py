@@ -27,6 +27,7 @@ from stages.demo_corpus import (
     MUSESCORE_VELOCITY,
     TICKS_PER_SECOND,
     UNMARKED_STYLES,
+    asap_only_performances,
     assign_splits,
     generate_corpus,
     generate_piece,
@@ -221,10 +222,16 @@ def read_notes(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.array([n.start for n in notes]), np.array([n.pitch for n in notes]), np.array([n.velocity for n in notes])
 
 
+def row_pieces() -> list[tuple[int, int]]:
+    """(piece index, pianist) of each metadata row: the corpus's performances, then the ASAP-only ones."""
+    return [(index, 0) for index in range(SCORE_PIECES)] + asap_only_performances(SCORE_PIECES, seed=0)
+
+
 def test_scores_layout_pairs_every_performance_of_the_corpus(scores_root, tmp_path):
     assert scores_root.name == ASAP_DIR
-    table = pd.read_csv(scores_root / ASAP_CSV, keep_default_na=False)
-    assert list(table.columns) == ASAP_COLUMNS and len(table) == SCORE_PIECES
+    everything = pd.read_csv(scores_root / ASAP_CSV, keep_default_na=False)
+    assert list(everything.columns) == ASAP_COLUMNS and len(everything) == len(row_pieces())
+    table, asap_only = everything.iloc[:SCORE_PIECES], everything.iloc[SCORE_PIECES:]
     corpus = generate_corpus(tmp_path / "corpus", n_pieces=SCORE_PIECES, seed=0)
     performances = pd.read_csv(corpus / CSV_NAME)
     assert [n.removeprefix(MAESTRO_PREFIX) for n in table["maestro_midi_performance"]] == list(performances["midi_filename"])
@@ -237,13 +244,25 @@ def test_scores_layout_pairs_every_performance_of_the_corpus(scores_root, tmp_pa
         assert (scores_root / row.midi_performance).read_bytes() == maestro.read_bytes()
         assert row.xml_score == "" and row.start == 0 and row.end == pytest.approx(pretty_midi.PrettyMIDI(str(maestro)).get_end_time())
 
+    # ASAP-only rows: no MAESTRO recording; another pianist of a corpus piece's score, or a piece
+    # the corpus does not have; every split has one.
+    assert (asap_only["maestro_midi_performance"] == "").all() and len(asap_only) >= 4
+    folders = dict(zip(table["folder"], table["midi_performance"]))
+    splits = assign_splits(SCORE_PIECES, seed=0)
+    assert {splits[index] for index, _ in asap_only_performances(SCORE_PIECES, seed=0) if index < SCORE_PIECES} == {"train", "validation", "test"}
+    assert (~asap_only["folder"].isin(folders)).sum() == 1  # a piece beyond the corpus
+    for row in asap_only.itertuples():
+        assert (scores_root / row.midi_performance).is_file() and (scores_root / row.performance_annotations).is_file()
+        if row.folder in folders:
+            assert (scores_root / row.midi_performance).read_bytes() != (scores_root / folders[row.folder]).read_bytes()
+
     again = generate_scores(tmp_path / "again", n_pieces=SCORE_PIECES, seed=0)
     assert corpus_files(again) == corpus_files(scores_root)
 
 
 def test_score_midi_is_on_the_grid_at_the_notated_tempo_meter_and_key(scores_root):
     table = pd.read_csv(scores_root / ASAP_CSV, keep_default_na=False)
-    for index, row in enumerate(table.itertuples()):
+    for (index, _), row in zip(row_pieces(), table.itertuples()):
         piece = generate_piece(0, index)
         midi = mido.MidiFile(scores_root / row.midi_score)
         assert (midi.type, len(midi.tracks), midi.ticks_per_beat) == (1, 2, 480)
@@ -275,7 +294,7 @@ def test_score_maps_onto_the_performance_through_the_beats(scores_root):
     of the same pitch within 40 ms of every performed note; louder markings are played louder."""
     table = pd.read_csv(scores_root / ASAP_CSV, keep_default_na=False)
     checked_levels = 0
-    for index, row in enumerate(table.itertuples()):
+    for (index, _), row in zip(row_pieces(), table.itertuples()):
         score_beats, score_labels = read_beats(scores_root / row.midi_score_annotations)
         performed_beats, performed_labels = read_beats(scores_root / row.performance_annotations)
         assert score_labels == performed_labels and len(score_beats) == len(performed_beats)

@@ -22,6 +22,9 @@ METRIC_KEYS = {
     # velocity predict's default decoding, and the tree baseline
     "velocity_mae_predict", "velocity_r_predict", "velocity_std_ratio_predict", "velocity_mae_centred_predict",
     "velocity_mae_macro_predict", "velocity_mae_gbt",
+    # the same over the whole test split, ASAP-only performances included
+    "velocity_mae_predict_all", "velocity_r_predict_all", "velocity_std_ratio_predict_all", "velocity_mae_gbt_all",
+    "velocity_mae_flat64_all", "notes_all", "pieces_all",
 }  # fmt: skip
 
 
@@ -126,8 +129,15 @@ def test_dvc_repro_evaluate_beats_the_baselines_on_the_demo_corpus(tmp_path, mon
 
     metrics = json.loads((project / "metrics/evaluate.json").read_text())
     assert METRIC_KEYS <= set(metrics)
-    test_notes = pd.read_parquet(project / "data/notes/test.parquet")
+    every_test_note = pd.read_parquet(project / "data/notes/test.parquet")
+    # The plain keys score the MAESTRO performances (as every earlier round); `_all` the whole split,
+    # the demo's ASAP-only performances (another pianist of the first test piece) included.
+    test_notes = every_test_note[every_test_note["source"] == "maestro"]
     assert metrics["notes"] == len(test_notes) > 0  # every test note scored exactly once
+    assert metrics["notes_all"] == len(every_test_note) > len(test_notes)
+    assert metrics["pieces_all"] == metrics["pieces"] + every_test_note.query("source == 'asap'")["piece_id"].nunique()
+    assert metrics["velocity_mae_flat64_all"] == pytest.approx(np.abs(every_test_note["velocity"].to_numpy() - 64).mean())
+    assert metrics["velocity_mae_predict_all"] < 0.9 * metrics["velocity_mae_flat64_all"]
     assert metrics["velocity_mae"] < 0.9 * metrics["velocity_mae_flat64"]
     assert metrics["velocity_mae"] < metrics["velocity_mae_per_pitch_mean"]
     assert metrics["velocity_mae_median"] < 0.95 * metrics["velocity_mae_per_pitch_mean"]
@@ -140,9 +150,16 @@ def test_dvc_repro_evaluate_beats_the_baselines_on_the_demo_corpus(tmp_path, mon
 
     # The score path: the demo's scores, aligned and learned by the score model from the same run.
     assert SCORE_KEYS <= set(metrics)
-    aligned = pd.read_parquet(project / "data/aligned/test.parquet")
+    every_aligned = pd.read_parquet(project / "data/aligned/test.parquet")
+    aligned = every_aligned[every_aligned["source"] == "maestro"]
     assert metrics["score_notes"] == int((aligned["velocity"] >= 0).sum()) > 0
+    assert metrics["score_notes_all"] == int((every_aligned["velocity"] >= 0).sum()) > metrics["score_notes"]
     assert metrics["velocity_mae_flat64_score"] == pytest.approx(np.abs(aligned["velocity"][aligned["velocity"] >= 0] - 64).mean())
+    played = every_aligned["velocity"][every_aligned["velocity"] >= 0]
+    assert metrics["velocity_mae_flat64_score_all"] == pytest.approx(np.abs(played - 64).mean())
+    assert metrics["velocity_mae_score_all"] < 0.8 * metrics["velocity_mae_flat64_score_all"]
+    # The first test piece has two performances only with its ASAP-only one: other pianists in `_all` alone.
+    assert "velocity_mae_other_pianists_score_all" in metrics
     assert metrics["velocity_mae_score"] < 0.8 * metrics["velocity_mae_flat64_score"]
     assert metrics["velocity_mae_score"] < metrics["velocity_mae_performance_model_score"]  # a score is not a performance
     assert abs(metrics["velocity_mae_score_remapped"] - metrics["velocity_mae_score"]) < 0.5  # relative dynamics only
@@ -168,7 +185,10 @@ SCORE_KEYS = {
     f"velocity_{what}_{kind}" for kind in ("score", "score_flat_input", "score_remapped") for what in ("mae", "r", "std_ratio", "mae_centred")
 } | {"velocity_mae_flat64_score", "velocity_mae_notated_score", "velocity_mae_performance_model_score", "velocity_mae_gbt_score",
      "velocity_r_gbt_score", "velocity_std_ratio_gbt_score", "score_notes", "score_performances",
-     "velocity_mae_score_network", "velocity_mae_score_tree", "score_network_weight"}  # fmt: skip
+     "velocity_mae_score_network", "velocity_mae_score_tree", "score_network_weight"} | {
+    f"{key}_all" for key in ("velocity_mae_score", "velocity_r_score", "velocity_std_ratio_score", "velocity_mae_score_flat_input",
+                             "velocity_mae_gbt_score", "velocity_mae_flat64_score", "score_notes", "score_performances")
+}  # fmt: skip
 
 
 def test_other_pianists_mean_leaves_each_performance_out():
