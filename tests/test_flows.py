@@ -13,8 +13,8 @@ from uuid import UUID
 
 import pytest
 import yaml
+from browser import MAX_DRAWN_MEAN_DIFFERENCE, MIN_DRAWN_CORRELATION, chromium_page, drawn_likeness, open_image, require_chromium, show
 from conftest import ROOT, SMALL_DEMO, deep_update, make_project, prefect_server_process, velocity
-from headless_browser import MAX_DRAWN_MEAN_DIFFERENCE, MIN_DRAWN_CORRELATION, chromium_page, drawn_likeness, find_chromium, open_image
 
 from pipeline.flows import (
     FIGURE_MAX_WIDTH_PX,
@@ -282,20 +282,15 @@ def test_velocity_run_command(first_run: dict[str, Any], capsys: pytest.CaptureF
     assert "no stage named 'nope'" in capsys.readouterr().err
 
 
-# Every figure <img> of the page once all have loaded (naturalWidth 0 means a broken image), else null.
-LOADED_FIGURES_JS = """(() => {
+# Every figure <img> of the page once all (at least `count`) have loaded, else null (naturalWidth 0
+# means a broken image).
+LOADED_FIGURES_JS = """count => {
   const images = [...document.querySelectorAll('img')].filter(img => img.src.startsWith('data:image/'));
-  if (images.length < %d || !images.every(img => img.complete)) return null;
+  if (images.length < count || !images.every(img => img.complete)) return null;
   return images.map(img => ({alt: img.alt, naturalWidth: img.naturalWidth, naturalHeight: img.naturalHeight}));
-})()"""
-# Scroll one figure into view, let the page repaint, and return where it is drawn (CSS pixels).
-SHOW_FIGURE_JS = """(async () => {
-  const img = [...document.querySelectorAll('img')].find(img => img.alt === %s);
-  img.scrollIntoView({block: 'center'});
-  await new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)));
-  const {x, y, width, height} = img.getBoundingClientRect();
-  return {x, y, width, height};
-})()"""
+}"""
+
+
 @pytest.mark.slow
 def test_figures_show_in_the_prefect_ui(first_run: dict[str, Any], tmp_path: Path) -> None:
     """A real server with its UI, the real `velocity run`, the artifact's page in a real headless Chromium:
@@ -304,9 +299,7 @@ def test_figures_show_in_the_prefect_ui(first_run: dict[str, Any], tmp_path: Pat
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    chromium = find_chromium()
-    if chromium is None:
-        pytest.skip("no chromium on PATH (apt-get install chromium; .ci/run installs it): the UI check needs a real browser")
+    chromium = require_chromium("the UI check needs a real browser")
     project = first_run["project"]
     names = [str(path.relative_to(project.resolve())) for path in project_figures(project)]
     with prefect_server_process(tmp_path, ui=True) as (api_url, env):
@@ -322,19 +315,20 @@ def test_figures_show_in_the_prefect_ui(first_run: dict[str, Any], tmp_path: Pat
             with chromium_page(chromium) as page:
                 page.goto(f"{base}/artifacts/artifact/{artifact.id}")
                 try:
-                    loaded = page.wait_for(LOADED_FIGURES_JS % len(names), timeout_seconds=90)
+                    loaded = page.wait_for_function(LOADED_FIGURES_JS, arg=len(names), timeout=90_000).json_value()
                 finally:
-                    page.screenshot(tmp_path / f"{ui}-artifact-page.png")
+                    page.screenshot(path=tmp_path / f"{ui}-artifact-page.png")
                 assert [image["alt"] for image in loaded] == names, ui
-                text = page.evaluate("document.body.innerText")
+                text = page.locator("body").inner_text()
                 for image in loaded:
                     name = image["alt"]
                     expected = open_image((project / name).read_bytes())  # the stage's file: what we must see
                     assert (image["naturalWidth"], image["naturalHeight"]) == expected.size, (ui, name)
                     assert name in text, (ui, name)  # the heading says which file it is
-                    rect = page.evaluate(SHOW_FIGURE_JS % json.dumps(name))
+                    rect = show(page.get_by_alt_text(name, exact=True).first)
                     assert rect["width"] >= min(expected.width, 400), (ui, name, rect)  # drawn, not a thumbnail
-                    shot = page.screenshot(tmp_path / f"{ui}-{Path(name).stem}.png")
+                    shot = tmp_path / f"{ui}-{Path(name).stem}.png"
+                    page.screenshot(path=shot)
                     correlation, difference = drawn_likeness(shot, rect, (project / name).read_bytes())
                     assert correlation >= MIN_DRAWN_CORRELATION and difference <= MAX_DRAWN_MEAN_DIFFERENCE, (
                         f"{ui}: {name} is not drawn as the file is (r {correlation:.3f}, mean difference "

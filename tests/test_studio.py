@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from playwright.sync_api import Download, Page, expect
 
+from browser import MAX_DRAWN_MEAN_DIFFERENCE, MIN_DRAWN_CORRELATION, chromium_page, drawn_likeness, open_image, require_chromium, show
 from conftest import ROOT, free_port, stop, velocity, velocity_env
-from headless_browser import MAX_DRAWN_MEAN_DIFFERENCE, MIN_DRAWN_CORRELATION, Page, chromium_page, drawn_likeness, find_chromium
 from model.midi import read_midi
 from trained_models import TEST_SCORE
 
@@ -70,16 +71,13 @@ def studio(trained_model, trained_score_model, tmp_path_factory) -> Iterator[dic
 
 @pytest.fixture
 def page() -> Iterator[Page]:
-    chromium = find_chromium()
-    if chromium is None:
-        pytest.skip("no chromium on PATH (apt-get install chromium; .ci/run installs it): the page needs a real browser")
-    with chromium_page(chromium) as page:
+    with chromium_page(require_chromium("the page needs a real browser")) as page:
         yield page
 
 
 def open_studio(page: Page, studio: dict) -> None:
     page.goto(studio["base"])
-    page.wait_for("document.body && document.body.dataset.ready === 'true'")
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")  # the page has its config
 
 
 def cards(page: Page) -> list[dict]:
@@ -94,15 +92,28 @@ def cards(page: Page) -> list[dict]:
 
 def wait_settled(page: Page, count: int, timeout_seconds: float = 120) -> list[dict]:
     """The cards once all `count` of them are ready or failed."""
-    page.wait_for(f"""(() => {{ const all = [...document.querySelectorAll('.card')];
-        return all.length === {count} && all.every(card => ['ready', 'error'].includes(card.dataset.state)); }})()""", timeout_seconds)
+    page.wait_for_function("""count => { const all = [...document.querySelectorAll('.card')];
+        return all.length === count && all.every(card => ['ready', 'error'].includes(card.dataset.state)); }""",
+                           arg=count, timeout=timeout_seconds * 1000)  # fmt: skip
     return cards(page)
 
 
 def move(page: Page, control: str, value: float) -> None:
-    """Move a slider as a hand does: set it, then the input event."""
-    page.evaluate(f"(() => {{ const el = document.getElementById({json.dumps(control)}); el.value = {value}; "
-                  "el.dispatchEvent(new Event('input', {bubbles: true})); })()")  # fmt: skip
+    """Move a slider as a hand does: Playwright sets it, then fires its input and change events."""
+    page.locator(f"#{control}").fill(str(value))
+
+
+def download(page: Page, selector: str) -> Download:
+    """Click the link at `selector` and wait for the file it downloads."""
+    with page.expect_download() as started:
+        page.locator(selector).click()
+    return started.value
+
+
+def downloaded_bytes(download: Download) -> bytes:
+    """The downloaded file's bytes, once Chromium has finished writing it."""
+    assert download.failure() is None, download.failure()  # waits until the file is complete
+    return Path(download.path()).read_bytes()
 
 
 def fetch(url: str, data: bytes | None = None) -> tuple[int, bytes]:
@@ -151,33 +162,21 @@ def cli_predict(studio: dict, source: Path, out: Path, *options: str) -> None:
 
 
 def png_size(data: bytes) -> tuple[int, int]:
-    from headless_browser import open_image
-
     return open_image(data).size
 
 
 def differing_pixels(screenshot: Path, rect: dict, figure: bytes) -> int:
     """Pixels of the screenshot inside `rect` whose grey level is 32+ away from the figure's (at its size)."""
-    from headless_browser import open_image
-
     box = (round(rect["x"]), round(rect["y"]), round(rect["x"] + rect["width"]), round(rect["y"] + rect["height"]))
     drawn = np.asarray(open_image(screenshot.read_bytes()).convert("L").crop(box), dtype=np.int16)
     expected = np.asarray(open_image(figure).convert("L").resize((drawn.shape[1], drawn.shape[0])), dtype=np.int16)
     return int((np.abs(drawn - expected) >= 32).sum())
 
 
-def wait_for_file(path: Path, timeout_seconds: float = 30) -> bytes:
-    deadline = time.monotonic() + timeout_seconds
-    while not path.is_file() and time.monotonic() < deadline:  # Chromium renames its .crdownload when done
-        time.sleep(0.1)
-    assert path.is_file(), f"nothing downloaded to {path}"
-    return path.read_bytes()
-
-
 def test_a_dropped_score_is_humanized_a_control_reshapes_it_and_the_download_is_the_commands_file(studio, page, tiny_raw, tmp_path):
     score = studio["scores"] / TEST_SCORE
     open_studio(page, studio)
-    page.set_files("#files", [score])
+    page.set_input_files("#files", [score])
     [card] = wait_settled(page, 1)
     assert card["state"] == "ready" and card["name"] == "midi_score.mid", card
     assert card["kind"].startswith("read as a score: ") and "1/96-beat grid" in card["kind"]
@@ -187,26 +186,27 @@ def test_a_dropped_score_is_humanized_a_control_reshapes_it_and_the_download_is_
     # Strength 0.5 and dynamics 1.5: a new result from the same upload, no new upload.
     move(page, "strength", 0.5)
     move(page, "dynamics", 1.5)
-    page.wait_for(f"document.querySelector('.card').dataset.result !== {json.dumps(card['result'])} && "
-                  "document.querySelector('.card').dataset.state === 'ready'")  # fmt: skip
+    page.wait_for_function("""before => { const card = document.querySelector('.card');
+        return card.dataset.result !== before && card.dataset.state === 'ready'; }""", arg=card["result"])  # fmt: skip
     [moved] = cards(page)
     assert moved["result"] != card["result"]
 
-    page.allow_downloads(tmp_path / "downloads")
-    assert page.evaluate("document.querySelector('a.download').getAttribute('aria-disabled')") == "false"
-    page.evaluate("document.querySelector('a.download').click()")
-    downloaded = wait_for_file(tmp_path / "downloads/midi_score-humanized.mid")
+    expect(page.locator("a.download")).to_have_attribute("aria-disabled", "false")
+    file = download(page, "a.download")
+    assert file.suggested_filename == "midi_score-humanized.mid"
+    downloaded = downloaded_bytes(file)
     cli_predict(studio, score, tmp_path / "cli.mid", "--strength", "0.5", "--dynamics", "1.5")
     assert downloaded == (tmp_path / "cli.mid").read_bytes()  # one code path: the same bytes
     assert downloaded != score.read_bytes()
 
     # The performance beside it, read as a performance; the zip holds both, as the command writes them.
     performance = tiny_raw.parent / TEST_PIECE
-    page.set_files("#files", [performance])
+    page.set_input_files("#files", [performance])
     settled = wait_settled(page, 2)
     assert settled[1]["state"] == "ready" and settled[1]["kind"].startswith("read as a performance: ")
-    page.evaluate("document.getElementById('download-all').click()")
-    archive = zipfile.ZipFile(io.BytesIO(wait_for_file(tmp_path / "downloads/humanized.zip")))
+    file = download(page, "#download-all")
+    assert file.suggested_filename == "humanized.zip"
+    archive = zipfile.ZipFile(io.BytesIO(downloaded_bytes(file)))
     assert sorted(archive.namelist()) == sorted(["midi_score-humanized.mid", Path(TEST_PIECE).stem + "-humanized.mid"])
     cli_predict(studio, performance, tmp_path / "cli_performance.mid", "--strength", "0.5", "--dynamics", "1.5")
     assert archive.read(Path(TEST_PIECE).stem + "-humanized.mid") == (tmp_path / "cli_performance.mid").read_bytes()
@@ -221,7 +221,7 @@ def test_a_bad_file_shows_its_error_and_the_good_ones_still_come_back(studio, pa
     oversized = tmp_path / "huge.mid"
     oversized.write_bytes(good.read_bytes() + bytes(int(UPLOAD_LIMIT_MB * 1e6)))
     open_studio(page, studio)
-    page.set_files("#files", [damaged, good, not_midi, oversized])
+    page.set_input_files("#files", [damaged, good, not_midi, oversized])
     by_name = {card["name"]: card for card in wait_settled(page, 4)}
     assert by_name["midi_score.mid"]["state"] == "ready" and by_name["midi_score.mid"]["error"] == ""
     # The shared reader's own one-line errors, beside each file's name.
@@ -255,7 +255,7 @@ def test_the_page_is_drawn_as_it_should_be(studio, page, tmp_path):
 
     score = studio["scores"] / TEST_SCORE
     open_studio(page, studio)
-    page.set_files("#files", [score])
+    page.set_input_files("#files", [score])
     [card] = wait_settled(page, 1)
     # What it should show, drawn here from the command's file with the same settings.
     cli_predict(studio, score, tmp_path / "cli.mid")
@@ -268,11 +268,9 @@ def test_the_page_is_drawn_as_it_should_be(studio, page, tmp_path):
     loud = png_bytes(piano_roll_figure(shown, np.full(len(shown), 120), title), dpi=FIGURE_DPI)
     drawn, rect_of = {}, {}
     for which in ("rolls", "curve"):
-        rect = rect_of[which] = page.evaluate(f"""(async () => {{ const img = document.querySelector('.card img.{which}');
-            img.scrollIntoView({{block: 'center'}});
-            await new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)));
-            const {{x, y, width, height}} = img.getBoundingClientRect(); return {{x, y, width, height}}; }})()""")
-        shot = page.screenshot(tmp_path / f"studio-{which}.png")
+        rect = rect_of[which] = show(page.locator(f".card img.{which}"))
+        shot = tmp_path / f"studio-{which}.png"
+        page.screenshot(path=shot)
         drawn[which] = drawn_likeness(shot, rect, expected[which])
         assert drawn[which][0] >= MIN_DRAWN_CORRELATION and drawn[which][1] <= MAX_DRAWN_MEAN_DIFFERENCE, (which, drawn[which], shot)
         assert rect["width"] == pytest.approx(png_size(expected[which])[0], abs=1)  # drawn at its own size, not scaled
@@ -281,7 +279,7 @@ def test_the_page_is_drawn_as_it_should_be(studio, page, tmp_path):
     screen = tmp_path / "studio-rolls.png"
     differing = {name: differing_pixels(screen, rect_of["rolls"], figure) for name, figure in (("model", expected["rolls"]), ("loud", loud))}
     assert differing["loud"] > 10 * differing["model"] + 500, differing
-    text = page.evaluate("document.body.innerText")
+    text = page.locator("body").inner_text()
     assert "midi_score.mid" in text and "read as a score" in text and "Download all (zip)" in text
 
 
@@ -289,13 +287,13 @@ def test_the_page_is_drawn_as_it_should_be(studio, page, tmp_path):
 def test_the_page_plays_both_files_rendered_by_fluidsynth(studio, page):
     score = studio["scores"] / TEST_SCORE
     open_studio(page, studio)
-    page.set_files("#files", [score])
+    page.set_input_files("#files", [score])
     wait_settled(page, 1)
-    assert page.evaluate("document.getElementById('notice').textContent") == ""
-    durations = page.evaluate("""(async () => Promise.all(['original', 'humanized'].map(which => new Promise((done, fail) => {
+    expect(page.locator("#notice")).to_have_text("")
+    durations = page.evaluate("""() => Promise.all(['original', 'humanized'].map(which => new Promise((done, fail) => {
         const audio = document.querySelector('.card audio.' + which);
         audio.onloadedmetadata = () => done(audio.duration); audio.onerror = () => fail(which + ': ' + audio.error.code);
-        audio.preload = 'auto'; audio.load(); }))))()""")
+        audio.preload = 'auto'; audio.load(); })))""")
     from model.notes import piece_notes
 
     end = float(piece_notes(read_midi(score)).notes["end"].max())
