@@ -128,11 +128,12 @@ def first_run(prefect_harness: None, tmp_path_factory: pytest.TempPathFactory) -
 
 def test_stage_order_follows_dvc_graph(project: Path) -> None:
     order = stage_order(project)
-    for upstream, downstream in [("download", "extract"), ("extract", "bins"), ("bins", "vocab"), ("vocab", "windows")]:
+    for upstream, downstream in [("download", "extract"), ("scores", "extract"), ("extract", "bins"), ("bins", "vocab"), ("vocab", "windows")]:
         assert order.index(upstream) < order.index(downstream)
     declared = list(yaml.safe_load((project / "dvc.yaml").read_text())["stages"])
     assert sorted(order) == sorted(declared)
-    assert stage_order(project, "vocab") == ["download", "extract", "bins", "vocab"]
+    # extract also reads the scores' ASAP-only performances
+    assert stage_order(project, "vocab") == ["download", "scores", "extract", "bins", "vocab"]
 
 
 def test_stage_order_reports_bad_target_and_root(project: Path, tmp_path: Path) -> None:
@@ -276,8 +277,8 @@ def test_velocity_run_command(first_run: dict[str, Any], capsys: pytest.CaptureF
     # Only up to a target: the target and what it depends on, nothing after it.
     assert main(["run", "--root", str(first_run["project"]), "extract"]) == 0
     table = capsys.readouterr().out.split()
-    assert [word for word in table if word in stage_order(first_run["project"])] == ["download", "extract"]
-    assert table.count("skipped") == 2
+    assert [word for word in table if word in stage_order(first_run["project"])] == ["download", "scores", "extract"]
+    assert table.count("skipped") == 3
     assert main(["run", "--root", str(first_run["project"]), "nope"]) == 2
     assert "no stage named 'nope'" in capsys.readouterr().err
 
