@@ -29,15 +29,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.codec import Vocab  # noqa: E402
-from model.features import learn_feature_edges  # noqa: E402
-from model.pieces import load_velocity_model, predict_notes  # noqa: E402
-from model.training import TrainConfig  # noqa: E402
-from stages import params as params_lib  # noqa: E402
-from stages.evaluate import dynamics_scores  # noqa: E402
-from stages.io import save_npy, write_json  # noqa: E402
-from stages.train import ModelParams, run_training  # noqa: E402
-from stages.windows import WindowsParams, make_windows  # noqa: E402
+from velocity.model.codec import Vocab  # noqa: E402
+from velocity.model.features import learn_feature_edges  # noqa: E402
+from velocity.model.pieces import load_velocity_model, predict_notes  # noqa: E402
+from velocity.model.training import TrainConfig  # noqa: E402
+from velocity import params as params_lib  # noqa: E402
+from velocity.metrics import dynamics_scores  # noqa: E402
+from velocity.io import save_npy, write_json  # noqa: E402
+from velocity.stages.train import ModelParams, run_training  # noqa: E402
+from velocity.stages.windows import WindowsParams, make_windows  # noqa: E402
 
 DECODINGS = ("notes-only", "averaged", "pianist")
 

@@ -2,7 +2,7 @@
 
     python bench/extract.py [--zip PATH] [--workers N]
 
-Prints notes per second of extract's reader (model/midi.py in ticks + float64 seconds, one process)
+Prints notes per second of extract's reader (velocity/model/midi.py in ticks + float64 seconds, one process)
 against pretty_midi reading the same files, then the wall time of the whole stage function
 (`extract_notes`, all cores unless --workers says otherwise), without and with sustain.
 """
@@ -20,8 +20,8 @@ import numpy as np
 import pretty_midi
 import symusic
 
-from model.notes import read_piece
-from stages.extract import CSV_NAME, extract_notes, read_csv, resolve_workers
+from velocity.model.notes import read_piece
+from velocity.stages.extract import CSV_NAME, extract_notes, read_csv, resolve_workers
 
 FULL_ZIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "maestro-v3.0.0-asap-midi.zip"
 
@@ -37,7 +37,7 @@ def time_symusic_parse(paths: list[Path]) -> tuple[float, int]:
 
 
 def time_extract_reader(paths: list[Path]) -> tuple[float, int]:
-    """extract's reader: model/midi.py in ticks, float64 seconds from the tempo map, sorted table."""
+    """extract's reader: velocity/model/midi.py in ticks, float64 seconds from the tempo map, sorted table."""
     t0 = time.perf_counter()
     n_notes = sum(len(read_piece(path).notes) for path in paths)
     return time.perf_counter() - t0, n_notes
@@ -71,7 +71,7 @@ def main() -> None:
 
         print("\none process, reading every file (notes per second):")
         rows = [("symusic parse only", *time_symusic_parse(paths)),
-                ("extract reader (model/midi.py + seconds)", *time_extract_reader(paths)),
+                ("extract reader (velocity/model/midi.py + seconds)", *time_extract_reader(paths)),
                 ("pretty_midi", *time_pretty_midi(paths))]  # fmt: skip
         for name, seconds, n_notes in rows:
             print(f"  {name:44s} {n_notes:>10,d} notes {seconds:8.2f} s {n_notes / seconds:>12,.0f} notes/s")

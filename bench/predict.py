@@ -31,13 +31,13 @@ import symusic
 import torch
 import yaml
 
-from model.pieces import DECODINGS, VelocityModel, load_velocity_model
-from pipeline.predict import DEFAULT_DECODING, Controls, predict_file
-from model.notes import read_piece
-from stages.bins import BinsParams, learn_bins
-from stages.params import load
-from stages.train import ModelParams
-from stages.vocab import build_vocab
+from velocity.model.pieces import DECODINGS, VelocityModel, load_velocity_model
+from velocity.pipeline.predict import DEFAULT_DECODING, Controls, predict_file
+from velocity.model.notes import read_piece
+from velocity.stages.bins import BinsParams, learn_bins
+from velocity.params import load
+from velocity.stages.train import ModelParams
+from velocity.stages.vocab import build_vocab
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL_ZIP = ROOT.parent / "shared" / "data" / "maestro-v3.0.0-asap-midi.zip"
@@ -70,9 +70,9 @@ def make_piece(zip_path: Path, n_notes: int, out: Path) -> Path:
 
 def untrained_default_model(piece: Path, path: Path) -> VelocityModel:
     """params.yaml's shape and features, untrained, with bins learned on `piece`; saved to `path`."""
-    from model.checkpoint import save_checkpoint
-    from model.features import feature_sizes, learn_feature_edges
-    from model.transformer import ModelConfig, build_model
+    from velocity.model.checkpoint import save_checkpoint
+    from velocity.model.features import feature_sizes, learn_feature_edges
+    from velocity.model.transformer import ModelConfig, build_model
 
     shape = load(ModelParams, "model", ROOT / "params.yaml")
     features = yaml.safe_load((ROOT / "params.yaml").read_text())["features"] or {}

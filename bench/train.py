@@ -1,4 +1,4 @@
-"""Training throughput of the Velocity Transformer through the real training loop (model/harness.py):
+"""Training throughput of the Velocity Transformer through the real training loop (velocity/model/harness.py):
 tokens per second for 1 or more processes (DistributedDataParallel through torchrun), and on
 CUDA also model FLOPs utilization.
 
@@ -29,11 +29,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.harness import LoopConfig, distributed_from_env, fit, launch_processes  # noqa: E402
-from model.runtime import seed_everything  # noqa: E402
-from model.training import SEED_PRESET, TrainConfig, VelocityTask, Windows  # noqa: E402
-from model.transformer import ModelConfig, build_model  # noqa: E402
-from stages import params as params_lib  # noqa: E402
+from velocity.model.harness import LoopConfig, distributed_from_env, fit, launch_processes  # noqa: E402
+from velocity.model.runtime import seed_everything  # noqa: E402
+from velocity.model.training import SEED_PRESET, TrainConfig, VelocityTask, Windows  # noqa: E402
+from velocity.model.transformer import ModelConfig, build_model  # noqa: E402
+from velocity import params as params_lib  # noqa: E402
 
 # Dense bf16 tensor-core peaks (TFLOP/s) for MFU; --peak-tflops overrides.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0, "V100": 125.0, "T4": 65.0}

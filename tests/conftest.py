@@ -91,7 +91,7 @@ def deep_update(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, An
 def params_section(cls: type, name: str, **overrides: Any) -> Any:
     """Section `name` of the project's params.yaml as a `cls`, with `overrides` laid over it: the
     params dataclasses have no defaults of their own. `name` may be dotted (performance_rnn.train)."""
-    from stages.params import read_params, section
+    from velocity.params import read_params, section
 
     values: Any = read_params(ROOT / "params.yaml")
     for part in name.split("."):

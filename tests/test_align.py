@@ -1,4 +1,4 @@
-"""The align stage (stages/align.py): score time -> performance time through paired beats, and each
+"""The align stage (velocity/stages/align.py): score time -> performance time through paired beats, and each
 score note paired with the pianist's note. Hand-built pairs with a known time map first, then a tiny
 hand-made ASAP folder through `align()`, then the tiny shared archives through the real pipeline."""
 
@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT, SHARED_DATA, stage_error
-from stages.align import ALIGNED_COLUMNS, AlignParams, align, align_pair, beat_map, match_notes, read_beats
-from stages.extract import NOTE_SCHEMA
+from velocity.stages.align import ALIGNED_COLUMNS, AlignParams, align, align_pair, beat_map, match_notes, read_beats
+from velocity.stages.extract import NOTE_SCHEMA
 
 # The tiny MAESTRO archive's 10 rows plus 4 ASAP-only performances (../shared/data/README.md).
 TINY_SCORES_ZIP = SHARED_DATA / "asap-all-tiny-scores.zip"
@@ -162,7 +162,7 @@ def test_match_notes_is_one_to_one_and_the_nearest_candidate_wins():
 
 
 def test_read_beats_reads_asap_annotations_and_names_a_bad_file(tmp_path):
-    from stages.align import AlignError
+    from velocity.stages.align import AlignError
 
     path = tmp_path / "a_annotations.txt"
     path.write_text("0.25\t0.25\tdb,3/4,-3\n0.75\t0.75\tb\n\n1.25\t1.25\tb\n")
@@ -312,8 +312,8 @@ def test_align_stage_on_a_hand_made_asap_folder(hand_made):
 def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The tiny MIDI archive downloaded and extracted into notes, and the tiny scores unzipped."""
     from conftest import TINY_ZIP
-    from stages.download import download
-    from stages.extract import extract_notes
+    from velocity.stages.download import download
+    from velocity.stages.extract import extract_notes
 
     for path in (TINY_ZIP, TINY_SCORES_ZIP):
         if not path.exists():
@@ -338,7 +338,7 @@ def test_tiny_archives_extract_the_asap_only_performances_with_their_piece_split
     assert asap == {"Chopin/Etudes_op_10/5/Bach02.mid": "validation", "Chopin/Etudes_op_10/5/USHIKI03.mid": "validation",
                     "Chopin/Etudes_op_25/8/Toscano02.mid": "train", "Bach/Prelude/bwv_866/SOLOM02.mid": "train"}  # fmt: skip
     # Read through the same reader and note rules as MAESTRO's files: the same note count as a direct read.
-    from model.notes import read_piece
+    from velocity.model.notes import read_piece
 
     direct = read_piece(tiny_pipeline["scores"] / "Chopin/Etudes_op_10/5/USHIKI03.mid", False).notes
     assert (notes["piece_id"] == "Chopin/Etudes_op_10/5/USHIKI03.mid").sum() == len(direct) > 0
@@ -396,7 +396,7 @@ def test_align_command_writes_report_json(tiny_pipeline, tmp_path):
     (tmp_path / "params.yaml").write_text("align:\n  tolerance: 0.2\n  skipped_beat: 0.05\n")
     out = tmp_path / "data" / "aligned"
     proc = subprocess.run(
-        [sys.executable, "-m", "stages.align", str(tiny_pipeline["scores"]), str(tiny_pipeline["notes"]), "data/aligned"],
+        [sys.executable, "-m", "velocity.stages.align", str(tiny_pipeline["scores"]), str(tiny_pipeline["notes"]), "data/aligned"],
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -412,11 +412,11 @@ def test_align_command_writes_report_json(tiny_pipeline, tmp_path):
 def test_align_command_refuses_bad_params_and_a_missing_metadata_table(tmp_path):
     (tmp_path / "params.yaml").write_text("align:\n  tolerance: 0\n  skipped_beat: 0.05\n")
     (tmp_path / "scores").mkdir()
-    proc = subprocess.run([sys.executable, "-m", "stages.align", "scores", "notes", "out"], cwd=tmp_path,
+    proc = subprocess.run([sys.executable, "-m", "velocity.stages.align", "scores", "notes", "out"], cwd=tmp_path,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode != 0 and "align.tolerance must be positive seconds, got 0" in proc.stderr
     assert not (tmp_path / "out").exists()
     (tmp_path / "params.yaml").write_text("align:\n  tolerance: 0.2\n  skipped_beat: 0.05\n")
-    assert stage_error(tmp_path, "stages.align", "scores", "notes", "out") == (
+    assert stage_error(tmp_path, "velocity.stages.align", "scores", "notes", "out") == (
         "align: scores/metadata.csv: no such file (expected ASAP's metadata.csv; run the scores stage)"
     )

@@ -1,11 +1,11 @@
-"""The split rule for ASAP's performances (model/asap.py): a piece keeps its MAESTRO split, a piece
+"""The split rule for ASAP's performances (velocity/datasets/asap.py): a piece keeps its MAESTRO split, a piece
 without MAESTRO performances goes to train, and no piece is ever in two splits."""
 
 from __future__ import annotations
 
 import pandas as pd
 
-from model.asap import asap_only_splits, maestro_name
+from velocity.datasets.asap import asap_only_splits, maestro_name
 
 
 def metadata(rows: list[tuple[str, str, str]]) -> pd.DataFrame:

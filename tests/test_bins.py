@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 from sklearn.preprocessing import KBinsDiscretizer
 
-from stages.bins import BinsParams, learn_bins
-from model.codec import bin_index
+from velocity.stages.bins import BinsParams, learn_bins
+from velocity.model.codec import bin_index
 
 
 def train_notes(n: int = 5000, seed: int = 0) -> pd.DataFrame:
@@ -81,7 +81,7 @@ def test_a_corpus_of_one_repeated_pattern_stops_the_stage_with_one_clear_line(tm
     notes.to_parquet(tmp_path / "train.parquet")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"bins": {"dstart": 3, "duration": 3, "velocity": 3, "fixed_edges": None}, "features": {}}))
     proc = subprocess.run(
-        [sys.executable, "-m", "stages.bins", "train.parquet", "bins.json"], cwd=tmp_path, capture_output=True, text=True,
+        [sys.executable, "-m", "velocity.stages.bins", "train.parquet", "bins.json"], cwd=tmp_path, capture_output=True, text=True,
         env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     assert proc.returncode == 1

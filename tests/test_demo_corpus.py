@@ -13,7 +13,7 @@ import pandas as pd
 import pretty_midi
 import pytest
 
-from stages.demo_corpus import (
+from velocity.datasets.demo_corpus import (
     ASAP_COLUMNS,
     ASAP_CSV,
     ASAP_DIR,
@@ -325,7 +325,7 @@ def test_score_maps_onto_the_performance_through_the_beats(scores_root):
 
 
 def test_scores_without_markings_are_flat_and_marked_ones_use_musescore_levels(pieces):
-    from stages.demo_corpus import score_midi
+    from velocity.datasets.demo_corpus import score_midi
 
     flat = marked = 0
     for piece in pieces:

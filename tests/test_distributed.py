@@ -1,6 +1,6 @@
 """Training on several processes: DistributedDataParallel over gloo through torchrun, on CPU.
 
-Real torchrun launches of the real training loop (model/harness.py), and real `dvc repro` runs of
+Real torchrun launches of the real training loop (velocity/model/harness.py), and real `dvc repro` runs of
 the train stages with `nproc_per_node: 2`.
 """
 
@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from conftest import ROOT, assert_weights_close, dvc, make_project, project_env, set_params
-from model.checkpoint import load_checkpoint
+from velocity.model.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 

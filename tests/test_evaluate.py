@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from conftest import ROOT, dvc, make_project, params_section, stage_error
-from stages.evaluate import bin_distance, mae, per_pitch_means, pick_segments, teacher_forced, write_segment_midi
+from velocity.figures import write_segment_midi
+from velocity.metrics import bin_distance, mae, per_pitch_means
+from velocity.stages.evaluate import pick_segments, teacher_forced
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 METRIC_KEYS = {
@@ -37,9 +39,9 @@ def test_per_pitch_means_fall_back_to_the_global_train_mean():
 
 
 def test_every_decoding_has_a_metric_and_figures_name_a_decoding():
-    from model.pieces import DECODINGS
-    from stages import params as params_lib
-    from stages.evaluate import DECODINGS as SCORED, EvaluateParams
+    from velocity.model.pieces import DECODINGS
+    from velocity import params as params_lib
+    from velocity.stages.evaluate import DECODINGS as SCORED, EvaluateParams
 
     assert sorted(SCORED) == sorted(DECODINGS)
     assert set(SCORED.values()) <= METRIC_KEYS
@@ -55,8 +57,8 @@ def test_bin_distance_and_mae():
 
 def test_teacher_forced_scores_match_the_training_loops_validation():
     """The stage's loss and teacher-forced MAE are the numbers `train` reports for the same windows."""
-    from model.training import Windows, evaluate
-    from model.transformer import ModelConfig, build_model
+    from velocity.model.training import Windows, evaluate
+    from velocity.model.transformer import ModelConfig, build_model
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(src_vocab=30, tgt_vocab=131, layers=1, heads=2, d_model=16, d_ff=32, max_len=12)).eval()
@@ -73,7 +75,7 @@ def test_teacher_forced_scores_match_the_training_loops_validation():
 
 
 def test_dynamics_scores_on_known_numbers():
-    from stages.evaluate import dynamics_scores
+    from velocity.metrics import dynamics_scores
 
     true = np.array([40.0, 60.0, 80.0, 100.0])
     piece = np.array(["a", "a", "b", "b"])
@@ -192,7 +194,7 @@ SCORE_KEYS = {
 
 
 def test_other_pianists_mean_leaves_each_performance_out():
-    from stages.evaluate import other_pianists_mean, remap_dynamics
+    from velocity.stages.evaluate import other_pianists_mean, remap_dynamics
 
     test = pd.DataFrame({"score_id": ["a"] * 6 + ["b"] * 2, "score_note": [0, 1, 0, 1, 0, 1, 0, 0],
                          "velocity": [60, 70, 80, -1, 40, 90, 50, 55]})  # fmt: skip
@@ -209,7 +211,7 @@ def test_an_empty_test_split_stops_the_stage_with_one_line(tmp_path):
     pd.DataFrame({"pitch": pd.Series([], dtype="int16"), "velocity": pd.Series([], dtype="int16")}).to_parquet(notes / "test.parquet")
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     args = ["models/velocity.pt", "data/notes", "data/bins.json", "data/windows", "metrics/evaluate.json", "plots/evaluate", "samples/evaluate"]
-    assert stage_error(tmp_path, "stages.evaluate", *args) == (
+    assert stage_error(tmp_path, "velocity.stages.evaluate", *args) == (
         "evaluate: data/notes/test.parquet: no test notes to score "
         "(the test split is empty; data/notes/report.json lists the files extract skipped)"
     )

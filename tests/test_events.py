@@ -9,8 +9,8 @@ import pandas as pd
 import pretty_midi
 import pytest
 
-from model import events as ev
-from model.events import (
+from velocity.model import events as ev
+from velocity.model.events import (
     EventCodecError,
     bin_to_velocity,
     decode,

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 import symusic
 
-from model.midi import MidiError, read_midi, ticks_to_seconds
-from model.notes import add_timing, read_notes, read_piece
-from stages.extract import NOTE_SCHEMA, CsvError, extract_notes, main, read_csv
+from velocity.model.midi import MidiError, read_midi, ticks_to_seconds
+from velocity.model.notes import add_timing, read_notes, read_piece
+from velocity.stages.extract import NOTE_SCHEMA, CsvError, extract_notes, main, read_csv
 
 TPQ = 480
 NOTE_COLUMNS = ["pitch", "start", "end", "duration", "dstart", "velocity", "pedal"]

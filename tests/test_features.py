@@ -1,4 +1,4 @@
-"""Per-note features (model/features.py), their embeddings, and the decodings and calibration built on them."""
+"""Per-note features (velocity/model/features.py), their embeddings, and the decodings and calibration built on them."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import params_section
-from model.codec import N_SPECIALS, PAD, bin_index
-from model.features import GBT_FEATURES, feature_ids, feature_sizes, learn_feature_edges, note_features
+from velocity.model.codec import N_SPECIALS, PAD, bin_index
+from velocity.model.features import GBT_FEATURES, feature_ids, feature_sizes, learn_feature_edges, note_features
 
 
 def piece(piece_id: str, pitch: list[int], start: list[float], duration: list[float]) -> pd.DataFrame:
@@ -83,10 +83,10 @@ def test_a_missing_neighbour_embeds_as_no_interval():
 
 
 def test_no_features_gives_the_seeds_tokens_and_model_exactly():
-    from model.transformer import ModelConfig, build_model
-    from stages.bins import BinsParams, learn_bins
-    from stages.vocab import build_vocab
-    from stages.windows import WindowsParams, make_windows
+    from velocity.model.transformer import ModelConfig, build_model
+    from velocity.stages.bins import BinsParams, learn_bins
+    from velocity.stages.vocab import build_vocab
+    from velocity.stages.windows import WindowsParams, make_windows
 
     notes = NOTES.assign(velocity=np.arange(len(NOTES)) + 40)
     bins = learn_bins(notes, BinsParams(3, 3, 3, fixed_edges=None))
@@ -108,7 +108,7 @@ def test_no_features_gives_the_seeds_tokens_and_model_exactly():
 
 
 def test_feature_embeddings_change_the_prediction():
-    from model.transformer import ModelConfig, build_model
+    from velocity.model.transformer import ModelConfig, build_model
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(src_vocab=30, tgt_vocab=131, layers=1, heads=2, d_model=16, d_ff=32, max_len=6, kind="encoder", features=(4,))).eval()
@@ -120,7 +120,7 @@ def test_feature_embeddings_change_the_prediction():
 
 
 def test_encoder_only_head_overfits_one_batch():
-    from model.transformer import ModelConfig, build_model
+    from velocity.model.transformer import ModelConfig, build_model
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(src_vocab=40, tgt_vocab=131, layers=2, heads=2, d_model=32, d_ff=64, dropout=0.0, max_len=16, kind="encoder", features=(6,)))
@@ -139,7 +139,7 @@ def test_encoder_only_head_overfits_one_batch():
 
 
 def test_crps_is_the_absolute_error_of_a_sure_guess():
-    from model.loss import crps
+    from velocity.model.loss import crps
 
     logits = torch.full((1, 2, 131), -1e4)
     logits[0, 0, N_SPECIALS + 60] = 1e4  # sure of 60
@@ -152,7 +152,7 @@ def test_crps_is_the_absolute_error_of_a_sure_guess():
 
 
 def test_transpose_moves_whole_windows_by_semitones_and_never_off_the_keyboard():
-    from model.training import transpose_batch
+    from velocity.model.training import transpose_batch
 
     per_pitch = 9  # 3 x 3 bins
     low = N_SPECIALS + 0 * per_pitch + 4  # A0, the lowest key
@@ -168,8 +168,8 @@ def test_transpose_moves_whole_windows_by_semitones_and_never_off_the_keyboard()
 
 
 def test_averaging_covers_each_note_once_and_equals_the_window_where_a_note_is_alone():
-    from model.pieces import averaged_distributions, piece_windows, plan_windows
-    from model.transformer import ModelConfig, build_model, one_pass_logits
+    from velocity.model.pieces import averaged_distributions, piece_windows, plan_windows
+    from velocity.model.transformer import ModelConfig, build_model, one_pass_logits
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(src_vocab=30, tgt_vocab=131, layers=1, heads=2, d_model=16, d_ff=32, max_len=8, kind="encoder")).eval()
@@ -190,7 +190,7 @@ def test_averaging_covers_each_note_once_and_equals_the_window_where_a_note_is_a
 
 
 def test_calibration_restores_the_spread_it_is_asked_for():
-    from model.pieces import Calibration, fit_calibration
+    from velocity.model.pieces import Calibration, fit_calibration
 
     rng = np.random.default_rng(0)
     piece_id = np.repeat(np.arange(20), 200)

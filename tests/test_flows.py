@@ -16,7 +16,7 @@ import yaml
 from browser import MAX_DRAWN_MEAN_DIFFERENCE, MIN_DRAWN_CORRELATION, chromium_page, drawn_likeness, open_image, require_chromium, show
 from conftest import ROOT, SMALL_DEMO, deep_update, make_project, prefect_server_process, velocity
 
-from pipeline.flows import (
+from velocity.pipeline.flows import (
     FIGURE_MAX_WIDTH_PX,
     FIGURES_ARTIFACT,
     PipelineError,
@@ -109,7 +109,7 @@ def project_figures(project: Path) -> list[Path]:
 
 
 def run_pipeline(project: Path, **params: Any) -> tuple[Any, dict[str, Any]]:
-    from pipeline.flows import pipeline_flow
+    from velocity.pipeline.flows import pipeline_flow
 
     state = pipeline_flow()(root=str(project), retry_delay_seconds=0, return_state=True, **params)
     return state, read_flow_run(state.state_details.flow_run_id)
@@ -144,9 +144,9 @@ def test_stage_order_reports_bad_target_and_root(project: Path, tmp_path: Path) 
 
 
 def test_stream_command_passes_lines_and_progress_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipeline.flows
+    from velocity.pipeline import flows
 
-    monkeypatch.setattr(pipeline.flows, "PROGRESS_LOG_SECONDS", 0.0)  # log every redraw that arrives
+    monkeypatch.setattr(flows, "PROGRESS_LOG_SECONDS", 0.0)  # log every redraw that arrives
     script = (
         "import sys, time\n"
         "print('first line', flush=True)\n"
@@ -164,7 +164,7 @@ def test_stream_command_passes_lines_and_progress_on(monkeypatch: pytest.MonkeyP
 
 
 def test_stage_status_reads_dvc_output() -> None:
-    assert stage_status("bins", ["Running stage 'bins':", "> python -m stages.bins"]) == "ran"
+    assert stage_status("bins", ["Running stage 'bins':", "> python -m velocity.stages.bins"]) == "ran"
     assert stage_status("bins", ["Stage 'bins' didn't change, skipping"]) == "skipped"
     assert stage_status("bins", ["Stage 'bins' is cached - skipping run, checking out outputs"]) == "restored"
     assert stage_status("bins", ["Stage 'binsx' didn't change, skipping"]) == "unknown"
@@ -272,7 +272,7 @@ def test_failing_stage_fails_the_flow_naming_it(first_run: dict[str, Any], tmp_p
 
 @pytest.mark.slow
 def test_velocity_run_command(first_run: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    from pipeline.cli import main
+    from velocity.pipeline.cli import main
 
     # Only up to a target: the target and what it depends on, nothing after it.
     assert main(["run", "--root", str(first_run["project"]), "extract"]) == 0

@@ -1,4 +1,4 @@
-"""The one MIDI reader (model/midi.py) and the note rules on top of it, on hand-built damaged files.
+"""The one MIDI reader (velocity/model/midi.py) and the note rules on top of it, on hand-built damaged files.
 
 `DAMAGED` is shared with tests/test_predict.py, which checks that `velocity predict` keeps, warns
 about and refuses exactly what the extract stage does.
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import symusic
 
-from model.midi import MidiError, parse_midi, read_midi
-from model.notes import read_piece
+from velocity.model.midi import MidiError, parse_midi, read_midi
+from velocity.model.notes import read_piece
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,20 +8,20 @@ import dataclasses
 import pytest
 
 from conftest import ROOT, params_section
-from model.config import ParamsError
-from model.training import TrainConfig
-from stages.bins import BinsParams
-from stages.download import DataParams
-from stages.evaluate import EvaluateParams
-from stages.extract import ExtractParams
-from stages.gbt import GbtParams
-from stages.params import read_params, section
-from stages.perf_evaluate import PerfEvaluateParams
-from stages.perf_events import PerfEventsParams
-from stages.perf_train import PerfModelParams, PerfTrainParams
-from stages.train import ModelParams
-from stages.vocab import VocabParams
-from stages.windows import WindowsParams
+from velocity.model.config import ParamsError
+from velocity.model.training import TrainConfig
+from velocity.stages.bins import BinsParams
+from velocity.stages.download import DataParams
+from velocity.stages.evaluate import EvaluateParams
+from velocity.stages.extract import ExtractParams
+from velocity.stages.gbt import GbtParams
+from velocity.params import read_params, section
+from velocity.stages.perf_evaluate import PerfEvaluateParams
+from velocity.stages.perf_events import PerfEventsParams
+from velocity.stages.perf_train import PerfModelParams, PerfTrainParams
+from velocity.stages.train import ModelParams
+from velocity.stages.vocab import VocabParams
+from velocity.stages.windows import WindowsParams
 
 SECTIONS = {
     "data": DataParams, "extract": ExtractParams, "bins": BinsParams, "vocab": VocabParams, "windows": WindowsParams,

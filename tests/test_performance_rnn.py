@@ -26,10 +26,10 @@ import torch
 import yaml
 
 from conftest import ROOT, dvc, make_project, one_torch_thread, params_section, project_env, stage_error
-from model.checkpoint import load_checkpoint, save_checkpoint
-from model.harness import file_digest
-from model.events import VOCAB_SIZE, decode, duration_seconds, velocity_to_bin
-from model.performance_rnn import (
+from velocity.model.checkpoint import load_checkpoint, save_checkpoint
+from velocity.model.harness import file_digest
+from velocity.model.events import VOCAB_SIZE, decode, duration_seconds, velocity_to_bin
+from velocity.model.performance_rnn import (
     PerformanceRNNConfig,
     build_model,
     checkpoint_state,
@@ -37,13 +37,13 @@ from model.performance_rnn import (
     sample,
     sequence_nll,
 )
-from pipeline.cli import main as velocity_main
-from stages.extract import extract_notes
-from stages.perf_evaluate import PerfEvaluateParams, evaluate_performance_rnn, load_split, untrained_model
-from stages.params import ParamsError
-from model.codec import window_starts
-from stages.perf_events import PerfEventsParams, build_perf_events, encode_split, load_perf_params
-from stages.perf_train import PerfModelParams, PerfTrainParams, train_performance_rnn
+from velocity.pipeline.cli import main as velocity_main
+from velocity.stages.extract import extract_notes
+from velocity.stages.perf_evaluate import PerfEvaluateParams, evaluate_performance_rnn, load_split, untrained_model
+from velocity.params import ParamsError
+from velocity.model.codec import window_starts
+from velocity.stages.perf_events import PerfEventsParams, build_perf_events, encode_split, load_perf_params
+from velocity.stages.perf_train import PerfModelParams, PerfTrainParams, train_performance_rnn
 
 WINDOW = 64
 TINY_MODEL = params_section(PerfModelParams, "performance_rnn.model", hidden_size=64, layers=1, dropout=0.0)
@@ -107,7 +107,7 @@ def test_a_piece_the_codec_rejects_is_skipped_and_counted(caplog):
             "velocity": [64, 70, 64, 70],
         }
     )
-    with caplog.at_level(logging.WARNING, logger="stages.perf_events"):
+    with caplog.at_level(logging.WARNING, logger="velocity.stages.perf_events"):
         events, offsets, counts = encode_split(notes, "train")
     assert counts["pieces"] == 1 and counts["skipped"] == 1
     assert "train/bad: 1 notes end before they start" in counts["skipped_reasons"]["bad"]
@@ -212,7 +212,7 @@ def test_killed_training_resumes_to_the_same_model_and_curves(tiny_data, tmp_pat
     ))  # fmt: skip
     last = run_dir / "ckpt" / "last.pt"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stages.perf_train", str(events), "model.pt", "ckpt", "live"],
+        [sys.executable, "-m", "velocity.stages.perf_train", str(events), "model.pt", "ckpt", "live"],
         cwd=run_dir, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 120
@@ -225,7 +225,7 @@ def test_killed_training_resumes_to_the_same_model_and_curves(tiny_data, tmp_pat
     assert 0 < killed_at < params.steps
 
     live_dir = run_dir / "live"
-    with caplog.at_level(logging.INFO, logger="model.harness"):
+    with caplog.at_level(logging.INFO, logger="velocity.model.harness"):
         resumed, resumed_result = train_performance_rnn(train_w, val_w, TINY_MODEL, params, run_dir / "ckpt", data_digest=digest, live_dir=live_dir)
     assert f"resuming from step {killed_at} of 300" in caplog.text
     assert weights_equal(straight, resumed)
@@ -236,7 +236,7 @@ def test_killed_training_resumes_to_the_same_model_and_curves(tiny_data, tmp_pat
 
     # Changed params (or data) must not resume an old run.
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="model.harness"):
+    with caplog.at_level(logging.INFO, logger="velocity.model.harness"):
         short = replace(params, steps=5, lr=0.001)
         train_performance_rnn(train_w, val_w, TINY_MODEL, short, run_dir / "ckpt", data_digest=digest)
         assert "starting over" in caplog.text
@@ -255,7 +255,7 @@ def test_an_empty_test_split_stops_perf_evaluate_with_one_line(tmp_path):
         ("data/perf_events", "perf_evaluate: data/perf_events/test_events.npy: no events to score (the test split is empty)"),
         ("data/missing", "perf_evaluate: data/missing/test_events.npy: missing (run the perf_events stage)"),
     ]:
-        assert stage_error(tmp_path, "stages.perf_evaluate", "models/performance_rnn.pt", events_dir, "metrics/performance_rnn.json") == message
+        assert stage_error(tmp_path, "velocity.stages.perf_evaluate", "models/performance_rnn.pt", events_dir, "metrics/performance_rnn.json") == message
 
 
 def test_top_p_keeps_the_smallest_set_covering_p():

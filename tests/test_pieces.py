@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.pieces import plan_windows, stitch
+from velocity.model.pieces import plan_windows, stitch
 
 
 pytestmark = pytest.mark.usefixtures("single_threaded")
@@ -93,7 +93,7 @@ def small_model():
     """An untrained but deterministic model: decoding is a pure function of its weights."""
     import torch
 
-    from model.transformer import ModelConfig, build_model
+    from velocity.model.transformer import ModelConfig, build_model
 
     torch.manual_seed(0)
     return build_model(ModelConfig(src_vocab=40, tgt_vocab=131, layers=1, heads=2, d_model=16, d_ff=32, max_len=16)).eval()
@@ -105,7 +105,7 @@ def random_pieces(lengths, seed=0):
 
 
 def test_batched_pieces_decode_as_each_alone(small_model):
-    from model.pieces import predict_pieces
+    from velocity.model.pieces import predict_pieces
 
     pieces = random_pieces([3, 16, 17, 40, 1])
     together = predict_pieces(small_model, pieces, length=16, step=8, batch_windows=3)
@@ -119,8 +119,8 @@ def test_batched_pieces_decode_as_each_alone(small_model):
 def test_each_note_takes_its_owner_windows_greedy_output(small_model):
     import torch
 
-    from model.pieces import piece_windows, predict_pieces
-    from model.transformer import greedy_decode
+    from velocity.model.pieces import piece_windows, predict_pieces
+    from velocity.model.transformer import greedy_decode
 
     src = random_pieces([37], seed=1)[0]
     plan = plan_windows(len(src), 16, 8)
@@ -133,7 +133,7 @@ def test_each_note_takes_its_owner_windows_greedy_output(small_model):
 def test_decoding_fewer_steps_gives_the_start_of_full_greedy_decoding(small_model):
     import torch
 
-    from model.transformer import greedy_decode
+    from velocity.model.transformer import greedy_decode
 
     src = torch.as_tensor(np.stack(random_pieces([16] * 5, seed=2)))
     src[-1, 9:] = 0  # a padded window
@@ -143,7 +143,7 @@ def test_decoding_fewer_steps_gives_the_start_of_full_greedy_decoding(small_mode
 
 
 def test_windows_decode_only_as_far_as_their_last_owned_note():
-    from model.pieces import owned_steps
+    from velocity.model.pieces import owned_steps
 
     # Inner windows own up to position 95, so 96 notes; window 2 (notes 128..255) hands notes from
     # 214 on to the tail window (172..299), where they sit nearer the centre; the tail owns its end.

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.cli import main as velocity
-from model.midi import read_midi
-from model.notes import NOTE_COLUMNS, read_notes
+from velocity.pipeline.cli import main as velocity
+from velocity.model.midi import read_midi
+from velocity.model.notes import NOTE_COLUMNS, read_notes
 from trained_models import TEST_SCORE
 
 TEST_PIECE = "maestro-v3.0.0/2008/MIDI-Unprocessed_13_R1_2008_01-04_ORIG_MID--AUDIO_13_R1_2008_wav--1__Prelude_bwv_862.midi"
@@ -50,7 +50,7 @@ def assert_only_note_on_velocities_differ(original: Path, predicted: Path) -> in
 
 @pytest.mark.parametrize("decoding", [None, "median", "greedy"])
 def test_real_file_gets_the_models_velocities_and_nothing_else_changes(trained_model, tiny_raw, tmp_path, decoding):
-    from model.pieces import DEFAULT_DECODING, load_velocity_model, predict_notes
+    from velocity.model.pieces import DEFAULT_DECODING, load_velocity_model, predict_notes
 
     source = tiny_raw.parent / TEST_PIECE
     out = tmp_path / "out.mid"
@@ -68,8 +68,8 @@ def test_real_file_gets_the_models_velocities_and_nothing_else_changes(trained_m
 def test_the_decoding_choices_are_the_models():
     import argparse
 
-    from model.pieces import DECODINGS, DEFAULT_DECODING
-    from pipeline import predict
+    from velocity.model.pieces import DECODINGS, DEFAULT_DECODING
+    from velocity.pipeline import predict
 
     parser = argparse.ArgumentParser()
     predict.add_arguments(parser)
@@ -199,8 +199,8 @@ def test_a_model_file_from_before_features_loads_and_says_what_it_lacks(trained_
     than the code knows is refused by name."""
     import torch
 
-    from model.checkpoint import load_checkpoint, save_checkpoint
-    from model.transformer import ModelConfig, build_model
+    from velocity.model.checkpoint import load_checkpoint, save_checkpoint
+    from velocity.model.transformer import ModelConfig, build_model
 
     ckpt = load_checkpoint(trained_model)
     config = {k: v for k, v in ckpt["model_config"].items() if k not in ("kind", "features")}
@@ -233,8 +233,8 @@ def test_a_model_file_from_before_features_loads_and_says_what_it_lacks(trained_
 def test_damaged_files_give_the_same_notes_in_extract_and_predict(trained_model, tmp_path, caplog):
     import csv
 
-    from model.pieces import load_velocity_model, predict_notes
-    from stages.extract import extract_notes
+    from velocity.model.pieces import load_velocity_model, predict_notes
+    from velocity.stages.extract import extract_notes
     from test_midi import DAMAGED, write_case
 
     raw = tmp_path / "raw"
@@ -317,7 +317,7 @@ def test_two_inputs_with_one_name_are_refused_before_any_work(trained_model, tin
 
 
 def test_loudness_and_dynamics_shape_the_prediction():
-    from pipeline.predict import Controls, shape_dynamics
+    from velocity.pipeline.predict import Controls, shape_dynamics
 
     predicted, original = np.array([50.0, 60.0, 70.0]), np.array([64, 64, 64])
     np.testing.assert_array_equal(shape_dynamics(predicted, original, Controls()), [50, 60, 70])
@@ -343,9 +343,9 @@ def test_loudness_dynamics_and_plot_on_a_real_file(trained_model, tiny_raw, tmp_
 # Scores: --input auto|score|performance and the score model
 
 def test_a_score_is_read_as_a_score_and_given_the_score_models_velocities(trained_model, trained_score_model, tiny_raw, tmp_path, caplog):
-    from model.pieces import DEFAULT_DECODING, load_velocity_model, predict_notes
-    from model.notes import piece_notes
-    from model.score import score_table
+    from velocity.model.pieces import DEFAULT_DECODING, load_velocity_model, predict_notes
+    from velocity.model.notes import piece_notes
+    from velocity.model.score import score_table
 
     score_model, scores = trained_score_model
     source = scores / TEST_SCORE

@@ -1,5 +1,5 @@
-"""Scores (model/score.py): telling a score from a performance, the score columns, and the notated
-dynamics features (model/features.py) that must not depend on a notation program's velocity curve."""
+"""Scores (velocity/model/score.py): telling a score from a performance, the score columns, and the notated
+dynamics features (velocity/model/features.py) that must not depend on a notation program's velocity curve."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import pytest
 from scipy.stats import rankdata
 
 from conftest import SHARED_DATA
-from model.features import note_features
-from model.midi import read_midi
-from model.notes import piece_notes
-from model.score import SCORE_COLUMNS, detect_input_kind, score_table
+from velocity.model.features import note_features
+from velocity.model.midi import read_midi
+from velocity.model.notes import piece_notes
+from velocity.model.score import SCORE_COLUMNS, detect_input_kind, score_table
 
 TINY_SCORES_ZIP = SHARED_DATA / "asap-maestro-v3.0.0-tiny-scores.zip"
 NOTATED = ["notated_rank", "notated_z", "notated_change", "notated_flat"]
@@ -261,8 +261,8 @@ def test_notation_dropout_hides_a_windows_dynamics_as_a_flat_score_reads():
     a score without markings gets, and touches nothing else."""
     import torch
 
-    from model.features import feature_ids, flat_notation_ids
-    from model.training import hide_notation
+    from velocity.model.features import feature_ids, flat_notation_ids
+    from velocity.model.training import hide_notation
 
     edges = {"notated_rank": [0.0, 0.25, 0.5, 0.75, 1.0], "chord_size": [0.5, 1.5, 2.5], "notated_flat": [-0.5, 0.5, 1.5]}
     flat_ids = flat_notation_ids(edges)

@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, SHARED_DATA, set_params, stage_error
-from stages.demo_corpus import ASAP_COLUMNS, CSV_NAME, MAESTRO_PREFIX, asap_only_performances, generate_corpus
-from stages.download import DataParams, DownloadError, sha256_of
-from stages.params import load
-from stages.scores import ASAP, ASAP_DEFAULT, FILE_COLUMNS, scores
+from velocity.datasets.demo_corpus import ASAP_COLUMNS, CSV_NAME, MAESTRO_PREFIX, asap_only_performances, generate_corpus
+from velocity.stages.download import DataParams, DownloadError, sha256_of
+from velocity.params import load
+from velocity.stages.scores import ASAP, ASAP_DEFAULT, FILE_COLUMNS, scores
 from test_download import ArchiveServer
 
 TINY_SCORES = SHARED_DATA / "asap-maestro-v3.0.0-tiny-scores.zip"
@@ -155,7 +155,7 @@ def test_params_yaml_names_the_scores_source():
 
 def test_wrong_sha256_is_one_line_and_leaves_nothing(tiny_scores, tmp_path):
     cwd = params_dir(tmp_path / "run", scores=str(tiny_scores), scores_sha256="0" * 64)
-    line = stage_error(cwd, "stages.scores", "data/raw_scores")
+    line = stage_error(cwd, "velocity.stages.scores", "data/raw_scores")
     assert line.startswith("scores: ") and "sha256 mismatch" in line and TINY_SCORES_SHA256 in line
     assert_nothing_extracted(cwd / "data" / "raw_scores")
 
@@ -164,7 +164,7 @@ def test_missing_column_names_the_file_and_the_column(tmp_path):
     columns = [c for c in ASAP_COLUMNS if c != "maestro_midi_performance"]
     archive = make_asap_archive(tmp_path / "old.zip", columns=columns)
     cwd = params_dir(tmp_path / "run", scores=str(archive))
-    line = stage_error(cwd, "stages.scores", "data/raw_scores")
+    line = stage_error(cwd, "velocity.stages.scores", "data/raw_scores")
     assert line == f"scores: {archive}: metadata.csv lacks ASAP's column(s) maestro_midi_performance"
     assert_nothing_extracted(cwd / "data" / "raw_scores")
 
@@ -195,7 +195,7 @@ def test_unknown_sources_are_clear_errors(tmp_path):
 
 def test_demo_scores_pair_with_the_demo_corpus(tmp_path):
     cwd = params_dir(tmp_path / "run", scores="demo", demo_pieces=10, demo_seed=0)
-    proc = subprocess.run([sys.executable, "-m", "stages.scores", "data/raw_scores"], cwd=cwd, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "velocity.stages.scores", "data/raw_scores"], cwd=cwd, capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "wrote the demo scores (10 pieces, seed 0) to data/raw_scores/asap-dataset" in proc.stderr

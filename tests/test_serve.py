@@ -31,7 +31,7 @@ def test_serve_with_no_server_answering_fails_clearly(tmp_path: Path) -> None:
 
 
 def test_bad_schedules_are_refused_before_any_server_is_asked(tmp_path: Path) -> None:
-    from pipeline.serve import create_deployment
+    from velocity.pipeline.serve import create_deployment
 
     with pytest.raises(ValueError, match="Invalid cron string"):
         create_deployment(tmp_path, cron="0 3 * *")
@@ -53,7 +53,7 @@ def test_deployment_schedule_on_a_real_server(prefect_server: tuple[str, dict[st
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from pipeline.serve import check_server, create_deployment
+    from velocity.pipeline.serve import check_server, create_deployment
 
     api_url, env = prefect_server
     project = make_project(tmp_path / "project", {"data": {"source": "demo", "demo_pieces": 10}})
@@ -67,7 +67,7 @@ def test_deployment_schedule_on_a_real_server(prefect_server: tuple[str, dict[st
     assert [(s.schedule.cron, s.schedule.timezone) for s in nightly.schedules] == [("0 3 * * *", "Europe/Paris")]
     assert nightly.parameters["root"] == str(project.resolve())
     assert nightly.parameters["target"] == "download"
-    assert nightly.entrypoint == "pipeline.flows.velocity_pipeline"
+    assert nightly.entrypoint == "velocity.pipeline.flows.velocity_pipeline"
     assert [s.schedule.interval for s in hourly.schedules] == [timedelta(seconds=3600)]
 
     # The real command: `velocity serve` serves the deployment; a run asked of it executes the flow.

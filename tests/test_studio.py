@@ -20,14 +20,14 @@ from playwright.sync_api import Download, Page, expect
 
 from browser import MAX_DRAWN_MEAN_DIFFERENCE, MIN_DRAWN_CORRELATION, chromium_page, drawn_likeness, open_image, require_chromium, show
 from conftest import ROOT, free_port, stop, velocity, velocity_env
-from model.midi import read_midi
+from velocity.model.midi import read_midi
 from trained_models import TEST_SCORE
 
 TEST_PIECE = "maestro-v3.0.0/2008/MIDI-Unprocessed_13_R1_2008_01-04_ORIG_MID--AUDIO_13_R1_2008_wav--1__Prelude_bwv_862.midi"
 UPLOAD_LIMIT_MB = 1.5  # the test server's limit: an oversized file is cheap to make
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # server and command add their floats alike
 def has_audio() -> bool:
-    from pipeline.audio import AudioUnavailable, find_renderer
+    from velocity.pipeline.audio import AudioUnavailable, find_renderer
 
     try:
         find_renderer()
@@ -248,10 +248,10 @@ def test_a_bad_file_shows_its_error_and_the_good_ones_still_come_back(studio, pa
 
 def test_the_page_is_drawn_as_it_should_be(studio, page, tmp_path):
     """A screenshot of the page, compared with the figures its result should show."""
-    from model.notes import piece_notes
-    from pipeline.predict import plot_notes, plot_title
-    from pipeline.studio import FIGURE_DPI
-    from stages.evaluate import piano_roll_figure, png_bytes, velocity_curve_figure
+    from velocity.model.notes import piece_notes
+    from velocity.pipeline.predict import plot_notes, plot_title
+    from velocity.pipeline.studio import FIGURE_DPI
+    from velocity.figures import piano_roll_figure, png_bytes, velocity_curve_figure
 
     score = studio["scores"] / TEST_SCORE
     open_studio(page, studio)
@@ -294,7 +294,7 @@ def test_the_page_plays_both_files_rendered_by_fluidsynth(studio, page):
         const audio = document.querySelector('.card audio.' + which);
         audio.onloadedmetadata = () => done(audio.duration); audio.onerror = () => fail(which + ': ' + audio.error.code);
         audio.preload = 'auto'; audio.load(); })))""")
-    from model.notes import piece_notes
+    from velocity.model.notes import piece_notes
 
     end = float(piece_notes(read_midi(score)).notes["end"].max())
     for duration in durations:
@@ -331,8 +331,8 @@ def test_without_fluidsynth_the_command_says_how_to_install_it_and_still_writes_
 
 
 def test_audio_unavailable_is_one_line_in_the_page_config(monkeypatch, trained_model):
-    from pipeline.predict import Models
-    from pipeline.studio import Studio
+    from velocity.pipeline.predict import Models
+    from velocity.pipeline.studio import Studio
 
     monkeypatch.setenv("PATH", str(Path(sys.executable).parent))
     config = Studio(Models(trained_model, None)).config()
@@ -361,8 +361,8 @@ def test_a_taken_port_is_one_line(trained_model, tmp_path):
 
 
 def test_controls_are_refused_as_the_command_refuses_them(tmp_path):
-    from pipeline.predict import PredictError, plan_jobs
-    from pipeline.studio import controls_from
+    from velocity.pipeline.predict import PredictError, plan_jobs
+    from velocity.pipeline.studio import controls_from
 
     assert controls_from({}) == controls_from({"strength": 1, "loudness": None, "dynamics": 1, "decoding": "pianist", "input": "auto"})
     for bad, why in [({"dynamics": float("inf")}, "dynamics must be at least 0, got inf"), ({"strength": float("nan")}, "strength must be between 0 and 1"),

@@ -12,8 +12,8 @@ import pytest
 from conftest import make_project
 from test_flows import ONE_THREAD, tiny_params
 
-from pipeline.flows import PipelineError
-from pipeline.sweep import experiment_name, grid_points, parse_grid
+from velocity.pipeline.flows import PipelineError
+from velocity.pipeline.sweep import experiment_name, grid_points, parse_grid
 
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "velocity tests", "GIT_AUTHOR_EMAIL": "tests@velocity.invalid",
@@ -46,7 +46,7 @@ def test_sweep_runs_each_point_as_an_experiment_and_compares_them(
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.client.schemas.sorting import ArtifactSort
 
-    from pipeline.cli import main
+    from velocity.pipeline.cli import main
 
     for key, value in {**GIT_IDENTITY, **ONE_THREAD}.items():
         monkeypatch.setenv(key, value)  # DVC commits each experiment; CI may have no git identity

@@ -1,4 +1,4 @@
-"""model/timing.py on synthetic performances with known answers (no data, fast)."""
+"""velocity/model/timing.py on synthetic performances with known answers (no data, fast)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from model import timing as T
+from velocity.model import timing as T
 
 
 def score(n_groups: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -18,10 +18,10 @@ import pytest
 import torch
 import yaml
 
-from model.checkpoint import load_checkpoint
-from model.decode import load_model
-from model.pieces import decode_windows
-from model.training import (
+from velocity.model.checkpoint import load_checkpoint
+from velocity.model.decode import load_model
+from velocity.model.pieces import decode_windows
+from velocity.model.training import (
     SEED_PRESET,
     TrainConfig,
     Windows,
@@ -32,9 +32,9 @@ from model.training import (
     VelocityTask,
     train,
 )
-from model.codec import N_SPECIALS, PAD, START
-from model.transformer import ModelConfig, build_model, decoder_input
-from stages.train import ModelParams, run_training
+from velocity.model.codec import N_SPECIALS, PAD, START
+from velocity.model.transformer import ModelConfig, build_model, decoder_input
+from velocity.stages.train import ModelParams, run_training
 from conftest import ROOT, assert_weights_close, dvc, make_project, params_section, project_env, stage_error
 
 # The encoder-decoder, teacher forced: the synthetic velocities below follow a per-window level that
@@ -172,7 +172,7 @@ def test_resumes_after_sigkill_from_the_last_checkpoint(tmp_path):
     params = {**yaml.safe_load((ROOT / "params.yaml").read_text()), "model": asdict(params_section(ModelParams, "model", **TINY_MODEL)), "train": asdict(cfg)}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stages.train", "data/windows", "data/vocab.json", "data/bins.json", "models"],
+        [sys.executable, "-m", "velocity.stages.train", "data/windows", "data/vocab.json", "data/bins.json", "models"],
         cwd=root, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     last = root / "models" / "checkpoints" / "last.pt"
@@ -268,7 +268,7 @@ def test_an_empty_validation_split_stops_the_stage_with_one_line(tmp_path):
         np.save(root / "data" / "windows" / f"validation_{kind}.npy", np.zeros((0, LENGTH), dtype=np.int16))
     params = {**yaml.safe_load((ROOT / "params.yaml").read_text()), "model": asdict(params_section(ModelParams, "model", **TINY_MODEL)), "train": asdict(TINY_TRAIN)}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    assert stage_error(root, "stages.train", "data/windows", "data/vocab.json", "data/bins.json", "models") == (
+    assert stage_error(root, "velocity.stages.train", "data/windows", "data/vocab.json", "data/bins.json", "models") == (
         "train: data/windows/validation_{src,tgt,features}.npy: no validation windows (the validation split is empty)"
     )
     assert not (root / "models" / "velocity.pt").exists()
@@ -331,8 +331,8 @@ def test_warm_start_copies_what_means_the_same():
     only where the feature is quantized with the same edges (another embedding order is followed)."""
     import torch
 
-    from model.training import warm_start
-    from model.transformer import ModelConfig, build_model
+    from velocity.model.training import warm_start
+    from velocity.model.transformer import ModelConfig, build_model
 
     def config(features: tuple[int, ...]) -> ModelConfig:
         return ModelConfig(src_vocab=795, tgt_vocab=131, max_len=16, features=features, layers=1, heads=2, d_model=16, d_ff=32,
@@ -353,8 +353,8 @@ def test_warm_start_copies_what_means_the_same():
 
 
 def test_score_train_overrides_replace_only_their_keys():
-    from model.config import ParamsError
-    from stages.train import with_overrides
+    from velocity.model.config import ParamsError
+    from velocity.stages.train import with_overrides
 
     params = {"model": {"layers": 2, "dropout": 0.1}, "train": {"epochs": 10, "notation_dropout": 0.0},
               "score_train": {"model": {}, "train": {"epochs": 2, "notation_dropout": 0.25}}}  # fmt: skip
@@ -371,7 +371,7 @@ def test_score_train_overrides_replace_only_their_keys():
 def test_an_ensemble_keeps_every_member_and_averages_their_distributions(tmp_path):
     """`train.ensemble: 2` trains a second network from seed + 1 beside the first, exports both,
     and decodes with the mean of their distributions; a third member later reuses the two."""
-    from model.transformer import Ensemble, one_pass_logits
+    from velocity.model.transformer import Ensemble, one_pass_logits
 
     root = write_windows_project(tmp_path)
     encoder = params_section(ModelParams, "model", **{**TINY_MODEL, "kind": "encoder"})
@@ -409,7 +409,7 @@ def test_an_ensemble_keeps_every_member_and_averages_their_distributions(tmp_pat
 
 
 def test_an_ensemble_needs_an_encoder_only_model(tmp_path):
-    from model.config import ParamsError
+    from velocity.model.config import ParamsError
 
     root = write_windows_project(tmp_path)
     with pytest.raises(ParamsError, match="train.ensemble.*model.kind: encoder"):

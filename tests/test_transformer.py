@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from model.loss import abs_error_sum, label_smoothed_kl
-from model.schedule import lr_at
-from model.transformer import (
+from velocity.model.loss import abs_error_sum, label_smoothed_kl
+from velocity.model.schedule import lr_at
+from velocity.model.transformer import (
     N_SPECIALS,
     PAD,
     PICKS,

@@ -1,4 +1,4 @@
-"""Fitted trees as plain arrays (model/trees.py), and the score model's blend of its networks with one."""
+"""Fitted trees as plain arrays (velocity/model/trees.py), and the score model's blend of its networks with one."""
 
 import numpy as np
 import pandas as pd
@@ -10,7 +10,7 @@ def fitted():
     """A real scikit-learn regressor on data with missing values, and its flattened copy."""
     from sklearn.ensemble import HistGradientBoostingRegressor
 
-    from model.trees import TreeEnsemble
+    from velocity.model.trees import TreeEnsemble
 
     rng = np.random.default_rng(0)
     x = rng.random((3000, 4))
@@ -29,8 +29,8 @@ def test_flattened_trees_predict_exactly_as_scikit_learn(fitted):
 
 
 def test_trees_survive_a_weights_only_checkpoint(fitted, tmp_path):
-    from model.checkpoint import load_checkpoint, save_checkpoint
-    from model.trees import TreeEnsemble
+    from velocity.model.checkpoint import load_checkpoint, save_checkpoint
+    from velocity.model.trees import TreeEnsemble
 
     regressor, tree = fitted
     save_checkpoint(tmp_path / "tree.pt", tree.to_state())
@@ -41,8 +41,8 @@ def test_trees_survive_a_weights_only_checkpoint(fitted, tmp_path):
 
 
 def test_a_file_that_is_not_a_tree_is_refused(fitted):
-    from model.checkpoint import CheckpointError
-    from model.trees import TreeEnsemble
+    from velocity.model.checkpoint import CheckpointError
+    from velocity.model.trees import TreeEnsemble
 
     state = fitted[1].to_state()
     del state["threshold"]
@@ -53,7 +53,7 @@ def test_a_file_that_is_not_a_tree_is_refused(fitted):
 
 
 def test_the_network_weight_is_the_blend_with_least_absolute_error():
-    from model.pieces import fit_network_weight
+    from velocity.model.pieces import fit_network_weight
 
     rng = np.random.default_rng(0)
     network, tree = rng.normal(64, 10, 2000), rng.normal(64, 10, 2000)
@@ -65,7 +65,7 @@ def test_the_network_weight_is_the_blend_with_least_absolute_error():
 def test_the_score_model_plays_its_networks_blended_with_its_tree(trained_score_model):
     """`pianist` = the networks' `averaged` velocity and the tree's, weighted as calibration fitted,
     then stretched piece by piece; the tree reads the score's features, so it moves the result."""
-    from model.pieces import load_velocity_model, predict_notes
+    from velocity.model.pieces import load_velocity_model, predict_notes
 
     model_path, _ = trained_score_model
     model = load_velocity_model(model_path)

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from stages.params import ParamsError, load
-from model.codec import END, PAD, START, Vocab, id_to_velocity, velocity_to_id
-from stages.vocab import VocabParams, build_vocab
+from velocity.params import ParamsError, load
+from velocity.model.codec import END, PAD, START, Vocab, id_to_velocity, velocity_to_id
+from velocity.stages.vocab import VocabParams, build_vocab
 
 BINS_3x3 = {"dstart": [0, 0.05, 0.5, 9], "duration": [0, 0.15, 0.45, 9], "velocity": [0, 57, 74, 128]}
 

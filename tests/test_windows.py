@@ -2,12 +2,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.params import ParamsError
+from velocity.params import ParamsError
 from conftest import params_section
-from model.codec import PAD, id_to_velocity, tokenize
-from stages.vocab import build_vocab
-from model.codec import window_starts
-from stages.windows import WindowsParams, make_windows
+from velocity.model.codec import PAD, id_to_velocity, tokenize
+from velocity.stages.vocab import build_vocab
+from velocity.model.codec import window_starts
+from velocity.stages.windows import WindowsParams, make_windows
 
 BINS = {"dstart": [0, 0.05, 0.5, 9], "duration": [0, 0.15, 0.45, 9], "velocity": [0, 57, 74, 128]}
 VOCAB = build_vocab(BINS, velocity_hint=False)

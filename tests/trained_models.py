@@ -18,9 +18,9 @@ TEST_SCORE = "asap-dataset/Bach/Prelude/bwv_862/midi_score.mid"
 def trained_model(tmp_path_factory, tiny_raw) -> Path:
     """A tiny Velocity Transformer trained for a few steps on the tiny MAESTRO archive, through the
     same stage functions `dvc repro train` runs."""
-    from model.features import learn_feature_edges
-    from stages.bins import BinsParams, learn_bins
-    from stages.extract import extract_notes
+    from velocity.model.features import learn_feature_edges
+    from velocity.stages.bins import BinsParams, learn_bins
+    from velocity.stages.extract import extract_notes
 
     root = tmp_path_factory.mktemp("tiny_model")
     extract_notes(tiny_raw, root / "notes", sustain=False, workers=1)
@@ -37,12 +37,12 @@ def trained_score_model(tmp_path_factory, tiny_raw) -> tuple[Path, Path]:
     (the model file, the unzipped scores)."""
     import zipfile
 
-    from model.checkpoint import save_checkpoint
-    from model.features import GBT_FEATURES, learn_feature_edges
-    from stages.align import AlignParams, align
-    from stages.bins import BinsParams, learn_bins
-    from stages.extract import extract_notes
-    from stages.gbt import RELATIVE_SCORE_FEATURES, GbtParams, fit_predict
+    from velocity.model.checkpoint import save_checkpoint
+    from velocity.model.features import GBT_FEATURES, learn_feature_edges
+    from velocity.stages.align import AlignParams, align
+    from velocity.stages.bins import BinsParams, learn_bins
+    from velocity.stages.extract import extract_notes
+    from velocity.stages.gbt import RELATIVE_SCORE_FEATURES, GbtParams, fit_predict
 
     if not TINY_SCORES.is_file():
         pytest.skip(f"{TINY_SCORES} not found (the shared ASAP scores archive)")
@@ -62,11 +62,11 @@ def trained_score_model(tmp_path_factory, tiny_raw) -> tuple[Path, Path]:
 def train_tiny(root: Path, bins: dict, notes_dir: Path, input_kind: str = "performance", blend_tree: Path | None = None) -> Path:
     """The vocabulary, 32-note windows of `notes_dir`'s train and validation notes, and 20 training
     steps of a one-layer model calibrated on validation, all under `root`; returns the model file."""
-    from model.training import TrainConfig
-    from stages.io import save_npy, write_json
-    from stages.train import ModelParams, run_training
-    from stages.vocab import build_vocab
-    from stages.windows import WindowsParams, make_windows
+    from velocity.model.training import TrainConfig
+    from velocity.io import save_npy, write_json
+    from velocity.stages.train import ModelParams, run_training
+    from velocity.stages.vocab import build_vocab
+    from velocity.stages.windows import WindowsParams, make_windows
 
     vocab = build_vocab(bins, velocity_hint=False)
     write_json(root / "bins.json", bins)

@@ -1,4 +1,4 @@
-"""Train a tiny model of either kind on synthetic windows through model/harness.py and save this
+"""Train a tiny model of either kind on synthetic windows through velocity/model/harness.py and save this
 process's final weights to OUT/rank{RANK}.pt. Run plainly (one process) or under torchrun; the
 distributed tests compare the files.
 
@@ -18,13 +18,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from model.checkpoint import save_checkpoint  # noqa: E402
-from model.harness import LoopConfig, distributed_from_env, end_process, fit  # noqa: E402
-from model.performance_rnn import PerformanceRNNConfig, PerformanceTask, build_model as build_rnn  # noqa: E402
-from model.runtime import seed_everything  # noqa: E402
-from model.training import TrainConfig, VelocityTask, Windows  # noqa: E402
-from model.transformer import ModelConfig, build_model  # noqa: E402
-from stages.params import read_params, section  # noqa: E402
+from velocity.model.checkpoint import save_checkpoint  # noqa: E402
+from velocity.model.harness import LoopConfig, distributed_from_env, end_process, fit  # noqa: E402
+from velocity.model.performance_rnn import PerformanceRNNConfig, PerformanceTask, build_model as build_rnn  # noqa: E402
+from velocity.model.runtime import seed_everything  # noqa: E402
+from velocity.model.training import TrainConfig, VelocityTask, Windows  # noqa: E402
+from velocity.model.transformer import ModelConfig, build_model  # noqa: E402
+from velocity.params import read_params, section  # noqa: E402
 
 
 def velocity_task(batch_size: int) -> tuple[VelocityTask, torch.nn.Module]:

@@ -1,0 +1,1 @@
+"""velocity: learn how pianists shape dynamics, and humanize MIDI files with it."""

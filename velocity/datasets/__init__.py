@@ -1,0 +1,1 @@
+"""The corpora: the generated demo corpus, MAESTRO and ASAP."""

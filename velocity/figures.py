@@ -1,0 +1,138 @@
+"""Figures of velocities (piano rolls, velocity curves, prediction scatter, bin confusion) and the
+MIDI files of test segments: what evaluate writes, `velocity predict --plot` draws and the studio shows."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from velocity.io import atomic_path
+from velocity.model.codec import bin_index, n_bins
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+FIGURE_DPI = 110
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_predicted_vs_true(true: np.ndarray, predicted: np.ndarray, path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    hb = ax.hexbin(true, predicted, gridsize=40, extent=(0, 127, 0, 127), bins="log", mincnt=1, cmap="viridis")
+    ax.plot([0, 127], [0, 127], color="grey", linewidth=0.8, linestyle="--")  # perfect prediction
+    ax.set(xlabel="true velocity", ylabel="predicted velocity", title=f"test notes ({len(true):,})", xlim=(0, 127), ylim=(0, 127))
+    fig.colorbar(hb, ax=ax, label="notes (log)")
+    _save(fig, path)
+
+
+def plot_bin_confusion(true: np.ndarray, predicted: np.ndarray, velocity_edges: list[float], path: Path) -> None:
+    """Rows: true velocity bin; columns: predicted bin; cells: share of the row's notes."""
+    plt = _pyplot()
+    k = n_bins(velocity_edges)
+    counts = np.zeros((k, k), dtype=np.int64)
+    np.add.at(counts, (bin_index(true, velocity_edges), bin_index(predicted, velocity_edges)), 1)
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    labels = [f"{velocity_edges[i]:g}-{velocity_edges[i + 1]:g}" for i in range(k)]
+    fig, ax = plt.subplots(figsize=(1.2 * k + 2.5, 1.1 * k + 1.8))
+    im = ax.imshow(share, vmin=0, vmax=1, cmap="Blues")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{share[i, j]:.2f}\n({counts[i, j]:,})", ha="center", va="center", fontsize=8,
+                    color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xticks(range(k), labels, rotation=45, ha="right")
+    ax.set_yticks(range(k), labels)
+    ax.set(xlabel="predicted velocity bin", ylabel="true velocity bin", title="velocity bins (row shares)")
+    fig.colorbar(im, ax=ax)
+    _save(fig, path)
+
+
+def piano_roll_figure(segment: pd.DataFrame, predicted: np.ndarray, title: str) -> "Figure":
+    """Original and predicted piano rolls side by side; colour = velocity on one shared scale.
+    Built without pyplot's global state, so a server may draw several at once."""
+    from matplotlib.collections import PolyCollection
+    from matplotlib.figure import Figure
+
+    start = segment["start"].to_numpy() - segment["start"].min()
+    end = segment["end"].to_numpy() - segment["start"].min()
+    pitch = segment["pitch"].to_numpy()
+    boxes = [[(s, p - 0.4), (e, p - 0.4), (e, p + 0.4), (s, p + 0.4)] for s, e, p in zip(start, end, pitch)]
+    fig = Figure(figsize=(12, 4))
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, velocity, name in zip(axes, (segment["velocity"].to_numpy(), predicted), ("original", "predicted")):
+        bars = PolyCollection(boxes, array=np.asarray(velocity, dtype=float), cmap="plasma", clim=(0, 127), edgecolors="none")
+        ax.add_collection(bars)
+        ax.set(xlim=(0, end.max()), ylim=(pitch.min() - 2, pitch.max() + 2), xlabel="seconds", title=name)
+    axes[0].set_ylabel("pitch")
+    fig.suptitle(title, fontsize=9)
+    fig.colorbar(bars, ax=axes, label="velocity")
+    return fig
+
+
+def velocity_curve_figure(segment: pd.DataFrame, predicted: np.ndarray, title: str, smooth_seconds: float = 2.0) -> "Figure":
+    """Velocity over time, original beside predicted: each note a faint dot, and the mean over
+    the surrounding `smooth_seconds` as a line (the dynamics a listener hears)."""
+    from matplotlib.figure import Figure
+
+    start = segment["start"].to_numpy() - segment["start"].min()
+    fig = Figure(figsize=(12, 3))
+    ax = fig.subplots()
+    for velocity, name, colour in ((segment["velocity"].to_numpy(), "original", "tab:gray"), (np.asarray(predicted), "predicted", "tab:orange")):
+        velocity = velocity.astype(float)
+        # Mean of the notes within +-smooth_seconds/2 of each onset, through cumulative sums (onsets are sorted).
+        lo = np.searchsorted(start, start - smooth_seconds / 2, side="left")
+        hi = np.searchsorted(start, start + smooth_seconds / 2, side="right")
+        total = np.concatenate([[0.0], np.cumsum(velocity)])
+        ax.scatter(start, velocity, s=3, color=colour, alpha=0.25, linewidths=0)
+        ax.plot(start, (total[hi] - total[lo]) / (hi - lo), color=colour, label=name, linewidth=1.5)
+    ax.set(xlim=(0, max(float(start.max()), 1e-3)), ylim=(0, 127), xlabel="seconds", ylabel="velocity")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def plot_piano_rolls(segment: pd.DataFrame, predicted: np.ndarray, title: str, path: Path) -> None:
+    """The piano-roll figure written to `path` (PNG)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(png_bytes(piano_roll_figure(segment, predicted, title)))
+
+
+def png_bytes(fig: "Figure", dpi: int = FIGURE_DPI) -> bytes:
+    """The figure as PNG bytes."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _save(fig, path: Path) -> None:
+    plt = _pyplot()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=FIGURE_DPI, bbox_inches="tight")
+    plt.close(fig)
+
+
+def write_segment_midi(segment: pd.DataFrame, velocity: np.ndarray, path: Path) -> None:
+    """The segment as a one-piano MIDI file starting at 0 s, with the given velocities."""
+    import pretty_midi
+
+    midi = pretty_midi.PrettyMIDI(resolution=480, initial_tempo=120.0)
+    piano = pretty_midi.Instrument(program=0, name="piano")
+    offset = float(segment["start"].min())
+    for p, s, e, v in zip(segment["pitch"], segment["start"], segment["end"], velocity):
+        # A note-on of velocity 0 would be a note-off: keep every note audible.
+        piano.notes.append(pretty_midi.Note(velocity=int(np.clip(v, 1, 127)), pitch=int(p), start=float(s) - offset, end=float(e) - offset))
+    midi.instruments.append(piano)
+    with atomic_path(path) as tmp:
+        midi.write(str(tmp))

@@ -1,0 +1,5 @@
+import sys
+
+from velocity.pipeline.cli import main
+
+sys.exit(main())
