@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 
 from conftest import dvc, make_project, set_params
-from velocity.stages.download import MAESTRO_V3, DownloadError, download, sha256_of
+from velocity.datasets.archives import DownloadError, sha256_of
+from velocity.stages.download import MAESTRO_V3, download
 
 TINY_SHA256 = "c25f50d628c5b958a9be4b266021fed0eb78b44fa9e887f5375c813fb7ddf363"  # ../shared/data/README.md
 CSV = "maestro-v3.0.0/maestro-v3.0.0.csv"

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import ROOT, dvc, make_project, params_section, stage_error
-from velocity.figures import write_segment_midi
+from velocity.midi_writer import write_segment_midi
 from velocity.metrics import bin_distance, mae, per_pitch_means
 from velocity.stages.evaluate import pick_segments, teacher_forced
 

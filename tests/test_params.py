@@ -11,7 +11,7 @@ from conftest import ROOT, params_section
 from velocity.model.config import ParamsError
 from velocity.model.training import TrainConfig
 from velocity.stages.bins import BinsParams
-from velocity.stages.download import DataParams
+from velocity.datasets.archives import DataParams
 from velocity.stages.evaluate import EvaluateParams
 from velocity.stages.extract import ExtractParams
 from velocity.stages.gbt import GbtParams

@@ -42,7 +42,8 @@ from velocity.stages.extract import extract_notes
 from velocity.stages.perf_evaluate import PerfEvaluateParams, evaluate_performance_rnn, load_split, untrained_model
 from velocity.params import ParamsError
 from velocity.model.codec import window_starts
-from velocity.stages.perf_events import PerfEventsParams, build_perf_events, encode_split, load_perf_params
+from velocity.params import load_perf_params
+from velocity.stages.perf_events import PerfEventsParams, build_perf_events, encode_split
 from velocity.stages.perf_train import PerfModelParams, PerfTrainParams, train_performance_rnn
 
 WINDOW = 64

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import ROOT, SHARED_DATA, set_params, stage_error
 from velocity.datasets.demo_corpus import ASAP_COLUMNS, CSV_NAME, MAESTRO_PREFIX, asap_only_performances, generate_corpus
-from velocity.stages.download import DataParams, DownloadError, sha256_of
+from velocity.datasets.archives import DataParams, DownloadError, sha256_of
 from velocity.params import load
 from velocity.stages.scores import ASAP, ASAP_DEFAULT, FILE_COLUMNS, scores
 from test_download import ArchiveServer

@@ -1,5 +1,5 @@
-"""Figures of velocities (piano rolls, velocity curves, prediction scatter, bin confusion) and the
-MIDI files of test segments: what evaluate writes, `velocity predict --plot` draws and the studio shows."""
+"""Figures of velocities (piano rolls, velocity curves, prediction scatter, bin confusion): what
+evaluate writes, `velocity predict --plot` draws and the studio shows."""
 
 from __future__ import annotations
 
@@ -122,17 +122,3 @@ def _save(fig, path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=FIGURE_DPI, bbox_inches="tight")
     plt.close(fig)
 
-
-def write_segment_midi(segment: pd.DataFrame, velocity: np.ndarray, path: Path) -> None:
-    """The segment as a one-piano MIDI file starting at 0 s, with the given velocities."""
-    import pretty_midi
-
-    midi = pretty_midi.PrettyMIDI(resolution=480, initial_tempo=120.0)
-    piano = pretty_midi.Instrument(program=0, name="piano")
-    offset = float(segment["start"].min())
-    for p, s, e, v in zip(segment["pitch"], segment["start"], segment["end"], velocity):
-        # A note-on of velocity 0 would be a note-off: keep every note audible.
-        piano.notes.append(pretty_midi.Note(velocity=int(np.clip(v, 1, 127)), pitch=int(p), start=float(s) - offset, end=float(e) - offset))
-    midi.instruments.append(piano)
-    with atomic_path(path) as tmp:
-        midi.write(str(tmp))

@@ -1,4 +1,4 @@
-"""Small I/O helpers shared by the stages: nothing half-written is ever left behind."""
+"""Small I/O helpers: nothing half-written is ever left behind."""
 
 from __future__ import annotations
 

@@ -65,3 +65,10 @@ def value(params: dict[str, Any], dotted: str) -> Any:
 def load(cls: type[T], name: str, path: Path | str = PARAMS_FILE) -> T:
     """Section `name` of the params file at `path` as a `cls`."""
     return section(cls, name, read_params(path))
+
+
+def load_perf_params(cls: type[T], name: str, path: Path | str = PARAMS_FILE) -> T:
+    """Subsection `performance_rnn.<name>` of params.yaml as a `cls` (errors name the full key)."""
+    key = f"performance_rnn.{name}"
+    perf = read_params(path).get("performance_rnn") or {}
+    return section(cls, key, {key: perf.get(name)})

@@ -23,7 +23,6 @@ from typing import Any
 
 import pandas as pd
 
-SPLITS = ("train", "validation", "test")
 MAESTRO_PREFIX = "{maestro}/"  # how ASAP's metadata names a file of the MAESTRO archive
 METADATA_COLUMNS = ["composer", "title", "folder", "midi_score", "midi_performance", "performance_annotations",
                     "midi_score_annotations", "maestro_midi_performance"]  # fmt: skip

@@ -84,14 +84,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from velocity.datasets.asap import MAESTRO_PREFIX, SPLITS
+from velocity.datasets.asap import MAESTRO_PREFIX
+from velocity.datasets.maestro import COLUMNS, CSV_NAME, MAESTRO_DIR, SPLITS
 
 log = logging.getLogger(__name__)
 
-MAESTRO_DIR = "maestro-v3.0.0"
-CSV_NAME = "maestro-v3.0.0.csv"
 JSON_NAME = "maestro-v3.0.0.json"
-COLUMNS = ["canonical_composer", "canonical_title", "split", "year", "midi_filename", "audio_filename", "duration"]
 YEARS = (2004, 2006, 2008, 2009, 2011, 2013, 2014, 2015, 2017, 2018)  # MAESTRO's year folders
 
 TICKS_PER_BEAT = 480

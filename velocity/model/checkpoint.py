@@ -3,33 +3,24 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from velocity.io import atomic_path
+
 
 def save_checkpoint(path: Path | str, state: dict[str, Any]) -> None:
     """Write `state` (tensors, dicts, lists, numbers, strings) to `path` atomically.
 
-    A kill during the write leaves the previous checkpoint intact: we write a temporary file in
-    the same folder, fsync it, then rename it over `path`.
+    A kill during the write leaves the previous checkpoint intact: the bytes go to a temporary
+    file beside `path`, are fsynced, and only then renamed over it.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; a checkpoint should read like any new file
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 class CheckpointError(ValueError):

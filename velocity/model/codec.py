@@ -107,7 +107,8 @@ def tokenize(notes: pd.DataFrame, bins: dict, vocab: Vocab) -> tuple[np.ndarray,
 
 
 # ---------------------------------------------------------------------------------------------
-# Window geometry: the windows stage cuts training data, model.pieces cuts new pieces, the same way
+# Window geometry: the windows stage cuts training data, velocity/model/stitching.py new pieces
+# and the perf_events stage event sequences, all the same way
 
 
 def window_starts(n_notes: int, length: int, step: int, tail: str = "last", short: str = "pad") -> list[int]:
@@ -125,6 +126,23 @@ def window_starts(n_notes: int, length: int, step: int, tail: str = "last", shor
     if tail == "last" and starts[-1] + length < n_notes:
         starts.append(n_notes - length)
     return starts
+
+
+def window_rows(n_items: int, length: int, step: int, tail: str = "last", short: str = "pad", first: int = 0) -> np.ndarray:
+    """(W, length) int64 index of the item in each slot of the windows of `window_starts` over
+    `n_items` items, counted from `first` (a piece's first row in its table); -1 past the end."""
+    starts = np.asarray(window_starts(n_items, length, step, tail, short), dtype=np.int64)
+    slots = starts[:, None] + np.arange(length, dtype=np.int64)[None, :]
+    return np.where(slots < n_items, slots + first, -1)
+
+
+def windowed(values: np.ndarray, rows: np.ndarray, pad: int = PAD) -> np.ndarray:
+    """(W, length, ...) the value of each slot's item, per-item `values` indexed by `rows`
+    (`window_rows`), `pad` where the row is -1."""
+    values = np.asarray(values)
+    taken = values[np.maximum(rows, 0)]
+    missing = (rows < 0).reshape(rows.shape + (1,) * (values.ndim - 1))
+    return np.where(missing, np.asarray(pad, dtype=values.dtype), taken)
 
 
 def piece_bounds(piece_id: np.ndarray) -> np.ndarray:

@@ -51,7 +51,7 @@ VELOCITY_BIN_WIDTH = 4  # ceil(127 / 32): bin b holds velocities 4b+1 .. 4b+4 (t
 DEFAULT_VELOCITY = 64  # what NOTE_ONs get before any VELOCITY event
 WINDOW_PAD = -1  # not an event: fills a training window past the end of a piece (never a target)
 
-NOTE_COLUMNS = ["pitch", "start", "end", "velocity"]
+ENCODED_COLUMNS = ["pitch", "start", "end", "velocity"]  # the note columns the codec reads
 
 
 class EventCodecError(ValueError):
@@ -226,7 +226,7 @@ def encode(
 
 def encode_frame(notes: pd.DataFrame, *, source: str = "notes") -> np.ndarray:
     """`encode` for a frame with columns pitch, start, end, velocity (the notes parquet schema)."""
-    missing = [c for c in NOTE_COLUMNS if c not in notes.columns]
+    missing = [c for c in ENCODED_COLUMNS if c not in notes.columns]
     if missing:
         raise EventCodecError(f"{source}: missing column(s) {', '.join(missing)}")
     return encode(

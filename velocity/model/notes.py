@@ -35,7 +35,7 @@ PIANO_PROGRAMS = range(0, 8)  # General MIDI pianos, 0-based: acoustic grand .. 
 PIANO_RULE = f"{PIANO_PROGRAMS.start}-{PIANO_PROGRAMS.stop - 1}"
 SUSTAIN_DOWN_FROM = 64  # MAESTRO's pedal values are continuous; >= 64 reads as down (note-seq's rule)
 NOTES_IGNORED_NON_PIANO_PROGRAM = "notes_ignored_non_piano_program"
-NOTE_COLUMNS = ["pitch", "start", "end", "duration", "dstart", "velocity", "pedal"]
+NOTE_COLUMNS = ["pitch", "start", "end", "duration", "dstart", "velocity", "pedal"]  # a piece's note table, in order
 
 
 # Event kinds in the order note-seq processes them when they fall on the same time.

@@ -46,21 +46,6 @@ def read_primer_notes(path: Path, sustain: bool):  # -> pd.DataFrame (pandas imp
         raise GenerateError(f"cannot read primer: {message}") from err
 
 
-def write_midi(notes, path: Path) -> None:
-    """Write notes (pitch, start, end, velocity) as a one-piano MIDI file, atomically."""
-    import pretty_midi
-
-    from velocity.io import atomic_path
-
-    midi = pretty_midi.PrettyMIDI()
-    piano = pretty_midi.Instrument(program=0, name="Performance RNN")
-    for pitch, start, end, velocity in notes[["pitch", "start", "end", "velocity"]].itertuples(index=False):
-        piano.notes.append(pretty_midi.Note(velocity=int(velocity), pitch=int(pitch), start=float(start), end=float(end)))
-    midi.instruments.append(piano)
-    with atomic_path(path) as tmp:
-        midi.write(str(tmp))
-
-
 def generate(args: argparse.Namespace) -> Path:
     """Sample and write the performance; raises GenerateError on bad input."""
     import secrets
@@ -68,6 +53,7 @@ def generate(args: argparse.Namespace) -> Path:
     import torch
     from tqdm import tqdm
 
+    from velocity.midi_writer import write_piano_midi
     from velocity.model.checkpoint import CheckpointError, load_checkpoint
     from velocity.model.events import decode, duration_seconds, encode_frame
     from velocity.model.performance_rnn import ModelFileError, model_from_state, sample
@@ -110,7 +96,7 @@ def generate(args: argparse.Namespace) -> Path:
             progress=lambda seconds: bar.update(min(seconds, bar.total - bar.n)),  # the last shift may overshoot
         )
     notes = decode(primer + events)
-    write_midi(notes, args.output)
+    write_piano_midi(notes, args.output, name="Performance RNN", resolution=220)  # pretty_midi's default resolution
     log.info("wrote %s: %d notes, %.1f s (%d sampled events)", args.output, len(notes), duration_seconds(primer + events), len(events))
     return args.output
 

@@ -45,7 +45,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from velocity.datasets.asap import SPLITS, MetadataError, is_asap_only, maestro_name, read_metadata
+from velocity.datasets.asap import MetadataError, is_asap_only, maestro_name, read_metadata
+from velocity.datasets.maestro import SPLITS
 from velocity.model.midi import MidiError, read_midi
 from velocity.model.notes import piece_notes
 from velocity.model.score import SCORE_COLUMNS, score_table

@@ -51,8 +51,9 @@ import pandas as pd
 from velocity import params as params_lib
 from velocity.io import write_json
 from velocity.datasets.asap import MAESTRO
-from velocity.figures import plot_bin_confusion, plot_piano_rolls, plot_predicted_vs_true, write_segment_midi
+from velocity.figures import plot_bin_confusion, plot_piano_rolls, plot_predicted_vs_true
 from velocity.metrics import bin_distance, dynamics_scores, mae, pearson_r, per_pitch_means
+from velocity.midi_writer import write_segment_midi
 
 if TYPE_CHECKING:
     from velocity.model.pieces import VelocityModel

@@ -51,13 +51,13 @@ from velocity.model.midi import (
     MidiWarning,
     warning_counts,
 )
-from velocity.datasets.asap import ASAP_ONLY, MAESTRO, SPLITS, MetadataError, asap_only_splits, is_asap_only, maestro_name, read_metadata
+from velocity.datasets.asap import ASAP_ONLY, MAESTRO, MetadataError, asap_only_splits, is_asap_only, maestro_name, read_metadata
+from velocity.datasets.maestro import CSV_NAME, SPLITS
 from velocity.model.notes import NOTE_COLUMNS, NOTES_IGNORED_NON_PIANO_PROGRAM, read_piece
 from velocity.params import load
 
 log = logging.getLogger(__name__)
 
-CSV_NAME = "maestro-v3.0.0.csv"
 CSV_COLUMNS = ["canonical_composer", "canonical_title", "split", "midi_filename"]
 # The report's counters of damage worked around and notes left out by the program rule.
 WARNING_KINDS = (FILES_TRUNCATED, FILES_BAD_CHUNK_LENGTH, FILES_BAD_EVENT, FILES_MISSING_TRACKS, FILES_TYPE_2,

@@ -34,9 +34,9 @@ from velocity.io import save_npy, write_json
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("validation", "test")
+PREDICTED_SPLITS = ("validation", "test")  # train is what the trees fit
 RELATIVE_SCORE_FEATURES = tuple(name for name in SCORE_GBT_FEATURES if name != "notated_velocity")
-NOTE_COLUMNS = ["piece_id", "pitch", "start", "duration", "dstart", "velocity"]
+PERFORMANCE_COLUMNS = ["piece_id", "pitch", "start", "duration", "dstart", "velocity"]  # what the trees read of a notes table
 
 
 @dataclass(frozen=True)
@@ -89,9 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     features = GBT_FEATURES
     if args.score:
         features += RELATIVE_SCORE_FEATURES if args.relative else SCORE_GBT_FEATURES
-    columns = None if args.score else NOTE_COLUMNS  # a score's table: every column
+    columns = None if args.score else PERFORMANCE_COLUMNS  # a score's table: every column
     train = pd.read_parquet(args.notes_dir / "train.parquet", columns=columns)
-    others = {split: pd.read_parquet(args.notes_dir / f"{split}.parquet", columns=columns) for split in SPLITS}
+    others = {split: pd.read_parquet(args.notes_dir / f"{split}.parquet", columns=columns) for split in PREDICTED_SPLITS}
     log.info("fitting %d boosting iterations on %d train notes x %d features", params.max_iter, len(train), len(features))
     try:
         predicted, report, tree = fit_predict(train, others, params, features)

@@ -30,7 +30,7 @@ from velocity.model.performance_rnn import (
 )
 from velocity.model.runtime import pick_device, seed_everything
 from velocity.io import write_json
-from velocity.stages.perf_events import load_perf_params
+from velocity.params import load_perf_params
 
 log = logging.getLogger(__name__)
 

@@ -18,30 +18,20 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from velocity.datasets.maestro import SPLITS
+from velocity.io import save_npy, write_json
+from velocity.model.codec import window_rows, windowed
 from velocity.model.config import ParamsError
-from velocity.model.codec import window_starts
-from velocity.model.events import WINDOW_PAD, EventCodecError, encode_frame, shift_steps
-from velocity.io import atomic_path, write_json
-from velocity.params import PARAMS_FILE, read_params, section
+from velocity.model.events import ENCODED_COLUMNS, WINDOW_PAD, EventCodecError, encode_frame, shift_steps
+from velocity.params import load_perf_params
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "validation", "test")
-
-T = TypeVar("T")
-
-
-def load_perf_params(cls: type[T], name: str, path: Path | str = PARAMS_FILE) -> T:
-    """Subsection `performance_rnn.<name>` of params.yaml as a `cls` (errors name the full key)."""
-    key = f"performance_rnn.{name}"
-    perf = read_params(path).get("performance_rnn") or {}
-    return section(cls, key, {key: perf.get(name)})
 
 
 @dataclass(frozen=True)
@@ -58,19 +48,13 @@ class PerfEventsParams:
 
 def make_windows(events: np.ndarray, offsets: np.ndarray, window: int, step: int) -> np.ndarray:
     """int16 (n_windows, window) cut from each piece, padded with -1."""
-    rows: list[np.ndarray] = []
-    for first, last in zip(offsets[:-1], offsets[1:]):
-        piece = events[first:last]
-        if len(piece) < 2:  # nothing to predict
-            continue
-        for start in window_starts(len(piece), window, step):
-            row = np.full(window, WINDOW_PAD, dtype=np.int16)
-            chunk = piece[start : start + window]
-            row[: len(chunk)] = chunk
-            rows.append(row)
-    if not rows:
-        return np.zeros((0, window), dtype=np.int16)
-    return np.stack(rows)
+    pieces = [
+        window_rows(int(last - first), window, step, first=int(first))
+        for first, last in zip(offsets[:-1], offsets[1:])
+        if last - first >= 2  # fewer events: nothing to predict
+    ]
+    rows = np.concatenate(pieces) if pieces else np.zeros((0, window), dtype=np.int64)
+    return windowed(np.asarray(events, dtype=np.int16), rows, WINDOW_PAD)
 
 
 def encode_split(notes: pd.DataFrame, split: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -107,14 +91,12 @@ def build_perf_events(notes_dir: Path, out_dir: Path, params: PerfEventsParams) 
         path = notes_dir / f"{split}.parquet"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no notes for split '{split}' (run the extract stage)")
-        notes = pd.read_parquet(path, columns=["piece_id", "pitch", "start", "end", "velocity"])
+        notes = pd.read_parquet(path, columns=["piece_id", *ENCODED_COLUMNS])
         events, offsets, counts = encode_split(notes, split)
         step = params.step if split == "train" else params.window  # validation: only the tail window overlaps
         windows = make_windows(events, offsets, params.window, step)
         for name, array in (("events", events), ("offsets", offsets), ("windows", windows)):
-            with atomic_path(out_dir / f"{split}_{name}.npy") as tmp:
-                with open(tmp, "wb") as f:  # a file object: np.save would append .npy to the temp name
-                    np.save(f, array)
+            save_npy(out_dir / f"{split}_{name}.npy", array)
         stats[split] = counts | {
             "windows": int(len(windows)),
             "seconds": float(shift_steps(events).sum()) / 125,

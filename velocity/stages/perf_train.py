@@ -33,7 +33,7 @@ from velocity.model.performance_rnn import PerformanceRNN, PerformanceRNNConfig,
 from velocity.model.runtime import seed_everything
 from velocity.live import Curves
 from velocity.params import read_params, value
-from velocity.stages.perf_events import load_perf_params
+from velocity.params import load_perf_params
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ score note with the pianist's note through those beats.
 
 `metadata.csv` may sit in any one folder of the archive (`asap-dataset/`, or GitHub's
 `asap-dataset-<commit>/`): that folder becomes `asap-dataset/`. Fetching, checksums, zip-slip
-checks and the staging folder that is renamed into place are the download stage's
-(`velocity/stages/download.py`): an error is one line and leaves nothing half-written.
+checks and the staging folder that is renamed into place are velocity/datasets/archives.py's, as
+for the download stage: an error is one line and leaves nothing half-written.
 """
 
 from __future__ import annotations
@@ -33,8 +33,7 @@ import logging
 from pathlib import Path
 
 from velocity import params as params_lib
-from velocity.datasets.demo_corpus import ASAP_COLUMNS, ASAP_CSV, ASAP_DIR, generate_scores
-from velocity.stages.download import (
+from velocity.datasets.archives import (
     LOCK_FILE,
     DataParams,
     DownloadError,
@@ -44,6 +43,7 @@ from velocity.stages.download import (
     source_archive,
     staging_folder,
 )
+from velocity.datasets.demo_corpus import ASAP_COLUMNS, ASAP_CSV, ASAP_DIR, generate_scores
 
 log = logging.getLogger(__name__)
 

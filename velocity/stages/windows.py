@@ -24,13 +24,12 @@ import numpy as np
 import pandas as pd
 
 from velocity import params as params_lib
+from velocity.datasets.maestro import SPLITS
 from velocity.io import save_npy, write_json
-from velocity.model.codec import PAD, Vocab, piece_bounds, tokenize, window_starts
+from velocity.model.codec import Vocab, piece_bounds, tokenize, window_rows, windowed
 from velocity.model.features import feature_ids
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "validation", "test")
 
 
 @dataclass(frozen=True)
@@ -66,26 +65,17 @@ def make_windows(notes: pd.DataFrame, bins: dict, vocab: Vocab, params: WindowsP
     """Windows over every piece of one split's notes table (rows in piece order, as extract writes)."""
     src_ids, tgt_ids = tokenize(notes, bins, vocab)
     assert tgt_ids is not None  # training notes always carry velocities
-    feature_edges = bins.get("features") or {}
-    note_feature_ids = feature_ids(notes, feature_edges)  # (n_notes, n_features)
+    note_feature_ids = feature_ids(notes, bins.get("features") or {})  # (n_notes, n_features)
     bounds = piece_bounds(notes["piece_id"].to_numpy())
-
-    window_rows: list[np.ndarray] = []
-    for begin, end in zip(bounds[:-1], bounds[1:]):
-        for start in window_starts(int(end - begin), params.length, params.step, params.tail, params.short):
-            rows = np.arange(begin + start, min(begin + start + params.length, end))
-            window_rows.append(np.pad(rows, (0, params.length - len(rows)), constant_values=-1))
-
-    rows = np.stack(window_rows) if window_rows else np.empty((0, params.length), dtype=np.int64)
-    pad = rows < 0
-    src = np.where(pad, PAD, src_ids[np.where(pad, 0, rows)] if len(notes) else PAD)
-    tgt = np.where(pad, PAD, tgt_ids[np.where(pad, 0, rows)] if len(notes) else PAD)
-    features = np.zeros((*rows.shape, len(feature_edges)), dtype=np.int16)
-    if len(notes):
-        features[:] = np.where(pad[..., None], PAD, note_feature_ids[np.where(pad, 0, rows)])
+    pieces = [
+        window_rows(int(end - begin), params.length, params.step, params.tail, params.short, first=int(begin))
+        for begin, end in zip(bounds[:-1], bounds[1:])
+    ]
+    rows = np.concatenate(pieces) if pieces else np.empty((0, params.length), dtype=np.int64)
     return SplitWindows(
-        src=src.astype(np.int16), tgt=tgt.astype(np.int16), features=features, rows=rows.astype(np.int32), pieces=len(bounds) - 1
-    )
+        src=windowed(src_ids, rows).astype(np.int16), tgt=windowed(tgt_ids, rows).astype(np.int16),
+        features=windowed(note_feature_ids, rows).astype(np.int16), rows=rows.astype(np.int32), pieces=len(bounds) - 1,
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
