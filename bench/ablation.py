@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from velocity.model.codec import Vocab  # noqa: E402
 from velocity.model.features import learn_feature_edges  # noqa: E402
-from velocity.model.pieces import load_velocity_model, predict_notes  # noqa: E402
+from velocity.model.decode import load_velocity_model  # noqa: E402
+from velocity.model.pieces import predict_notes  # noqa: E402
 from velocity.model.training import TrainConfig  # noqa: E402
 from velocity import params as params_lib  # noqa: E402
 from velocity.metrics import dynamics_scores  # noqa: E402

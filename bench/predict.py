@@ -31,8 +31,9 @@ import symusic
 import torch
 import yaml
 
-from velocity.model.pieces import DECODINGS, VelocityModel, load_velocity_model
-from velocity.pipeline.predict import DEFAULT_DECODING, Controls, predict_file
+from velocity.model.decode import VelocityModel, load_velocity_model
+from velocity.model.decodings import DECODINGS, DEFAULT_DECODING
+from velocity.pipeline.humanize import Controls, predict_file
 from velocity.model.notes import read_piece
 from velocity.stages.bins import BinsParams, learn_bins
 from velocity.params import load

@@ -100,9 +100,10 @@ def test_no_features_gives_the_seeds_tokens_and_model_exactly():
     assert ((rich.features == PAD) == (rich.src == PAD)[..., None]).all()  # padding is padding everywhere
 
     torch.manual_seed(0)
-    plain = build_model(ModelConfig(src_vocab=795, tgt_vocab=131, max_len=4))
+    seed_shape = dict(layers=2, heads=4, d_model=128, d_ff=512, dropout=0.1, aligned=False, kind="encoder-decoder")
+    plain = build_model(ModelConfig(src_vocab=795, tgt_vocab=131, max_len=4, features=(), **seed_shape))
     assert not any("features" in name for name in plain.state_dict())  # the seed's parameters, no more
-    with_features = build_model(ModelConfig(src_vocab=795, tgt_vocab=131, max_len=4, features=(5, 4)))
+    with_features = build_model(ModelConfig(src_vocab=795, tgt_vocab=131, max_len=4, features=(5, 4), **seed_shape))
     extra = set(with_features.state_dict()) - set(plain.state_dict())
     assert extra == {"src_embed.features.0.weight", "src_embed.features.1.weight"}
 
@@ -111,7 +112,8 @@ def test_feature_embeddings_change_the_prediction():
     from velocity.model.transformer import ModelConfig, build_model
 
     torch.manual_seed(0)
-    model = build_model(ModelConfig(src_vocab=30, tgt_vocab=131, layers=1, heads=2, d_model=16, d_ff=32, max_len=6, kind="encoder", features=(4,))).eval()
+    model = build_model(ModelConfig(src_vocab=30, tgt_vocab=131, layers=1, heads=2, d_model=16, d_ff=32, dropout=0.1, max_len=6, aligned=False,
+                                    kind="encoder", features=(4,))).eval()
     src = torch.randint(N_SPECIALS, 30, (1, 6))
     a, b = torch.ones(1, 6, 1, dtype=torch.long), torch.full((1, 6, 1), 3)
     assert not torch.allclose(model(src, a), model(src, b))
@@ -123,7 +125,8 @@ def test_encoder_only_head_overfits_one_batch():
     from velocity.model.transformer import ModelConfig, build_model
 
     torch.manual_seed(0)
-    model = build_model(ModelConfig(src_vocab=40, tgt_vocab=131, layers=2, heads=2, d_model=32, d_ff=64, dropout=0.0, max_len=16, kind="encoder", features=(6,)))
+    model = build_model(ModelConfig(src_vocab=40, tgt_vocab=131, layers=2, heads=2, d_model=32, d_ff=64, dropout=0.0, max_len=16, aligned=False,
+                                    kind="encoder", features=(6,)))
     src = torch.randint(N_SPECIALS, 40, (4, 16))
     features = torch.randint(1, 6, (4, 16, 1))
     tgt = torch.randint(N_SPECIALS + 20, N_SPECIALS + 110, (4, 16))
@@ -168,11 +171,13 @@ def test_transpose_moves_whole_windows_by_semitones_and_never_off_the_keyboard()
 
 
 def test_averaging_covers_each_note_once_and_equals_the_window_where_a_note_is_alone():
-    from velocity.model.pieces import averaged_distributions, piece_windows, plan_windows
+    from velocity.model.pieces import averaged_distributions
+    from velocity.model.stitching import piece_windows, plan_windows
     from velocity.model.transformer import ModelConfig, build_model, one_pass_logits
 
     torch.manual_seed(0)
-    model = build_model(ModelConfig(src_vocab=30, tgt_vocab=131, layers=1, heads=2, d_model=16, d_ff=32, max_len=8, kind="encoder")).eval()
+    model = build_model(ModelConfig(src_vocab=30, tgt_vocab=131, layers=1, heads=2, d_model=16, d_ff=32, dropout=0.1, max_len=8, aligned=False,
+                                    kind="encoder", features=())).eval()
     n_notes = 21
     src = np.random.default_rng(0).integers(N_SPECIALS, 30, n_notes)
     plan = plan_windows(n_notes, 8, 4)
@@ -190,7 +195,7 @@ def test_averaging_covers_each_note_once_and_equals_the_window_where_a_note_is_a
 
 
 def test_calibration_restores_the_spread_it_is_asked_for():
-    from velocity.model.pieces import Calibration, fit_calibration
+    from velocity.model.calibration import Calibration, fit_calibration
 
     rng = np.random.default_rng(0)
     piece_id = np.repeat(np.arange(20), 200)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from velocity.model.pieces import plan_windows, stitch
+from velocity.model.stitching import plan_windows, stitch
 
 
 pytestmark = pytest.mark.usefixtures("single_threaded")
@@ -96,7 +96,8 @@ def small_model():
     from velocity.model.transformer import ModelConfig, build_model
 
     torch.manual_seed(0)
-    return build_model(ModelConfig(src_vocab=40, tgt_vocab=131, layers=1, heads=2, d_model=16, d_ff=32, max_len=16)).eval()
+    return build_model(ModelConfig(src_vocab=40, tgt_vocab=131, layers=1, heads=2, d_model=16, d_ff=32, dropout=0.1, max_len=16, aligned=False,
+                                   kind="encoder-decoder", features=())).eval()
 
 
 def random_pieces(lengths, seed=0):
@@ -119,7 +120,8 @@ def test_batched_pieces_decode_as_each_alone(small_model):
 def test_each_note_takes_its_owner_windows_greedy_output(small_model):
     import torch
 
-    from velocity.model.pieces import piece_windows, predict_pieces
+    from velocity.model.pieces import predict_pieces
+    from velocity.model.stitching import piece_windows
     from velocity.model.transformer import greedy_decode
 
     src = random_pieces([37], seed=1)[0]
@@ -143,7 +145,7 @@ def test_decoding_fewer_steps_gives_the_start_of_full_greedy_decoding(small_mode
 
 
 def test_windows_decode_only_as_far_as_their_last_owned_note():
-    from velocity.model.pieces import owned_steps
+    from velocity.model.stitching import owned_steps
 
     # Inner windows own up to position 95, so 96 notes; window 2 (notes 128..255) hands notes from
     # 214 on to the tail window (172..299), where they sit nearer the centre; the tail owns its end.

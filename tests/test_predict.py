@@ -50,7 +50,9 @@ def assert_only_note_on_velocities_differ(original: Path, predicted: Path) -> in
 
 @pytest.mark.parametrize("decoding", [None, "median", "greedy"])
 def test_real_file_gets_the_models_velocities_and_nothing_else_changes(trained_model, tiny_raw, tmp_path, decoding):
-    from velocity.model.pieces import DEFAULT_DECODING, load_velocity_model, predict_notes
+    from velocity.model.decode import load_velocity_model
+    from velocity.model.decodings import DEFAULT_DECODING
+    from velocity.model.pieces import predict_notes
 
     source = tiny_raw.parent / TEST_PIECE
     out = tmp_path / "out.mid"
@@ -63,19 +65,6 @@ def test_real_file_gets_the_models_velocities_and_nothing_else_changes(trained_m
     # The new velocities are the model's stitched prediction on the notes exactly as extract reads them.
     expected = predict_notes(load_velocity_model(trained_model), before, decoding=decoding or DEFAULT_DECODING)
     np.testing.assert_array_equal(after["velocity"].to_numpy(), np.clip(expected, 1, 127))
-
-
-def test_the_decoding_choices_are_the_models():
-    import argparse
-
-    from velocity.model.pieces import DECODINGS, DEFAULT_DECODING
-    from velocity.pipeline import predict
-
-    parser = argparse.ArgumentParser()
-    predict.add_arguments(parser)
-    choices = next(a.choices for a in parser._actions if a.dest == "decoding")
-    assert sorted(choices) == sorted(DECODINGS)
-    assert predict.DEFAULT_DECODING == DEFAULT_DECODING
 
 
 def test_strength_zero_keeps_and_half_blends_the_original_velocities(trained_model, tiny_raw, tmp_path):
@@ -206,7 +195,7 @@ def test_a_model_file_from_before_features_loads_and_says_what_it_lacks(trained_
     config = {k: v for k, v in ckpt["model_config"].items() if k not in ("kind", "features")}
     torch.manual_seed(0)
     old = {
-        "kind": "velocity-transformer", "model": build_model(ModelConfig(**config)).state_dict(), "model_config": config,
+        "kind": "velocity-transformer", "model": build_model(ModelConfig(**config, kind="encoder-decoder", features=())).state_dict(), "model_config": config,
         "vocab": ckpt["vocab"], "bins": {k: v for k, v in ckpt["bins"].items() if k != "features"}, "windows": ckpt["windows"],
         "train": {"seed": 0},
     }  # fmt: skip
@@ -233,7 +222,8 @@ def test_a_model_file_from_before_features_loads_and_says_what_it_lacks(trained_
 def test_damaged_files_give_the_same_notes_in_extract_and_predict(trained_model, tmp_path, caplog):
     import csv
 
-    from velocity.model.pieces import load_velocity_model, predict_notes
+    from velocity.model.decode import load_velocity_model
+    from velocity.model.pieces import predict_notes
     from velocity.stages.extract import extract_notes
     from test_midi import DAMAGED, write_case
 
@@ -317,7 +307,7 @@ def test_two_inputs_with_one_name_are_refused_before_any_work(trained_model, tin
 
 
 def test_loudness_and_dynamics_shape_the_prediction():
-    from velocity.pipeline.predict import Controls, shape_dynamics
+    from velocity.pipeline.humanize import Controls, shape_dynamics
 
     predicted, original = np.array([50.0, 60.0, 70.0]), np.array([64, 64, 64])
     np.testing.assert_array_equal(shape_dynamics(predicted, original, Controls()), [50, 60, 70])
@@ -343,8 +333,10 @@ def test_loudness_dynamics_and_plot_on_a_real_file(trained_model, tiny_raw, tmp_
 # Scores: --input auto|score|performance and the score model
 
 def test_a_score_is_read_as_a_score_and_given_the_score_models_velocities(trained_model, trained_score_model, tiny_raw, tmp_path, caplog):
-    from velocity.model.pieces import DEFAULT_DECODING, load_velocity_model, predict_notes
+    from velocity.model.decode import load_velocity_model
+    from velocity.model.decodings import DEFAULT_DECODING
     from velocity.model.notes import piece_notes
+    from velocity.model.pieces import predict_notes
     from velocity.model.score import score_table
 
     score_model, scores = trained_score_model

@@ -249,7 +249,7 @@ def test_a_bad_file_shows_its_error_and_the_good_ones_still_come_back(studio, pa
 def test_the_page_is_drawn_as_it_should_be(studio, page, tmp_path):
     """A screenshot of the page, compared with the figures its result should show."""
     from velocity.model.notes import piece_notes
-    from velocity.pipeline.predict import plot_notes, plot_title
+    from velocity.pipeline.humanize import plot_notes, plot_title
     from velocity.pipeline.studio import FIGURE_DPI
     from velocity.figures import piano_roll_figure, png_bytes, velocity_curve_figure
 
@@ -331,7 +331,7 @@ def test_without_fluidsynth_the_command_says_how_to_install_it_and_still_writes_
 
 
 def test_audio_unavailable_is_one_line_in_the_page_config(monkeypatch, trained_model):
-    from velocity.pipeline.predict import Models
+    from velocity.pipeline.humanize import Models
     from velocity.pipeline.studio import Studio
 
     monkeypatch.setenv("PATH", str(Path(sys.executable).parent))

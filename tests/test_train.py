@@ -76,7 +76,7 @@ def write_windows_project(root: Path, n_train: int = 24, n_val: int = 6, seed: i
 
 
 def tiny_config() -> ModelConfig:
-    return ModelConfig(src_vocab=SRC_VOCAB, tgt_vocab=TGT_VOCAB, max_len=LENGTH, **asdict(params_section(ModelParams, "model", **TINY_MODEL)))
+    return ModelConfig(src_vocab=SRC_VOCAB, tgt_vocab=TGT_VOCAB, max_len=LENGTH, features=(), **asdict(params_section(ModelParams, "model", **TINY_MODEL)))
 
 
 def run_in(root: Path, cfg: TrainConfig, live: bool = False, sustain: bool = False):
@@ -203,7 +203,7 @@ def test_seed_configuration_builds_and_takes_one_step():
     """The seed's 6-layer, 8-head, 512/2048 model with its 795/131 vocabularies, one optimizer
     step on tiny windows through the training task's loss."""
     torch.manual_seed(0)
-    cfg = ModelConfig(src_vocab=795, tgt_vocab=131, max_len=128, **SEED_PRESET["model"])
+    cfg = ModelConfig(src_vocab=795, tgt_vocab=131, max_len=128, features=(), **SEED_PRESET["model"])
     model = build_model(cfg)
     assert (len(model.encoder_layers), model.encoder_layers[0].self_attn.heads) == (6, 8)
     assert 40e6 < model.num_params() < 50e6

@@ -24,7 +24,8 @@ from velocity.model.transformer import (
 pytestmark = pytest.mark.usefixtures("single_threaded")
 
 
-TINY = dict(src_vocab=40, tgt_vocab=20, layers=2, heads=2, d_model=16, d_ff=32, dropout=0.0, max_len=16)
+TINY = dict(src_vocab=40, tgt_vocab=20, layers=2, heads=2, d_model=16, d_ff=32, dropout=0.0, max_len=16, aligned=False, kind="encoder-decoder",
+            features=())
 
 
 def tiny_model(seed: int = 0, **overrides) -> torch.nn.Module:

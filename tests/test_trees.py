@@ -53,7 +53,7 @@ def test_a_file_that_is_not_a_tree_is_refused(fitted):
 
 
 def test_the_network_weight_is_the_blend_with_least_absolute_error():
-    from velocity.model.pieces import fit_network_weight
+    from velocity.model.calibration import fit_network_weight
 
     rng = np.random.default_rng(0)
     network, tree = rng.normal(64, 10, 2000), rng.normal(64, 10, 2000)
@@ -65,7 +65,8 @@ def test_the_network_weight_is_the_blend_with_least_absolute_error():
 def test_the_score_model_plays_its_networks_blended_with_its_tree(trained_score_model):
     """`pianist` = the networks' `averaged` velocity and the tree's, weighted as calibration fitted,
     then stretched piece by piece; the tree reads the score's features, so it moves the result."""
-    from velocity.model.pieces import load_velocity_model, predict_notes
+    from velocity.model.decode import load_velocity_model
+    from velocity.model.pieces import predict_notes
 
     model_path, _ = trained_score_model
     model = load_velocity_model(model_path)

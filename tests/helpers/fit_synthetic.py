@@ -36,7 +36,8 @@ def velocity_task(batch_size: int) -> tuple[VelocityTask, torch.nn.Module]:
     train = {**read_params(ROOT / "params.yaml")["train"], "batch_size": batch_size, "warmup": 4, "lr_factor": 1.0, "max_steps": 1,
              "device": "cpu", "transpose": 0, "input_dropout": 0.0}
     cfg = section(TrainConfig, "train", {"train": train})
-    model_cfg = ModelConfig(src_vocab=40, tgt_vocab=131, max_len=16, layers=1, heads=2, d_model=16, d_ff=32, dropout=0.0, kind="encoder")
+    model_cfg = ModelConfig(src_vocab=40, tgt_vocab=131, max_len=16, layers=1, heads=2, d_model=16, d_ff=32, dropout=0.0, aligned=False, kind="encoder",
+                            features=())
     seed_everything(0)
     return VelocityTask(model_cfg, cfg, windows, windows), build_model(model_cfg)
 

@@ -1,242 +1,30 @@
 """Predict the velocity of every note of whole pieces: cut into windows, decode, stitch.
 
-A piece longer than one window is cut exactly as the windows stage cuts it with `tail: last`:
-windows of `length` notes every `step` notes, plus one window ending at the last note when the
-last regular window stops short of it. A piece shorter than one window is one window padded with
-<pad> (as `short: pad`). The windows of all pieces are decoded together in batches (DECODINGS),
-each only as far as the last note it owns (below): later notes never change earlier ones.
-
-Stitching: a note covered by several overlapping windows takes the prediction of the window in
-which it sits nearest the window's centre, i.e. with the most context on both sides (the decoder
-has seen the most of the window's own predictions, the encoder the most notes either side). A tie
-goes to the earlier window. The distance is measured from the centre of the full window, so in a
-padded short piece every note simply takes its only window. Each note therefore gets exactly one
-prediction; `plan_windows` returns that choice and `stitch` applies it.
+The windows of all pieces (velocity/model/stitching.py: cut as the windows stage cuts training data)
+are decoded together in batches, as the decoding says (velocity/model/decodings.py), each only as far
+as the last note it owns: later notes never change earlier ones. Each note takes the prediction
+of the window in which it sits nearest the centre.
 
 Averaging (`averaged` and `pianist` decodings): instead, every window gives every note it holds a
 velocity distribution from the notes alone (one pass), and each note takes the median of the mean
-of its distributions, so it hears all the context around it. `pianist` then stretches the result
-(`Calibration`, learned on validation) so its dynamics span a pianist's range; a model that carries a
-tree (the score model: `velocity.model.trees`) first blends its velocity with the tree's, by a weight also
-learned on validation.
+of its distributions, so it hears all the context around it. `pianist` then blends with the
+model's tree, if it carries one, and stretches the dynamics (velocity/model/calibration.py).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
+from velocity.model.calibration import blend_with_tree
 from velocity.model.checkpoint import CheckpointError
-from velocity.model.codec import N_SPECIALS, PAD, Vocab, id_to_velocity, piece_bounds, tokenize, window_starts
-from velocity.model.decode import format_version, load_model
+from velocity.model.codec import N_SPECIALS, id_to_velocity, piece_bounds, tokenize
+from velocity.model.decode import VelocityModel, format_version
+from velocity.model.decodings import find_decoding
 from velocity.model.features import feature_ids
-from velocity.model.trees import TreeEnsemble
-from velocity.model.transformer import ModelConfig, VelocityNet, build_model, greedy_decode, one_pass_logits
-
-
-@dataclass(frozen=True)
-class WindowPlan:
-    """Where the windows of one piece start and which window predicts each note."""
-
-    n_notes: int
-    length: int
-    starts: np.ndarray  # (W,) first note of each window
-    owner_window: np.ndarray  # (n_notes,) index into `starts` of the window that predicts the note
-    owner_pos: np.ndarray  # (n_notes,) the note's position inside that window
-
-    def window_rows(self) -> np.ndarray:
-        """(W, length) note index of each window slot, -1 for pad."""
-        rows = self.starts[:, None] + np.arange(self.length)[None, :]
-        return np.where(rows < self.n_notes, rows, -1)
-
-
-def plan_windows(n_notes: int, length: int, step: int) -> WindowPlan:
-    """Windows covering every note of an `n_notes`-note piece and the owning window of each note."""
-    if length < 1 or not 1 <= step <= length:
-        raise ValueError(f"need 1 <= step <= length, got length={length}, step={step}")
-    starts = np.asarray(window_starts(n_notes, length, step, tail="last", short="pad"), dtype=np.int64)
-    if n_notes == 0:
-        empty = np.zeros(0, dtype=np.int64)
-        return WindowPlan(0, length, starts, empty, empty)
-
-    # Every (window, position) slot that holds a real note, scored by twice its distance from the
-    # centre (integers, so ties are exact): |2*pos - (length-1)|.
-    window = np.repeat(np.arange(len(starts)), length)
-    pos = np.tile(np.arange(length), len(starts))
-    note = starts[window] + pos
-    real = note < n_notes
-    window, pos, note = window[real], pos[real], note[real]
-    distance = np.abs(2 * pos - (length - 1))
-    # Sort by note, then distance, then window: the first slot of each note is its owner.
-    order = np.lexsort((window, distance, note))
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = note[order][1:] != note[order][:-1]
-    owners = order[first]
-    if len(owners) != n_notes:  # window_starts left a gap: a bug, never a data problem
-        raise AssertionError(f"windows cover {len(owners)} of {n_notes} notes")
-    return WindowPlan(n_notes, length, starts, window[owners], pos[owners])
-
-
-def stitch(window_values: np.ndarray, plan: WindowPlan) -> np.ndarray:
-    """One value per note from (W, length) per-window values, by the plan's owners."""
-    if window_values.shape != (len(plan.starts), plan.length):
-        raise ValueError(f"expected window values of shape {(len(plan.starts), plan.length)}, got {window_values.shape}")
-    return window_values[plan.owner_window, plan.owner_pos]
-
-
-
-# ---------------------------------------------------------------------------------------------
-# Decoding whole pieces with a trained model
-
-
-@dataclass(frozen=True)
-class VelocityModel:
-    """A model with everything its checkpoint says about quantizing new notes like its training
-    data: the bins, the vocabulary and the window geometry."""
-
-    model: VelocityNet
-    bins: dict[str, Any]
-    vocab: Vocab
-    length: int  # notes per window
-    step: int  # hop between window starts
-    checkpoint: dict[str, Any]  # the rest: model_config, train params, ...
-
-    @property
-    def train_params(self) -> dict[str, Any]:
-        return dict(self.checkpoint.get("train") or {})
-
-    @property
-    def calibration(self) -> Calibration | None:
-        found = self.checkpoint.get("calibration")
-        return Calibration(**found) if found else None
-
-    @property
-    def tree(self) -> TreeEnsemble | None:
-        """The tree the `pianist` decoding blends with (the score model's), if the model carries one."""
-        found = self.checkpoint.get("tree")
-        return TreeEnsemble.from_state(found) if found else None
-
-
-def load_velocity_model(path: Path | str, device: torch.device | str = "cpu") -> VelocityModel:
-    """Load a self-contained `models/velocity.pt` (weights_only) for predicting whole pieces."""
-    model, ckpt = load_model(path, device)
-    missing = [key for key in ("bins", "vocab") if key not in ckpt]
-    if missing:
-        raise CheckpointError(f"{path}: the checkpoint lacks '{missing[0]}', so new notes cannot be quantized like its training data")
-    # The window geometry of training; a checkpoint without it was trained on windows as long as
-    # the model's positional table, and the default hop is half a window.
-    length = int(ckpt.get("windows", {}).get("length", model.cfg.max_len))
-    step = int(ckpt.get("windows", {}).get("step", max(1, length // 2)))
-    return VelocityModel(model=model, bins=ckpt["bins"], vocab=Vocab.from_dict(ckpt["vocab"]), length=length, step=step, checkpoint=ckpt)
-
-
-def untrained_twin(trained: VelocityModel) -> VelocityModel:
-    """The same architecture initialized from the same seed as training did, never trained."""
-    seed = int(trained.train_params.get("seed", 0))
-    config = ModelConfig.from_dict(trained.checkpoint["model_config"])
-    device = next(trained.model.parameters()).device
-    with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
-        torch.manual_seed(seed)  # what model.training.train does before build_model
-        model = build_model(config)
-    return replace(trained, model=model.to(device).eval())
-
-
-def piece_windows(values: np.ndarray, plan: WindowPlan) -> np.ndarray:
-    """(W, length, ...) per-note values (source ids, or (n_notes, F) feature ids) of a piece's
-    windows, <pad> (0) after its last note."""
-    rows = plan.window_rows()
-    values = np.asarray(values, dtype=np.int64)
-    taken = values[np.maximum(rows, 0)]  # (W, length, ...)
-    pad = (rows < 0).reshape(rows.shape + (1,) * (values.ndim - 1))
-    return np.where(pad, PAD, taken)
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """How a window's velocities are chosen."""
-
-    pick: str  # argmax or median of each note's distribution (`pick_velocity`)
-    feed_back: bool  # feed each choice back into the decoder (`greedy_decode`); an encoder has none
-    average: bool = False  # average each note's distribution over every window holding it (one pass)
-    calibrated: bool = False  # then stretch the dynamics as learned on validation (`Calibration`)
-
-
-DECODINGS = {
-    "greedy": Decoding("argmax", True),  # the seed's: the likeliest velocity, fed back note by note
-    "median": Decoding("median", True),  # the median of each note's distribution (least absolute error), fed back
-    "notes-only": Decoding("median", False),  # each note's median from the notes alone, centre window
-    "averaged": Decoding("median", False, average=True),  # the median of the note's distribution averaged over its windows
-    "pianist": Decoding("median", False, average=True, calibrated=True),  # averaged, with a pianist's range restored
-}
-
-
-# What `velocity predict` uses unless told otherwise, and what evaluate's `*_predict` keys score.
-DEFAULT_DECODING = "pianist"
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """Stretch predicted dynamics back towards a pianist's range: each piece's mean moves away from
-    `centre` by `between`, each note away from its piece's mean by `within`. Learned on validation
-    (`fit_calibration`): a predictor that minimises absolute error shrinks towards the middle.
-    A model with a tree first takes `network_weight` of the network's velocity and the rest of the
-    tree's (`fit_network_weight`)."""
-
-    centre: float = 64.0
-    between: float = 1.0
-    within: float = 1.0
-    network_weight: float = 1.0
-
-    def apply(self, velocity: np.ndarray) -> np.ndarray:
-        """One piece's predicted velocities, stretched, rounded and kept in 1..127."""
-        velocity = np.asarray(velocity, dtype=np.float64)
-        if len(velocity) == 0:
-            return velocity.astype(np.int64)
-        mean = velocity.mean()
-        stretched = self.centre + self.between * (mean - self.centre) + self.within * (velocity - mean)
-        return np.clip(np.floor(stretched + 0.5), 1, 127).astype(np.int64)
-
-
-def fit_calibration(predicted: np.ndarray, true: np.ndarray, piece_id: np.ndarray, min_std_ratio: float) -> Calibration:
-    """The stretch with the least absolute error among those whose predictions spread at least
-    `min_std_ratio` as widely as the truth (std of prediction / std of truth); the widest one if
-    none does. A grid search over between, within in 1.00, 1.05, ..., 2.50."""
-    predicted = np.asarray(predicted, dtype=np.float64)
-    true = np.asarray(true, dtype=np.float64)
-    _, piece = np.unique(piece_id, return_inverse=True)
-    piece_mean = (np.bincount(piece, weights=predicted) / np.bincount(piece))[piece]
-    centre = float(predicted.mean())
-    true_std = true.std()
-    best: tuple[bool, float, Calibration] | None = None
-    for between in np.arange(1.0, 2.5001, 0.05):
-        for within in np.arange(1.0, 2.5001, 0.05):
-            stretched = centre + between * (piece_mean - centre) + within * (predicted - piece_mean)
-            stretched = np.clip(np.floor(stretched + 0.5), 1, 127)
-            ratio = stretched.std() / true_std if true_std > 0 else 1.0
-            wide_enough = ratio >= min_std_ratio
-            score = np.mean(np.abs(stretched - true)) if wide_enough else -ratio
-            candidate = (wide_enough, -score, Calibration(centre, round(float(between), 2), round(float(within), 2)))
-            if best is None or candidate[:2] > best[:2]:
-                best = candidate
-    assert best is not None
-    return best[2]
-
-
-def blend(network: np.ndarray, tree: np.ndarray, network_weight: float) -> np.ndarray:
-    """`network_weight` of the network's velocity and the rest of the tree's."""
-    return network_weight * network + (1 - network_weight) * tree
-
-
-def fit_network_weight(network: np.ndarray, tree: np.ndarray, true: np.ndarray) -> float:
-    """The network's share in `blend` with the least absolute error, among 0.00, 0.05, ..., 1.00."""
-    weights = np.round(np.arange(0.0, 1.0001, 0.05), 2)
-    errors = [np.mean(np.abs(blend(network, tree, w) - true)) for w in weights]
-    return float(weights[int(np.argmin(errors))])
+from velocity.model.stitching import owned_steps, piece_windows, plan_windows, stitch
+from velocity.model.transformer import VelocityNet, greedy_decode, one_pass_logits
 
 
 def decode_windows(
@@ -257,7 +45,7 @@ def decode_windows(
 
     if batch_windows < 1:
         raise ValueError(f"batch_windows must be positive, got {batch_windows}")
-    how = _decoding(decoding)
+    how = find_decoding(decoding)
     features = _no_features(src) if features is None else features
     device = next(model.parameters()).device
     velocity = np.zeros(src.shape, dtype=np.int64)
@@ -321,7 +109,7 @@ def predict_pieces(
     in note order (and its (n_notes, F) feature ids): the windows of all pieces are decoded
     together, batch by batch, then each piece is stitched (or its notes' distributions averaged).
     A calibrated decoding gives its velocities before calibration (`predict_notes` applies it)."""
-    how = _decoding(decoding)
+    how = find_decoding(decoding)
     if pieces_features is None:
         pieces_features = [np.zeros((len(src), 0), dtype=np.int64) for src in pieces_src]
     plans = [plan_windows(len(src), length, step) for src in pieces_src]
@@ -345,20 +133,13 @@ def predict_pieces(
     return result
 
 
-def owned_steps(plan: WindowPlan) -> np.ndarray:
-    """(W,) how many leading notes of each window must be decoded: up to the last one it owns."""
-    steps = np.zeros(len(plan.starts), dtype=np.int64)
-    np.maximum.at(steps, plan.owner_window, plan.owner_pos + 1)
-    return steps
-
-
 def predict_notes(
     model: VelocityModel, notes: pd.DataFrame, batch_windows: int = 256, progress: bool = False, decoding: str = "greedy"
 ) -> np.ndarray:
     """Predicted velocity of every row of a notes table (columns pitch, start, dstart, duration,
     and velocity when the vocabulary carries a velocity hint). Rows with the same `piece_id` form
     one piece and must be contiguous, in note order; without a `piece_id` column the table is one piece."""
-    if _decoding(decoding).calibrated and model.calibration is None:
+    if find_decoding(decoding).calibrated and model.calibration is None:
         raise CheckpointError(
             f"the model file (format version {format_version(model.checkpoint)}) holds no calibration of the dynamics, which "
             f"decoding {decoding!r} needs: decode with 'averaged' or 'notes-only', or retrain (dvc repro train)"
@@ -376,19 +157,13 @@ def predict_notes(
     )
     if not predicted:
         return np.zeros(0, dtype=np.int64)
-    if not _decoding(decoding).calibrated:
+    if not find_decoding(decoding).calibrated:
         return np.concatenate(predicted)
     calibration, tree = model.calibration, model.tree
     if tree is not None:
-        blended = blend(np.concatenate(predicted), tree.predict(notes), calibration.network_weight)
+        blended = blend_with_tree(np.concatenate(predicted), tree.predict(notes), calibration.network_weight)
         predicted = [blended[a:b] for a, b in pieces]
     return np.concatenate([calibration.apply(velocity) for velocity in predicted])
-
-
-def _decoding(name: str) -> Decoding:
-    if name not in DECODINGS:
-        raise ValueError(f"unknown decoding {name!r}: expected one of {', '.join(DECODINGS)}")
-    return DECODINGS[name]
 
 
 def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -257,7 +257,7 @@ def batch_loss(logits: torch.Tensor, tgt: torch.Tensor, loss: str, smoothing: fl
 @torch.no_grad()
 def validation_sums(
     model: nn.Module, windows: Windows, indices: np.ndarray, device: torch.device, kind: str,
-    smoothing: float = 0.1, batch_size: int = 64, loss: str = "kl",
+    smoothing: float, batch_size: int, loss: str,
 ) -> dict[str, float]:
     """Teacher-forced sums over the windows `indices`: `loss` (the training criterion),
     `cross_entropy` (nats), `mae` (|argmax velocity - true velocity|) and the note `count`."""
@@ -276,7 +276,7 @@ def validation_sums(
 
 
 def evaluate(
-    model: VelocityNet, windows: Windows, device: torch.device, smoothing: float = 0.1, batch_size: int = 64, loss: str = "kl"
+    model: VelocityNet, windows: Windows, device: torch.device, smoothing: float, batch_size: int, loss: str
 ) -> dict[str, float]:
     """Teacher-forced means per note over all `windows` (see `validation_sums`)."""
     kind = model.cfg.kind

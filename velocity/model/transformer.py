@@ -30,22 +30,23 @@ KINDS = ("encoder-decoder", "encoder")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Shape of the network. The seed's: layers=6, heads=8, d_model=512, d_ff=2048."""
+    """Shape of the network: params.yaml's `model:` section, the vocabulary sizes, the window length
+    and the note features of the data. The seed's: layers=6, heads=8, d_model=512, d_ff=2048."""
 
     src_vocab: int
     tgt_vocab: int
-    layers: int = 2
-    heads: int = 4
-    d_model: int = 128
-    d_ff: int = 512
-    dropout: float = 0.1
-    max_len: int = 128  # longest sequence the positional table covers (the window length)
+    layers: int
+    heads: int
+    d_model: int
+    d_ff: int
+    dropout: float
+    max_len: int  # longest sequence the positional table covers (the window length)
     # Decoder input t also carries note t's encoder state (memory[:, t]), so the decoder need not
     # learn through cross-attention where note t is. Source and target are aligned one to one; the
     # seed's model (False) had to find the alignment itself, which it barely did (see README).
-    aligned: bool = False
-    kind: str = "encoder-decoder"  # or "encoder": no decoder, every velocity from the notes in one pass
-    features: tuple[int, ...] = ()  # ids of each per-note feature (0 = pad included); () = the seed's inputs
+    aligned: bool
+    kind: str  # "encoder-decoder" (the seed's) or "encoder": no decoder, every velocity from the notes in one pass
+    features: tuple[int, ...]  # ids of each per-note feature (0 = pad included); () = the seed's inputs
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", tuple(int(n) for n in self.features))

@@ -1,7 +1,7 @@
 """`velocity studio`: a page for musicians. Drop MIDI files, see and hear them humanized, download them.
 
 One page (velocity/pipeline/studio.html) served on 127.0.0.1 by FastAPI and uvicorn (both come with
-Prefect). It calls the functions `velocity predict` calls (velocity/pipeline/predict.py: `read_input`,
+Prefect). It calls the functions `velocity predict` calls (velocity/pipeline/humanize.py: `read_input`,
 `model_velocities`, `apply_controls`, `humanized_bytes`), so page and command give the same bytes
 for the same settings. What the server holds:
 
@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from velocity.pipeline.predict import (
-    CONTROL_RANGES, DECODINGS, DEFAULT_DECODING, DEFAULT_MODEL, DEFAULT_SCORE_MODEL, INPUT_KINDS, Controls, Models,
-    PredictReport,
+from velocity.model.decodings import DEFAULT_DECODING, OFFERED
+from velocity.pipeline.humanize import (
+    CONTROL_RANGES, DEFAULT_MODEL, DEFAULT_SCORE_MODEL, INPUT_KINDS, Controls, Models, PredictReport,
 )  # fmt: skip
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ class Studio:
         ranges = {name: {"min": low, "max": DYNAMICS_SLIDER_MAX if high is None else high, "default": getattr(defaults, name)}
                   for name, (low, high) in CONTROL_RANGES.items()}  # fmt: skip
         return {
-            "controls": ranges, "decodings": list(DECODINGS), "decoding": DEFAULT_DECODING, "inputs": list(INPUT_KINDS),
+            "controls": ranges, "decodings": list(OFFERED), "decoding": DEFAULT_DECODING, "inputs": list(INPUT_KINDS),
             "input": defaults.input, "max_upload_bytes": self.max_upload_bytes, "audio_unavailable": audio,
         }  # fmt: skip
 
@@ -182,7 +182,7 @@ class Studio:
         """The upload humanized with `controls`, as `velocity predict` would write it."""
         from velocity.model.checkpoint import CheckpointError
         from velocity.model.midi import MidiError
-        from velocity.pipeline.predict import apply_controls, humanized_bytes, model_velocities, read_input, report_of
+        from velocity.pipeline.humanize import apply_controls, humanized_bytes, model_velocities, read_input, report_of
 
         upload = self.upload(upload_id)
         if upload.error is not None:
@@ -214,7 +214,7 @@ class Studio:
     def figure(self, result_id: str, which: str) -> bytes:
         """The result's piano rolls (`rolls`) or velocity curve (`curve`) as PNG: the first
         PLOT_NOTES notes, as `velocity predict --plot` draws them."""
-        from velocity.pipeline.predict import piece_figure
+        from velocity.pipeline.humanize import piece_figure
         from velocity.figures import piano_roll_figure, png_bytes, velocity_curve_figure
 
         draw = {"rolls": piano_roll_figure, "curve": velocity_curve_figure}.get(which)

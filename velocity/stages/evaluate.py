@@ -54,19 +54,15 @@ from velocity.datasets.asap import MAESTRO
 from velocity.figures import plot_bin_confusion, plot_piano_rolls, plot_predicted_vs_true
 from velocity.metrics import bin_distance, dynamics_scores, mae, pearson_r, per_pitch_means
 from velocity.midi_writer import write_segment_midi
+from velocity.model.decodings import DECODINGS, DEFAULT_DECODING
 
 if TYPE_CHECKING:
-    from velocity.model.pieces import VelocityModel
+    from velocity.model.decode import VelocityModel
     from velocity.model.training import Windows
 
 log = logging.getLogger(__name__)
 
 FLAT_VELOCITY = 64
-# model.pieces.DECODINGS, named here so that reading params does not import torch; each one's metric.
-DECODINGS = {
-    "greedy": "velocity_mae", "median": "velocity_mae_median", "notes-only": "velocity_mae_notes_only",
-    "averaged": "velocity_mae_averaged", "pianist": "velocity_mae_pianist",
-}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -129,18 +125,19 @@ def evaluate(
     """Metrics of the trained model, its untrained twin and the baselines (the gradient-boosted
     tree's test predictions when given), and the predicted velocity of every test note (row order
     of `test_notes`) by each decoding."""
-    from velocity.model.pieces import DEFAULT_DECODING, predict_notes, untrained_twin
+    from velocity.model.decode import untrained_twin
+    from velocity.model.pieces import predict_notes
 
     true = test_notes["velocity"].to_numpy(dtype=np.int64)
     piece_id = test_notes["piece_id"].to_numpy()
-    smoothing = float(model.train_params.get("label_smoothing", 0.1))
+    smoothing = float(model.train_params["label_smoothing"])
     log.info("teacher-forced scores on %d test windows", len(test_windows))
     metrics: dict[str, float | int] = dict(teacher_forced(model.model, test_windows, smoothing, params.batch_windows))
     predicted = {}
-    for decoding, key in DECODINGS.items():  # greedy first: the seed's, `velocity_mae`
+    for decoding, how in DECODINGS.items():  # greedy first: the seed's, `velocity_mae`
         log.info("%s decoding of %d test notes", decoding, len(true))
         predicted[decoding] = predict_notes(model, test_notes, batch_windows=params.batch_windows, progress=True, decoding=decoding)
-        metrics[key] = mae(predicted[decoding], true)
+        metrics[how.metric] = mae(predicted[decoding], true)
     metrics.update(dynamics_scores(predicted[DEFAULT_DECODING], true, piece_id, "predict"))  # what `velocity predict` gives
     if gbt_velocity is not None:
         gbt = dynamics_scores(gbt_velocity, true, piece_id, "gbt")
@@ -202,7 +199,7 @@ def whole_split(
 ) -> dict[str, float | int]:
     """The performance path's `_all` keys: `headline_predicted` (velocity predict's decoding of the
     `headline` rows) completed with the other rows' predictions, over every test note."""
-    from velocity.model.pieces import DEFAULT_DECODING, predict_notes
+    from velocity.model.pieces import predict_notes
 
     predicted = np.zeros(len(test_notes), dtype=np.float64)
     predicted[headline] = headline_predicted
@@ -225,7 +222,7 @@ def evaluate_scores(
 ) -> dict[str, float | int]:
     """The score path's metrics (see the module doc) over the paired notes of the MAESTRO
     performances of `test` (aligned), and the `_all` keys over every paired note."""
-    from velocity.model.pieces import DEFAULT_DECODING, predict_notes
+    from velocity.model.pieces import predict_notes
 
     played = test["velocity"].to_numpy() >= 0
     headline = maestro_rows(test)
@@ -324,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    from velocity.model.pieces import DEFAULT_DECODING, load_velocity_model
+    from velocity.model.decode import load_velocity_model
     from velocity.model.training import Windows
 
     params = params_lib.load(EvaluateParams, "evaluate")
@@ -353,7 +350,7 @@ def main(argv: list[str] | None = None) -> None:
         metrics.update(score_path(args, model, params))
     write_json(args.metrics, metrics)
     write_figures(headline_notes, predicted[params.figures], velocity_edges, params, args.plots_dir, args.samples_dir)
-    log.info("velocity MAE %s", ", ".join(f"{name} {metrics[key]:.2f}" for name, key in DECODINGS.items()))
+    log.info("velocity MAE %s", ", ".join(f"{name} {metrics[how.metric]:.2f}" for name, how in DECODINGS.items()))
     log.info("velocity predict's decoding: MAE %.2f, r %.3f, std ratio %.2f (flat 64: %.2f, per-pitch mean: %.2f, tree: %s) on %d test notes",
              metrics["velocity_mae_predict"], metrics["velocity_r_predict"], metrics["velocity_std_ratio_predict"], metrics["velocity_mae_flat64"],
              metrics["velocity_mae_per_pitch_mean"], f"{metrics['velocity_mae_gbt']:.2f}" if "velocity_mae_gbt" in metrics else "not given", metrics["notes"])
@@ -362,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def score_path(args: argparse.Namespace, performance_model: "VelocityModel", params: EvaluateParams) -> dict[str, float | int]:
     """Read the score path's inputs named on the command line and score them."""
-    from velocity.model.pieces import load_velocity_model
+    from velocity.model.decode import load_velocity_model
 
     if args.aligned is None:
         raise SystemExit("evaluate: --score-model needs --aligned (data/aligned)")

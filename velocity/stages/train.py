@@ -81,8 +81,7 @@ Under torchrun every process trains; rank 0 writes."""
 
     vocab = json.loads(vocab_path.read_text())
     bins = json.loads(bins_path.read_text())
-    stats_path = windows_dir / "stats.json"
-    windows_stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+    windows_stats = json.loads((windows_dir / "stats.json").read_text())  # length and step: new pieces are cut the same way
     train_windows = Windows.load(windows_dir, "train")
     val_windows = Windows.load(windows_dir, "validation")
     features = feature_sizes(bins.get("features") or {})
@@ -160,12 +159,14 @@ def calibrate(states: list[dict], model_cfg: Any, extra: dict, notes_path: Path,
 
     from velocity.model.codec import Vocab
     from velocity.model.decode import assemble
-    from velocity.model.pieces import VelocityModel, blend, fit_calibration, fit_network_weight, predict_notes
+    from velocity.model.calibration import blend_with_tree, fit_calibration, fit_network_weight
+    from velocity.model.decode import VelocityModel
+    from velocity.model.pieces import predict_notes
     from velocity.model.trees import TreeEnsemble
 
     net = assemble(model_cfg, states)
     length = model_cfg.max_len
-    model = VelocityModel(net.eval(), extra["bins"], Vocab.from_dict(extra["vocab"]), length, int(extra["windows"].get("step", length // 2)), {})
+    model = VelocityModel(net.eval(), extra["bins"], Vocab.from_dict(extra["vocab"]), length, int(extra["windows"]["step"]), {})
     notes = pd.read_parquet(notes_path)
     played = notes["velocity"].to_numpy() >= 0  # an aligned score's notes no pianist played have -1
     if not played.any():
@@ -176,7 +177,7 @@ def calibrate(states: list[dict], model_cfg: Any, extra: dict, notes_path: Path,
     if "tree" in extra:
         tree_velocity = TreeEnsemble.from_state(extra["tree"]).predict(notes)
         network_weight = fit_network_weight(predicted[played], tree_velocity[played], true)
-        predicted = blend(predicted, tree_velocity, network_weight)
+        predicted = blend_with_tree(predicted, tree_velocity, network_weight)
     calibration = fit_calibration(predicted[played], true, notes["piece_id"].to_numpy()[played], min_std_ratio)
     calibration = replace(calibration, network_weight=network_weight)
     log.info("dynamics calibrated on %d notes of %s: %s", len(notes), notes_path, calibration)

@@ -1,0 +1,89 @@
+"""Which window predicts each note of a whole piece: the windows of a piece, and stitching them back.
+
+A piece longer than one window is cut exactly as the windows stage cuts it with `tail: last`
+(`velocity.model.codec.window_rows`): windows of `length` notes every `step` notes, plus one window
+ending at the last note when the last regular window stops short of it. A piece shorter than one
+window is one window padded with <pad> (as `short: pad`).
+
+Stitching: a note covered by several overlapping windows takes the prediction of the window in
+which it sits nearest the window's centre, i.e. with the most context on both sides (the decoder
+has seen the most of the window's own predictions, the encoder the most notes either side). A tie
+goes to the earlier window. The distance is measured from the centre of the full window, so in a
+padded short piece every note simply takes its only window. Each note therefore gets exactly one
+prediction; `plan_windows` returns that choice and `stitch` applies it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from velocity.model.codec import window_rows, windowed
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """The windows of one piece and which window predicts each note."""
+
+    n_notes: int
+    rows: np.ndarray  # (W, length) note index of each window slot, -1 for pad
+    owner_window: np.ndarray  # (n_notes,) index of the window that predicts the note
+    owner_pos: np.ndarray  # (n_notes,) the note's position inside that window
+
+    @property
+    def length(self) -> int:
+        return int(self.rows.shape[1])
+
+    @property
+    def starts(self) -> np.ndarray:
+        """(W,) first note of each window."""
+        return self.rows[:, 0]
+
+    def window_rows(self) -> np.ndarray:
+        """(W, length) note index of each window slot, -1 for pad."""
+        return self.rows
+
+
+def plan_windows(n_notes: int, length: int, step: int) -> WindowPlan:
+    """Windows covering every note of an `n_notes`-note piece and the owning window of each note."""
+    if length < 1 or not 1 <= step <= length:
+        raise ValueError(f"need 1 <= step <= length, got length={length}, step={step}")
+    rows = window_rows(n_notes, length, step, tail="last", short="pad")
+    if n_notes == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return WindowPlan(0, rows, empty, empty)
+
+    # Every (window, position) slot that holds a real note, scored by twice its distance from the
+    # centre (integers, so ties are exact): |2*pos - (length-1)|.
+    window, pos = np.nonzero(rows >= 0)  # row-major: by window, then position
+    note = rows[window, pos]
+    distance = np.abs(2 * pos - (length - 1))
+    # Sort by note, then distance, then window: the first slot of each note is its owner.
+    order = np.lexsort((window, distance, note))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = note[order][1:] != note[order][:-1]
+    owners = order[first]
+    if len(owners) != n_notes:  # window_rows left a gap: a bug, never a data problem
+        raise AssertionError(f"windows cover {len(owners)} of {n_notes} notes")
+    return WindowPlan(n_notes, rows, window[owners], pos[owners])
+
+
+def stitch(window_values: np.ndarray, plan: WindowPlan) -> np.ndarray:
+    """One value per note from (W, length) per-window values, by the plan's owners."""
+    if window_values.shape != plan.rows.shape:
+        raise ValueError(f"expected window values of shape {plan.rows.shape}, got {window_values.shape}")
+    return window_values[plan.owner_window, plan.owner_pos]
+
+
+def owned_steps(plan: WindowPlan) -> np.ndarray:
+    """(W,) how many leading notes of each window must be decoded: up to the last one it owns."""
+    steps = np.zeros(len(plan.starts), dtype=np.int64)
+    np.maximum.at(steps, plan.owner_window, plan.owner_pos + 1)
+    return steps
+
+
+def piece_windows(values: np.ndarray, plan: WindowPlan) -> np.ndarray:
+    """(W, length, ...) per-note values (source ids, or (n_notes, F) feature ids) of a piece's
+    windows, <pad> (0) after its last note."""
+    return windowed(np.asarray(values, dtype=np.int64), plan.rows)
