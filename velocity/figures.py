@@ -1,4 +1,4 @@
-"""Figures of velocities (piano rolls, velocity curves, prediction scatter, bin confusion): what
+"""Figures of velocities (piano rolls, velocity curves, prediction scatter, bin confusion) and tempo curves: what
 evaluate writes, `velocity predict --plot` draws and the studio shows."""
 
 from __future__ import annotations
@@ -122,3 +122,39 @@ def _save(fig, path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=FIGURE_DPI, bbox_inches="tight")
     plt.close(fig)
 
+
+
+def tempo_curves_figure(score_time: np.ndarray, curves: dict[str, np.ndarray], title: str) -> "Figure":
+    """Tempo curves (velocity/model/timing.py: log performance seconds per score second, drawn as
+    % of the notated tempo) over score time, one line each."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.2))
+    ax = fig.subplots()
+    for (name, curve), colour in zip(curves.items(), ("tab:gray", "tab:orange", "tab:blue", "tab:green")):
+        ax.plot(score_time, 100.0 / np.exp(curve), label=name, color=colour, linewidth=1.5)
+    ax.axhline(100.0, color="black", linewidth=0.6, linestyle=":")
+    ax.set(xlabel="score seconds", ylabel="tempo, % of notated")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def plot_tempo_curves(test: pd.DataFrame, predicted: pd.DataFrame, path: Path) -> None:
+    """The first test performance's tempo curve, the timing model's rendering of its score and
+    the score as written, to `path` (PNG)."""
+    from velocity.model.timing import fit_clock, onset_groups, render_performance, tempo_curve, tempo_grid
+
+    piece_id = test["piece_id"].iloc[0]
+    part = test[test["piece_id"] == piece_id]
+    start, end = part["start"].to_numpy(), part["end"].to_numpy()
+    grid = tempo_grid(float(start.min()), float(start.max()))
+    group = onset_groups(start)
+    played = render_performance(start, end, part["pitch"].to_numpy(), predicted.loc[part.index], pedal=False)
+    curves = {
+        "pianist": tempo_curve(fit_clock(start, part["performance_start"].to_numpy(), group), grid),
+        "rendering": tempo_curve(fit_clock(start, played.onset, group), grid),
+        "as written": np.zeros(len(grid)),
+    }
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(png_bytes(tempo_curves_figure(grid + 1.0, curves, f"{part['composer'].iloc[0]}: {part['title'].iloc[0]} ({piece_id})")))

@@ -43,6 +43,8 @@ PEDAL_STEP = 0.25  # score seconds between pedal samples
 CONSTANT_SPREAD = 1e-9  # a series whose values span no more than this counts as constant (r 0)
 PEDAL_DOWN_FROM = 64  # CC64 values are continuous in MAESTRO; >= 64 reads as down (as velocity/model/notes.py)
 
+# What the align stage writes per score note for a renderer to learn (velocity/stages/align.py).
+TIMING_TARGETS = ("log_pace", "onset_deviation", "articulation", "pedal_down")
 METRICS = ("tempo_r", "tempo_shape_error", "overall_tempo_error", "onset_r", "articulation_r", "pedal_accuracy", "pedal_f1")
 
 
@@ -253,6 +255,122 @@ def render(clock: Clock, score_start: np.ndarray, score_end: np.ndarray, deviati
     art = np.zeros(len(start)) if articulation is None else np.nan_to_num(_floats(articulation), nan=0.0)
     onset = clock(start) + dev
     return onset, onset + np.exp(art) * (clock(end) - clock(start))
+
+
+def group_pace(clock: Clock, score_start: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Each note's `log_pace`: log performance seconds per score second from its onset group to the
+    next one on `clock` (after the last group, the clock's closing pace). Integrating it group by
+    group (`clock_from_pace`) gives the clock back at every onset."""
+    start = _floats(score_start)
+    onsets = pd.Series(start).groupby(np.asarray(group)).min().sort_values()
+    here, following = onsets.to_numpy()[:-1], onsets.to_numpy()[1:]
+    pace = np.log((clock(following) - clock(here)) / (following - here))
+    per_group = pd.Series(np.append(pace, np.log(clock.pace_after)), index=onsets.index)
+    return per_group.loc[np.asarray(group)].to_numpy()
+
+
+def clock_from_pace(score_start: np.ndarray, log_pace: np.ndarray, group: np.ndarray | None = None) -> Clock:
+    """The clock that `group_pace` describes: each onset group's notes' mean `log_pace` carries
+    the time on to the next group; the first group sounds at its score time times its pace (the
+    silence before it stretched alike). `log_pace` 0 throughout is the score as written."""
+    start = _floats(score_start)
+    group = onset_groups(start) if group is None else np.asarray(group)
+    frame = pd.DataFrame({"group": group, "score": start, "log_pace": _floats(log_pace)})
+    knots = frame.groupby("group", sort=False).agg(score=("score", "min"), log_pace=("log_pace", "mean")).sort_values("score", kind="stable")
+    score, pace = knots["score"].to_numpy(), np.exp(knots["log_pace"].fillna(0.0).to_numpy())  # a group without any: as written
+    performance = score[0] * pace[0] + np.concatenate([[0.0], np.cumsum(np.diff(score) * pace[:-1])])
+    return Clock(score, performance, float(pace[0]), float(pace[-1]))
+
+
+PEDAL_PRESS_S = 0.08  # a pianist presses the pedal just after the attack, so the previous harmony is cleared
+
+
+def pedal_events(onset: np.ndarray, end: np.ndarray, group: np.ndarray, down: np.ndarray,
+                 change: np.ndarray | None = None) -> list[tuple[float, int]]:  # fmt: skip
+    """Sustain pedal events (seconds, CC64 value 127 or 0) for a rendering: the pedal is held
+    after each onset group whose notes mostly have `down`, pressed `PEDAL_PRESS_S` after the
+    group's first onset and released at the next group that does not; inside a held stretch it is
+    changed (released and pressed again) at each group where `change` is true (say a downbeat).
+    Down and up alternate, starting with down, and nothing follows the last note's end."""
+    onset, end = _floats(onset), _floats(end)
+    group = np.asarray(group)
+    frame = pd.DataFrame({"group": group, "onset": onset, "down": np.asarray(down, dtype=float),
+                          "change": np.zeros(len(onset)) if change is None else np.asarray(change, dtype=float)})  # fmt: skip
+    groups = frame.groupby("group", sort=False).agg(onset=("onset", "min"), down=("down", "mean"), change=("change", "max")).sort_values("onset")
+    events: list[tuple[float, int]] = []
+    held = False
+    last = float(end.max()) if len(end) else 0.0
+    for g in groups.itertuples():
+        wants = g.down > 0.5
+        if held and (not wants or g.change > 0):
+            events.append((float(g.onset), 0))
+            held = False
+        if wants and not held:
+            press = min(float(g.onset) + PEDAL_PRESS_S, last)
+            if events and press <= events[-1][0]:  # a release at this very moment: press just after it
+                press = events[-1][0] + 1e-3
+            if press < last:
+                events.append((press, 127))
+                held = True
+    if held:
+        events.append((last, 0))
+    return events
+
+
+MIN_NOTE_S = 0.02  # the shortest note a rendering leaves (a key needs time to sound)
+KEY_GAP_S = 0.005  # the least time between two strikes of one key
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """A score played: each note's onset and end (seconds), and the sustain pedal events."""
+
+    onset: np.ndarray
+    end: np.ndarray
+    pedal: list[tuple[float, int]]  # (seconds, 127 down / 0 up), alternating, down first
+    clock: Clock  # the tempo alone: where each onset group falls before its notes' deviations
+
+
+def render_performance(score_start: np.ndarray, score_end: np.ndarray, pitch: np.ndarray, targets: pd.DataFrame,
+                       timing: float = 1.0, pedal: bool = True, change: np.ndarray | None = None) -> Rendering:  # fmt: skip
+    """A performance of a score from per-note `TIMING_TARGETS` (the pedal as a probability):
+    the clock from `log_pace`, each onset off it by `onset_deviation`, each length by
+    `articulation`; `timing` scales every one of them (0: exactly as written, 1: as predicted, 2:
+    twice as far from the notation). Keys stay playable: the notes of one key keep their score
+    order, and a note ends before its key is struck again. The pedal (unless `pedal` is False) is
+    held after each group predicted down, changed where `change` (see `pedal_events`)."""
+    start, end = _floats(score_start), _floats(score_end)
+    group = onset_groups(start)
+    clock = clock_from_pace(start, timing * _floats(targets["log_pace"]), group)
+    onset, stop = render(clock, start, end, timing * _floats(targets["onset_deviation"]), timing * _floats(targets["articulation"]))
+    if len(onset) and onset.min() < 0:  # a chord spread before time 0: everything a little later
+        lead = -float(onset.min())
+        onset, stop, clock = onset + lead, stop + lead, Clock(clock.score, clock.performance + lead, clock.pace_before, clock.pace_after)
+    onset, stop = playable(onset, stop, np.asarray(pitch), start)
+    events = pedal_events(onset, stop, group, _floats(targets["pedal_down"]) > 0.5, change) if pedal else []
+    return Rendering(onset, stop, events, clock)
+
+
+def playable(onset: np.ndarray, end: np.ndarray, pitch: np.ndarray, score_start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Onsets and ends adjusted so that each key's notes keep their score order (an onset at least
+    `KEY_GAP_S` after the previous one of its key) and each is released by its key's next onset
+    (a MIDI file writes that release first), at least `MIN_NOTE_S` long where the next onset allows."""
+    onset, end = onset.copy(), end.copy()
+    order = np.lexsort((np.arange(len(pitch)), score_start, pitch))
+    for i, j in zip(order[:-1], order[1:]):
+        if pitch[i] != pitch[j]:
+            continue
+        onset[j] = max(onset[j], onset[i] + KEY_GAP_S)
+        end[i] = min(end[i], onset[j])
+    return onset, np.maximum(end, np.minimum(onset + MIN_NOTE_S, _next_onset_of_key(onset, pitch, order)))
+
+
+def _next_onset_of_key(onset: np.ndarray, pitch: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Each note's key's next onset (inf for its last)."""
+    following = np.full(len(onset), np.inf)
+    same = pitch[order][1:] == pitch[order][:-1]
+    following[order[:-1][same]] = onset[order[1:][same]]
+    return following
 
 
 # ---------------------------------------------------------------------------------------------

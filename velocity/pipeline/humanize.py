@@ -51,9 +51,12 @@ if TYPE_CHECKING:
     from velocity.model.midi import MidiFile, MidiWarning
     from velocity.model.notes import PieceNotes
     from velocity.model.score import InputKind
+    from velocity.model.timing_net import TimingModel
+    from velocity.pipeline.perform import PerformControls
 
 DEFAULT_MODEL = Path("models/velocity.pt")
 DEFAULT_SCORE_MODEL = Path("models/score/velocity.pt")
+DEFAULT_TIMING_MODEL = Path("models/score/timing.pt")
 INPUT_KINDS = ("auto", "score", "performance")
 PLOT_NOTES = 2000  # notes drawn by a figure: a piano roll of a whole long piece is unreadable (and slow)
 
@@ -63,7 +66,10 @@ class PredictError(Exception):
 
 
 # The musician's controls and their ranges: the command's options and the studio page's controls.
-CONTROL_RANGES: dict[str, tuple[float, float | None]] = {"strength": (0.0, 1.0), "loudness": (1.0, 127.0), "dynamics": (0.0, None)}
+CONTROL_RANGES: dict[str, tuple[float, float | None]] = {
+    "strength": (0.0, 1.0), "loudness": (1.0, 127.0), "dynamics": (0.0, None),
+    "timing": (0.0, 2.0),  # --perform: 0 as written, 1 the timing model's, 2 twice as far from the notation
+}  # fmt: skip
 
 
 def check_control(name: str, value: float) -> float:
@@ -84,6 +90,7 @@ class Controls:
     decoding: str = DEFAULT_DECODING
     batch_windows: int = 256
     input: str = "auto"  # auto, score or performance
+    perform: "PerformControls | None" = None  # a score: also its timing and pedal (velocity/pipeline/perform.py)
 
     def __post_init__(self) -> None:
         """Refuse what the command's options refuse (ValueError naming the control)."""
@@ -109,6 +116,8 @@ class PredictReport:
     warnings: list["MidiWarning"] = field(default_factory=list)
     input_kind: str = "performance"  # how the file was read: score or performance
     input_reason: str = ""  # why, in words
+    performed: str = ""  # with --perform: what happened to the timing, in words
+    notices: list[str] = field(default_factory=list)  # what the rendering assumed, one line each
 
 
 def blend_with_original(predicted: "np.ndarray", original: "np.ndarray", strength: float) -> "np.ndarray":
@@ -143,9 +152,27 @@ def model_input_kind(model: "VelocityModel") -> str:
 class Models:
     """The performance and the score model, each loaded on first use and kept for every file."""
 
-    def __init__(self, performance: "Path | VelocityModel | None" = DEFAULT_MODEL, score: "Path | VelocityModel | None" = DEFAULT_SCORE_MODEL) -> None:
+    def __init__(self, performance: "Path | VelocityModel | None" = DEFAULT_MODEL, score: "Path | VelocityModel | None" = DEFAULT_SCORE_MODEL,
+                 timing: "Path | TimingModel | None" = DEFAULT_TIMING_MODEL) -> None:  # fmt: skip
         self._sources = {"performance": performance, "score": score}
         self._loaded: dict[str, VelocityModel] = {}
+        self._timing_source = timing
+        self._timing: TimingModel | None = None
+
+    def timing(self) -> "TimingModel":
+        """The timing model (`--perform`), loaded on first use; CheckpointError when it is missing."""
+        from velocity.model.checkpoint import CheckpointError
+        from velocity.model.timing_net import TimingModel, load_timing_model
+
+        if self._timing is None:
+            source = self._timing_source
+            if isinstance(source, TimingModel):
+                self._timing = source
+            elif source is None or not Path(source).is_file():
+                raise CheckpointError(f"{source}: no timing model file; train one with `dvc repro timing_train`, or leave out --perform")
+            else:
+                self._timing = load_timing_model(source)
+        return self._timing
 
     def available(self, kind: str) -> bool:
         source = self._sources.get(kind)
@@ -230,10 +257,15 @@ def humanized_bytes(midi: "MidiFile", velocity: "np.ndarray") -> bytes:
 
 def write_humanized(midi: "MidiFile", velocity: "np.ndarray", out_path: Path) -> None:
     """`midi`'s bytes with every note-on's velocity byte set to `velocity`, written atomically."""
+    write_bytes(humanized_bytes(midi, velocity), out_path)
+
+
+def write_bytes(data: bytes, out_path: Path) -> None:
+    """`data` to `out_path`, atomically."""
     from velocity.io import atomic_path
 
     with atomic_path(out_path) as tmp:
-        tmp.write_bytes(humanized_bytes(midi, velocity))
+        tmp.write_bytes(data)
 
 
 def plot_notes(piece: "PieceNotes") -> "pd.DataFrame":
@@ -297,9 +329,29 @@ def predict_file(
     began = time.perf_counter()
     if Path(in_path).resolve() == Path(out_path).resolve():
         raise PredictError(f"{in_path}: the output would overwrite the input")
-    piece, model, kind = read_input(read_midi(in_path), as_models(models), controls.input)
+    models = as_models(models)
+    piece, model, kind = read_input(read_midi(in_path), models, controls.input)
     velocity = new_velocities(piece, model, controls)
-    write_humanized(piece.midi, velocity, out_path)
+    performed, notices = "", []
+    if controls.perform is not None and kind.kind == "score":
+        data, notices = performed_file(piece, velocity, models.timing(), controls.perform)
+        write_bytes(data, out_path)
+        performed = f"played at timing {controls.perform.timing:g}" + (", the tempo as the file's tempo map" if controls.perform.tempo_map else "") \
+            + ("" if controls.perform.pedal else ", no pedal")
+    else:
+        if controls.perform is not None:
+            performed = "read as a performance: its pianist's timing is kept, only the velocities change"
+        write_humanized(piece.midi, velocity, out_path)
     if plot_path is not None:
         plot_file(piece, velocity, plot_path)
-    return report_of(piece, velocity, kind, began)
+    report = report_of(piece, velocity, kind, began)
+    report.performed, report.notices = performed, notices
+    return report
+
+
+def performed_file(piece: "PieceNotes", velocity: "np.ndarray", timing: "TimingModel", perform: "PerformControls") -> tuple[bytes, list[str]]:
+    """A score's file played with the timing model's tempo, timing, articulation and pedal, and
+    what the rendering had to assume about the score."""
+    from velocity.pipeline.perform import performed_bytes, render_score, score_warnings
+
+    return performed_bytes(piece, velocity, render_score(piece, timing, perform), perform), score_warnings(piece)

@@ -20,9 +20,10 @@ from pathlib import Path
 
 from velocity.model.decodings import DEFAULT_DECODING, OFFERED
 from velocity.pipeline.humanize import (
-    DEFAULT_MODEL, DEFAULT_SCORE_MODEL, INPUT_KINDS, PLOT_NOTES, Controls, Models, PredictError, PredictReport, check_control,
-    predict_file,
+    DEFAULT_MODEL, DEFAULT_SCORE_MODEL, DEFAULT_TIMING_MODEL, INPUT_KINDS, PLOT_NOTES, Controls, Models, PredictError, PredictReport,
+    check_control, predict_file,
 )  # fmt: skip
+from velocity.pipeline.perform import PerformControls
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "note; greedy: the likeliest velocity fed back (the seed's)",
     )  # fmt: skip
     parser.add_argument("--batch-windows", type=int, default=256, help="windows decoded at once (default: 256)")
+    parser.add_argument(
+        "--perform", action="store_true",
+        help="a score is also played like a pianist: tempo, chord spread, articulation and sustain pedal from the timing "
+        "model (--timing-model); a performance keeps its pianist's timing",
+    )  # fmt: skip
+    parser.add_argument("--timing-model", type=Path, default=DEFAULT_TIMING_MODEL, help=f"with --perform (default: {DEFAULT_TIMING_MODEL})")
+    parser.add_argument(
+        "--timing", type=_number("timing"), default=1.0, metavar="0..2",
+        help="with --perform: scale every timing deviation from the notation: 0 as written, 1 the model's (default), up to 2",
+    )  # fmt: skip
+    parser.add_argument("--no-pedal", action="store_true", help="with --perform: no sustain pedal rendered (the file's own kept)")
+    parser.add_argument(
+        "--tempo-map", action="store_true",
+        help="with --perform: the tempo goes into the file's tempo map, so in a DAW the notes stay on their bars and beats "
+        "(only the chords' spread and the articulation leave the grid)",
+    )  # fmt: skip
     parser.add_argument(
         "--plot", type=Path, default=None, metavar="PNG",
         help=f"also draw the original and predicted piano rolls (the evaluate stage's figure, the first {PLOT_NOTES} "
@@ -146,6 +163,10 @@ def _log_report(job: Job, report: PredictReport, controls: Controls) -> None:
         kept = "; the output keeps this damage, only velocities are rewritten" if warning.kind.startswith("files_") else ""
         log.warning("%s: %s%s", job.source, warning.text, kept)
     log.info("%s: read as a %s (%s)", job.source, report.input_kind, report.input_reason)
+    for notice in report.notices:
+        log.warning("%s", notice)
+    if report.performed:
+        log.info("%s: %s", job.source, report.performed)
     log.info(
         "wrote %s: %d notes given the model's velocities at strength %g (mean change %.1f), %d kept theirs, in %.2f s",
         job.target, report.predicted, controls.strength, report.mean_abs_change, report.kept, report.seconds,
@@ -181,8 +202,12 @@ def run(args: argparse.Namespace) -> int:
         except AudioUnavailable as err:  # everything else still works: say how to get audio, once
             log.warning("no audio: %s", err)
             audio = False
-    models = Models(args.model, args.score_model)  # each loaded once, when a file first needs it
-    controls = Controls(args.strength, args.loudness, args.dynamics, args.decoding, args.batch_windows, args.input)
+    if not args.perform and (args.timing != 1.0 or args.no_pedal or args.tempo_map):
+        log.error("--timing, --no-pedal and --tempo-map shape --perform: add --perform")
+        return 2
+    models = Models(args.model, args.score_model, args.timing_model)  # each loaded once, when a file first needs it
+    perform = PerformControls(args.timing, not args.no_pedal, args.tempo_map) if args.perform else None
+    controls = Controls(args.strength, args.loudness, args.dynamics, args.decoding, args.batch_windows, args.input, perform)
     failed = 0
     with logging_redirect_tqdm():
         for job in tqdm(jobs, desc="predict", unit="file", disable=len(jobs) == 1):

@@ -50,6 +50,7 @@ from velocity.datasets.maestro import SPLITS
 from velocity.model.midi import MidiError, read_midi
 from velocity.model.notes import piece_notes
 from velocity.model.score import SCORE_COLUMNS, score_table
+from velocity.model.timing import TIMING_TARGETS, group_pace, onset_groups, pedal_down, sustain_events, timing_targets
 from velocity import params as params_lib
 from velocity.io import atomic_path, write_json
 
@@ -58,8 +59,12 @@ log = logging.getLogger(__name__)
 ALIGNED_COLUMNS = [
     "piece_id", "score_id", "composer", "title", "split", "source", "score_note",
     "pitch", "start", "end", "duration", "dstart", "velocity", "pedal", *SCORE_COLUMNS, "performance_start", "performance_end",
+    *TIMING_TARGETS,
 ]  # fmt: skip
 UNMATCHED = -1  # `velocity` of a score note no performance note was paired with
+MAX_LOG_PACE = float(np.log(4.0))  # a local tempo 4 times the notated or a quarter of it, at most
+MAX_DEVIATION_S = 0.5  # seconds off the clock, at most
+MAX_ABS_ARTICULATION = float(np.log(100.0))  # a performed length 100 times the notated, or a hundredth, at most
 
 
 @dataclass(frozen=True)
@@ -180,8 +185,54 @@ def performance_id(row: Any, known: set[str]) -> str | None:
     return maestro_name(row, known)
 
 
-def align(scores_dir: Path, notes_dir: Path, out_dir: Path, params: AlignParams) -> dict[str, Any]:
-    """Align every metadata row; write the per-split tables and return the report."""
+def note_targets(table: pd.DataFrame, pedal_times: np.ndarray, pedal_values: np.ndarray) -> dict[str, np.ndarray]:
+    """The timing targets (velocity/model/timing.py) of one performance's score notes, NaN where the
+    note was not played (but `log_pace`, which the clock defines everywhere): `log_pace` (log
+    performance seconds per score second from the note's onset group to the next, on the
+    performance's clock), `onset_deviation` (seconds off the clock),
+    `articulation`, and `pedal_down` (1 when the sustain pedal is down halfway to the next onset
+    group, on the clock; every note has it)."""
+    start, end = table["start"].to_numpy(), table["end"].to_numpy()
+    played = table["velocity"].to_numpy() >= 0
+    if not played.any():
+        nan = np.full(len(table), np.nan)
+        return {"log_pace": nan, "onset_deviation": nan, "articulation": nan, "pedal_down": np.zeros(len(table), dtype=np.int8)}
+    group = onset_groups(start)
+    targets = timing_targets(start, end, table["performance_start"].to_numpy(), table["performance_end"].to_numpy(), group)
+    pace = group_pace(targets.clock, start, group)
+    articulation = targets.articulation
+    return {
+        # The clock runs through unplayed notes too. A skipped repeat squeezes its beats into
+        # milliseconds (see the module doc): paces and lengths beyond a pianist's reach are none.
+        "log_pace": np.where(np.abs(pace) <= MAX_LOG_PACE, pace, np.nan),
+        "onset_deviation": np.where(played & (np.abs(targets.deviation) <= MAX_DEVIATION_S), targets.deviation, np.nan),
+        "articulation": np.where(played & (np.abs(articulation) <= MAX_ABS_ARTICULATION), articulation, np.nan),
+        "pedal_down": pedal_down(pedal_times, pedal_values, targets.clock, pedal_moments(start, group)).astype(np.int8),
+    }
+
+
+def pedal_moments(start: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Score time halfway from each note's onset group to the next (the last group: 0.25 s on)."""
+    onsets = pd.Series(start).groupby(group).min().to_numpy()
+    following = np.append(onsets[1:], onsets[-1] + 0.5)
+    return ((onsets + following) / 2)[group]
+
+
+def performance_pedal(piece_id: str, row: Any, scores_dir: Path, performances_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """The sustain pedal (CC64) events of a row's performance MIDI, seconds and values; none when
+    the file cannot be found or read (`performances_dir`: the MAESTRO folder)."""
+    path = scores_dir / row.midi_performance if is_asap_only(row) else (performances_dir / piece_id if performances_dir else None)
+    if path is None or not path.is_file():
+        return np.zeros(0), np.zeros(0, dtype=np.int16)
+    try:
+        return sustain_events(path)
+    except MidiError:
+        return np.zeros(0), np.zeros(0, dtype=np.int16)
+
+
+def align(scores_dir: Path, notes_dir: Path, out_dir: Path, params: AlignParams, performances_dir: Path | None = None) -> dict[str, Any]:
+    """Align every metadata row; write the per-split tables, `pedal.parquet` (the performances'
+    sustain pedal events: piece_id, time in seconds, value) and return the report."""
     try:
         metadata = read_metadata(scores_dir / "metadata.csv")
     except MetadataError as err:
@@ -194,7 +245,7 @@ def align(scores_dir: Path, notes_dir: Path, out_dir: Path, params: AlignParams)
     known = set(by_piece)
     scores: dict[str, pd.DataFrame | str] = {}  # folder -> its score table, or why it cannot be read
     parts: dict[str, list[pd.DataFrame]] = {split: [] for split in SPLITS}
-    performances, skipped = [], []
+    performances, skipped, pedal_parts = [], [], []
     for row in tqdm(list(metadata.itertuples(index=False)), desc="align", unit="performance"):
         piece_id = performance_id(row, known)
         where = row.performance_annotations
@@ -228,6 +279,9 @@ def align(scores_dir: Path, notes_dir: Path, out_dir: Path, params: AlignParams)
         table["velocity"] = np.where(paired, performance["velocity"].to_numpy()[np.maximum(match, 0)], UNMATCHED).astype(np.int16)
         table["performance_start"] = np.where(paired, performance["start"].to_numpy()[np.maximum(match, 0)], np.nan)
         table["performance_end"] = np.where(paired, performance["end"].to_numpy()[np.maximum(match, 0)], np.nan)
+        pedal_times, pedal_values = performance_pedal(piece_id, row, scores_dir, performances_dir)
+        table = table.assign(**note_targets(table, pedal_times, pedal_values))
+        pedal_parts.append(pd.DataFrame({"piece_id": piece_id, "time": pedal_times, "value": pedal_values}))
         table["score_note"] = np.arange(len(table), dtype=np.int32)
         table["pedal"] = table["pedal"].astype(np.int8)
         table = table.assign(piece_id=piece_id, score_id=row.folder, composer=performance["composer"].iloc[0],
@@ -241,6 +295,9 @@ def align(scores_dir: Path, notes_dir: Path, out_dir: Path, params: AlignParams)
         table = pd.concat(parts[split], ignore_index=True) if parts[split] else _empty()
         with atomic_path(out_dir / f"{split}.parquet") as tmp:
             pq.write_table(pa.Table.from_pandas(table, preserve_index=False), tmp)
+    pedal = pd.concat(pedal_parts, ignore_index=True) if pedal_parts else pd.DataFrame({"piece_id": [], "time": [], "value": []})
+    with atomic_path(out_dir / "pedal.parquet") as tmp:
+        pq.write_table(pa.Table.from_pandas(pedal.astype({"piece_id": str, "time": np.float64, "value": np.int16}), preserve_index=False), tmp)
     report: dict[str, Any] = {"rows": len(metadata), "aligned": len(performances), "skipped": len(skipped)}
     for split in (*SPLITS, "all"):
         chosen = [p for p in performances if split in ("all", p["split"])]
@@ -257,7 +314,7 @@ def align(scores_dir: Path, notes_dir: Path, out_dir: Path, params: AlignParams)
 
 def _empty() -> pd.DataFrame:
     """An empty split with the aligned table's columns and types."""
-    types = {"piece_id": str, "score_id": str, "composer": str, "title": str, "split": str, "source": str, "score_note": np.int32,
+    types = {"piece_id": str, "score_id": str, "composer": str, "title": str, "split": str, "source": str, "score_note": np.int32, "pedal_down": np.int8,
              "pitch": np.int16, "velocity": np.int16, "pedal": np.int8, "notated_velocity": np.int16}  # fmt: skip
     return pd.DataFrame({c: pd.Series(dtype=types.get(c, np.float64)) for c in ALIGNED_COLUMNS})
 
@@ -267,12 +324,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("scores_dir", type=Path, help="data/raw_scores/asap-dataset")
     parser.add_argument("notes_dir", type=Path, help="data/notes")
     parser.add_argument("out_dir", type=Path, help="data/aligned")
+    parser.add_argument("--performances", type=Path, help="data/raw/maestro-v3.0.0: the MAESTRO files, read for their sustain pedal")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     try:  # bad params or inputs: one line, no traceback
         params = params_lib.load(AlignParams, "align")
-        report = align(args.scores_dir, args.notes_dir, args.out_dir, params)
+        report = align(args.scores_dir, args.notes_dir, args.out_dir, params, args.performances)
     except (AlignError, params_lib.ParamsError) as err:
         raise SystemExit(f"align: {err}") from None
     write_json(args.out_dir / "report.json", report)

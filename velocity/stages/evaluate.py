@@ -52,7 +52,7 @@ from velocity import params as params_lib
 from velocity.io import write_json
 from velocity.datasets.asap import MAESTRO
 from velocity.figures import plot_bin_confusion, plot_piano_rolls, plot_predicted_vs_true
-from velocity.metrics import bin_distance, dynamics_scores, mae, pearson_r, per_pitch_means
+from velocity.metrics import bin_distance, dynamics_scores, mae, pearson_r, per_pitch_means, within_piece_r
 from velocity.midi_writer import write_segment_midi
 from velocity.model.decodings import DECODINGS, DEFAULT_DECODING
 
@@ -162,16 +162,52 @@ def remap_dynamics(velocity: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(127 * (np.asarray(velocity, dtype=np.float64) / 127) ** 0.6), 1, 127).astype(np.int16)
 
 
+def others_mean(test: pd.DataFrame, column: str, defined: np.ndarray) -> np.ndarray:
+    """Per row: the mean of `column` over the *other* performances of its score at the same score
+    note, among the rows where `defined` (NaN where no other performance has it)."""
+    key = (test["score_id"].astype(str) + "#" + test["score_note"].astype(str)).to_numpy()
+    value = np.where(defined, test[column].to_numpy(dtype=np.float64), 0.0)
+    sums = pd.Series(value).groupby(key).transform("sum").to_numpy()
+    counts = pd.Series(defined.astype(np.float64)).groupby(key).transform("sum").to_numpy()
+    others = counts - defined
+    return np.where(others > 0, (sums - value) / np.maximum(others, 1), np.nan)
+
+
 def other_pianists_mean(test: pd.DataFrame) -> np.ndarray:
-    """Per row: the mean velocity the *other* performances of its score gave the same score note
-    (NaN where no other performance played it)."""
+    """Per played row: the mean velocity the *other* performances of its score gave the same score
+    note (NaN where no other performance played it, or this one did not)."""
     played = test["velocity"].to_numpy() >= 0
-    key = test["score_id"].astype(str) + "#" + test["score_note"].astype(str)
-    velocity = np.where(played, test["velocity"].to_numpy(dtype=np.float64), 0.0)
-    sums = pd.Series(velocity).groupby(key.to_numpy()).transform("sum").to_numpy()
-    counts = pd.Series(played.astype(np.float64)).groupby(key.to_numpy()).transform("sum").to_numpy()
-    others = counts - played
-    return np.where(played & (others > 0), (sums - velocity) / np.maximum(others, 1), np.nan)
+    return np.where(played, others_mean(test, "velocity", played), np.nan)
+
+
+def consensus_timing(test: pd.DataFrame) -> pd.DataFrame:
+    """Per row: the other performances' mean of each timing target at the same score note."""
+    from velocity.model.timing import TIMING_TARGETS
+
+    played = test["velocity"].to_numpy() >= 0
+    return pd.DataFrame({name: others_mean(test, name, (played if name != "pedal_down" else np.ones(len(test), dtype=bool))
+                                           & np.isfinite(test[name].to_numpy(dtype=np.float64))) for name in TIMING_TARGETS}, index=test.index)
+
+
+def timing_path(test: pd.DataFrame, pedal: pd.DataFrame, timing_model_path: Path, tree: pd.DataFrame | None, plots_dir: Path) -> dict[str, float]:
+    """The timing keys (velocity/metrics.py `timing_scores`) of the MAESTRO test performances: the
+    timing model, the score as written, the per-target tree and the other pianists' consensus;
+    and the tempo curves of one test performance (plots_dir/tempo_curves.png)."""
+    from velocity.figures import plot_tempo_curves
+    from velocity.metrics import timing_scores
+    from velocity.model.timing_net import load_timing_model, predict_timing
+
+    headline = test[maestro_rows(test)]
+    log.info("timing: the timing model on %d notes of %d performances", len(headline), headline["piece_id"].nunique())
+    predicted = predict_timing(load_timing_model(timing_model_path), headline)
+    written = pd.DataFrame({"log_pace": 0.0, "onset_deviation": 0.0, "articulation": 0.0, "pedal_down": headline["pedal"].astype(float)},
+                           index=headline.index)  # fmt: skip
+    renderings = {"": predicted, "_written": written, "_consensus": consensus_timing(headline)}
+    if tree is not None:
+        renderings["_tree"] = tree.loc[headline.index]
+    metrics = timing_scores(headline, pedal, renderings)
+    plot_tempo_curves(headline, predicted, plots_dir / "tempo_curves.png")
+    return metrics
 
 
 # The headline keys that evaluate also reports over the whole test split, ASAP-only performances
@@ -254,6 +290,10 @@ def evaluate_scores(
         metrics: dict[str, float | int] = dict(scores(predicted, "score", keep))
         metrics.update(scores(flat, "score_flat_input", keep))
         metrics["velocity_mae_flat64_score"] = mae(np.full(int(keep.sum()), FLAT_VELOCITY), true[keep])
+        metrics["velocity_r_within_score"] = within_piece_r(predicted[keep], true[keep], piece_id[keep])
+        metrics["velocity_r_within_notated_score"] = within_piece_r(notated[keep], true[keep], piece_id[keep])
+        if gbt_velocity is not None:
+            metrics["velocity_r_within_gbt_score"] = within_piece_r(gbt_velocity[keep], true[keep], piece_id[keep])
         metrics.update(scores(notated, "notated_score", keep, drop="_centred_"))
         if gbt_velocity is not None:
             metrics.update(scores(gbt_velocity, "gbt_score", keep, drop="_centred_"))
@@ -265,6 +305,7 @@ def evaluate_scores(
             metrics["velocity_r_other_pianists_score"] = pearson_r(others[shared], true[shared])
             metrics["velocity_mae_score_shared_notes"] = mae(predicted[shared], true[shared])
             metrics["score_shared_notes"] = int(shared.sum())
+            metrics["velocity_r_within_other_pianists_score"] = within_piece_r(others[shared], true[shared], piece_id[shared])
         metrics["score_notes"] = int(keep.sum())
         metrics["score_performances"] = int(test["piece_id"][rows].nunique())
         return metrics
@@ -318,6 +359,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--score-model", type=Path, help="models/score/velocity.pt: also score the score path")
     parser.add_argument("--aligned", type=Path, help="data/aligned: the aligned score notes (train.parquet, test.parquet)")
     parser.add_argument("--score-gbt", type=Path, help="data/score_gbt/test_velocity.npy: the score tree's test predictions")
+    parser.add_argument("--timing-model", type=Path, help="models/score/timing.pt: also score the rendered timing (needs --aligned)")
+    parser.add_argument("--timing-tree", type=Path, help="data/timing_tree/test.parquet: the per-target trees' test predictions")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -373,6 +416,13 @@ def score_path(args: argparse.Namespace, performance_model: "VelocityModel", par
     if gbt_velocity is not None and len(gbt_velocity) != len(test):
         raise SystemExit(f"{args.score_gbt}: {len(gbt_velocity)} predictions for {len(test)} aligned test notes: rerun the score_gbt stage")
     metrics = evaluate_scores(load_velocity_model(args.score_model), performance_model, test, train, gbt_velocity, params.batch_windows)
+    if args.timing_model:
+        tree = pd.read_parquet(args.timing_tree) if args.timing_tree else None
+        if tree is not None and len(tree) != len(test):
+            raise SystemExit(f"{args.timing_tree}: {len(tree)} predictions for {len(test)} aligned test notes: rerun the timing_tree stage")
+        metrics.update(timing_path(test, pd.read_parquet(args.aligned / "pedal.parquet"), args.timing_model, tree, args.plots_dir))
+        log.info("timing: tempo r %.2f (written %.2f), onset r %.2f, articulation r %.2f, pedal F1 %.2f", metrics["tempo_r_score"],
+                 metrics["tempo_r_score_written"], metrics["onset_r_score"], metrics["articulation_r_score"], metrics["pedal_f1_score"])
     log.info("score path: MAE %.2f, r %.3f, std ratio %.2f (flat input %.2f, remapped %.2f; flat 64 %.2f, notated %.2f, "
              "performance model %.2f, tree %s) on %d paired test notes", metrics["velocity_mae_score"], metrics["velocity_r_score"],
              metrics["velocity_std_ratio_score"], metrics["velocity_mae_score_flat_input"], metrics["velocity_mae_score_remapped"],

@@ -1,0 +1,269 @@
+"""The timing network: a score's notes in, how a pianist times them out.
+
+The score model's encoder (velocity/model/transformer.py: the same source tokens and score
+features, plus the score's own sustain pedal marks as one more feature), with four numbers per note
+instead of velocity logits (`TIMING_TARGETS`, defined in velocity/model/timing.py):
+
+- `log_pace`: log performance seconds per score second from the note's onset group to the next
+  (the tempo, its level included);
+- `onset_deviation`: seconds the note sounds off the clock (chord spread, melody lead);
+- `articulation`: log performed / notated length;
+- `pedal_down`: a logit, the sustain pedal held after the note's onset group.
+
+The three regression targets are standardized with the train split's mean and spread and learned
+with a Huber loss; the pedal with binary cross-entropy. A note the pianist did not play has no
+onset deviation or articulation (NaN), pad notes no target at all. `TimingTask` plugs it into the harness
+(velocity/model/harness.py) exactly as the Velocity Transformer plugs in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from velocity.model.checkpoint import CheckpointError, load_checkpoint
+from velocity.model.codec import Vocab, piece_bounds, tokenize
+from velocity.model.features import feature_ids
+from velocity.model.stitching import piece_windows, plan_windows
+from velocity.model.schedule import lr_at
+from velocity.model.timing import TIMING_TARGETS
+from velocity.model.transformer import ModelConfig, NoteEncoder
+
+KIND = "velocity-timing"
+REGRESSION = TIMING_TARGETS[:3]  # standardized, Huber loss
+PEDAL = TIMING_TARGETS[3]  # a logit, binary cross-entropy
+PEDAL_FEATURE_IDS = 3  # 0 pad, 1 the score's pedal up at the onset, 2 down
+
+
+class TimingNet(NoteEncoder):
+    """The note encoder with one linear head of `len(TIMING_TARGETS)` numbers per note."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.generator = nn.Linear(cfg.d_model, len(TIMING_TARGETS))  # in place of the velocity logits
+
+    def forward(self, src: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, S) source ids, (B, S, F) feature ids -> (B, S, 4): three standardized targets and the pedal logit."""
+        return self.generator(self.encode(src, features=features))
+
+
+def build_timing_net(cfg: ModelConfig) -> TimingNet:
+    """A fresh network, Glorot-initialized like the velocity models; deterministic given torch's seed."""
+    net = TimingNet(cfg)
+    for p in net.parameters():
+        if p.dim() > 1:
+            nn.init.xavier_uniform_(p)
+    return net
+
+
+@dataclass(frozen=True)
+class Standardizer:
+    """Each regression target's train mean and standard deviation."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def fit(cls, targets: np.ndarray) -> "Standardizer":
+        """From (n, 4) per-note targets (NaN = none)."""
+        values = targets[:, : len(REGRESSION)]
+        mean = np.nanmean(values, axis=0)
+        std = np.nanstd(values, axis=0)
+        return cls(tuple(float(m) for m in mean), tuple(float(s) if s > 0 else 1.0 for s in std))
+
+    def scale(self, targets: np.ndarray) -> np.ndarray:
+        out = np.array(targets, dtype=np.float32, copy=True)
+        out[..., : len(REGRESSION)] = (out[..., : len(REGRESSION)] - np.float32(self.mean)) / np.float32(self.std)
+        return out
+
+    def unscale(self, outputs: np.ndarray) -> np.ndarray:
+        out = np.array(outputs, dtype=np.float64, copy=True)
+        out[..., : len(REGRESSION)] = out[..., : len(REGRESSION)] * np.asarray(self.std) + np.asarray(self.mean)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass(frozen=True)
+class TimingWindows:
+    """One split's windows: source ids and feature ids as the score windows stage wrote them, the
+    pedal feature beside them, and the standardized targets (n_windows, length, 4), NaN = none."""
+
+    src: np.ndarray
+    features: np.ndarray
+    targets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    def batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return (torch.from_numpy(self.src[indices].astype(np.int64)), torch.from_numpy(self.features[indices].astype(np.int64)),
+                torch.from_numpy(self.targets[indices]))  # fmt: skip
+
+
+def with_pedal_feature(features: np.ndarray, pedal: np.ndarray, pad: np.ndarray) -> np.ndarray:
+    """(..., F) feature ids with the score's pedal (0/1 per note) as one more id column (0 on pad)."""
+    ids = np.where(pad, 0, np.asarray(pedal, dtype=np.int16) + 1).astype(features.dtype)
+    return np.concatenate([features, ids[..., None]], axis=-1)
+
+
+def timing_windows(windows_dir: Path, aligned: pd.DataFrame, split: str, standardizer: Standardizer | None = None) -> tuple[TimingWindows, Standardizer]:
+    """The score windows of `split` with each note's targets from `aligned` (the split's table)."""
+    src = np.load(windows_dir / f"{split}_src.npy")
+    features = np.load(windows_dir / f"{split}_features.npy")
+    rows = np.load(windows_dir / f"{split}_rows.npy")
+    pad = rows < 0
+    notes = np.stack([aligned[name].to_numpy(dtype=np.float64) for name in TIMING_TARGETS], axis=1)  # (n, 4)
+    standardizer = standardizer or Standardizer.fit(notes)  # NaN (unplayed notes) left out
+    targets = standardizer.scale(notes)[np.maximum(rows, 0)]
+    targets[pad] = np.nan
+    pedal = aligned["pedal"].to_numpy()[np.maximum(rows, 0)]
+    return TimingWindows(src, with_pedal_feature(features, pedal, pad), targets), standardizer
+
+
+def timing_loss(outputs: torch.Tensor, targets: torch.Tensor, pedal_weight: float) -> tuple[torch.Tensor, int, dict[str, torch.Tensor]]:
+    """Summed loss over every defined target of a batch, its count, and per-target sums (Huber on
+    the regression targets, binary cross-entropy on the pedal, weighted by `pedal_weight`)."""
+    outputs = outputs.float()
+    sums = {}
+    total = outputs.new_zeros(())
+    count = 0
+    for j, name in enumerate(TIMING_TARGETS):
+        y = targets[..., j]
+        defined = torch.isfinite(y)
+        n = int(defined.sum())
+        if n == 0:
+            sums[name] = outputs.new_zeros(())
+            continue
+        if name == PEDAL:
+            loss = pedal_weight * F.binary_cross_entropy_with_logits(outputs[..., j][defined], y[defined], reduction="sum")
+        else:
+            loss = F.huber_loss(outputs[..., j][defined], y[defined], reduction="sum", delta=1.0)
+        sums[name] = loss.detach()
+        total = total + loss
+        count += n
+    return total, count, sums
+
+
+@dataclass(frozen=True)
+class TimingTrainConfig:
+    batch_size: int
+    warmup: int
+    lr_factor: float
+    max_steps: int
+    eval_every: int
+    checkpoint_every: int
+    seed: int
+    device: str
+    pedal_weight: float  # the pedal's cross-entropy beside the three Huber losses
+
+
+class TimingTask:
+    """What the harness needs of the timing network: batches, the loss of a step, validation."""
+
+    def __init__(self, model_cfg: ModelConfig, cfg: TimingTrainConfig, train: TimingWindows, validation: TimingWindows) -> None:
+        if len(train) == 0 or len(validation) == 0:
+            raise ValueError("the timing network needs train and validation windows (a split is empty)")
+        self.model_cfg, self.cfg, self.train, self.validation = model_cfg, cfg, train, validation
+        self.n_train, self.n_validation = len(train), len(validation)
+
+    def train_batch(self, indices: np.ndarray) -> tuple[torch.Tensor, ...]:
+        return self.train.batch(indices)
+
+    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...], step: int) -> tuple[torch.Tensor, int]:
+        src, features, targets = batch
+        total, count, _ = timing_loss(model(src, features), targets, self.cfg.pedal_weight)
+        return total, count
+
+    def validation_sums(self, model: nn.Module, indices: np.ndarray, device: torch.device) -> dict[str, float]:
+        sums = dict.fromkeys(("loss", "count", *TIMING_TARGETS), 0.0)
+        for begin in range(0, len(indices), 64):
+            src, features, targets = (t.to(device) for t in self.validation.batch(indices[begin : begin + 64]))
+            total, count, parts = timing_loss(model(src, features), targets, self.cfg.pedal_weight)
+            sums["loss"] += float(total)
+            sums["count"] += count
+            for name, value in parts.items():
+                sums[name] += float(value)
+        return sums
+
+    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.Adam(model.parameters(), lr=0.0, betas=(0.9, 0.98), eps=1e-9)
+
+    def lr(self, step: int) -> float:
+        return lr_at(step, self.model_cfg.d_model, self.cfg.warmup, self.cfg.lr_factor)
+
+
+# ---------------------------------------------------------------------------------------------
+# Predicting whole scores
+
+
+@dataclass(frozen=True)
+class TimingModel:
+    """A trained timing network with what it needs to read a new score like its training data."""
+
+    net: TimingNet
+    bins: dict[str, Any]
+    vocab: Vocab
+    length: int
+    step: int
+    standardizer: Standardizer
+    checkpoint: dict[str, Any]
+
+
+def load_timing_model(path: Path | str, device: torch.device | str = "cpu") -> TimingModel:
+    """Load `models/score/timing.pt` (weights_only)."""
+    ckpt = load_checkpoint(path)
+    if ckpt.get("kind") != KIND:
+        raise CheckpointError(f"{path}: not a timing model (kind {ckpt.get('kind')!r}, expected {KIND!r})")
+    cfg = ModelConfig.from_dict(ckpt["model_config"])
+    net = TimingNet(cfg)
+    net.load_state_dict(ckpt["model"])
+    standardizer = Standardizer(tuple(ckpt["standardizer"]["mean"]), tuple(ckpt["standardizer"]["std"]))
+    return TimingModel(net.to(device).eval(), ckpt["bins"], Vocab.from_dict(ckpt["vocab"]), int(ckpt["windows"]["length"]),
+                       int(ckpt["windows"]["step"]), standardizer, ckpt)  # fmt: skip
+
+
+def predict_timing(model: TimingModel, notes: pd.DataFrame, batch_windows: int = 256) -> pd.DataFrame:
+    """Every note's `TIMING_TARGETS` (the pedal as a probability) for a table of score notes
+    (the score columns of velocity/model/score.py, `pedal` the score's own; rows of one
+    `piece_id` contiguous, in note order). Each note takes the mean over the windows that hold it."""
+    src_ids, _ = tokenize(notes, model.bins, model.vocab)
+    note_features = feature_ids(notes, model.bins.get("features") or {})
+    bounds = piece_bounds(notes["piece_id"].to_numpy()) if "piece_id" in notes else np.array([0, len(notes)])
+    sums = np.zeros((len(notes), len(TIMING_TARGETS)))
+    counts = np.zeros(len(notes))
+    windows, rows = [], []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        plan = plan_windows(int(b - a), model.length, model.step)
+        window_rows = plan.window_rows()
+        pad = window_rows < 0
+        features = with_pedal_feature(piece_windows(note_features[a:b], plan), notes["pedal"].to_numpy()[a:b][np.maximum(window_rows, 0)], pad)
+        windows.append((piece_windows(src_ids[a:b], plan), features))
+        rows.append(np.where(pad, -1, window_rows + a))
+    if not windows:
+        return pd.DataFrame(sums, columns=list(TIMING_TARGETS))
+    src = np.concatenate([w[0] for w in windows])
+    features = np.concatenate([w[1] for w in windows])
+    rows = np.concatenate(rows)
+    device = next(model.net.parameters()).device
+    with torch.no_grad():
+        for begin in range(0, len(src), batch_windows):
+            out = model.net(torch.from_numpy(src[begin : begin + batch_windows]).to(device),
+                            torch.from_numpy(features[begin : begin + batch_windows]).to(device)).float().cpu().numpy()  # fmt: skip
+            r = rows[begin : begin + batch_windows]
+            real = r >= 0
+            np.add.at(sums, r[real], out[real])
+            np.add.at(counts, r[real], 1.0)
+    mean = model.standardizer.unscale(sums / np.maximum(counts, 1)[:, None])
+    mean[:, len(REGRESSION)] = 1.0 / (1.0 + np.exp(-mean[:, len(REGRESSION)]))  # the pedal logit as a probability
+    return pd.DataFrame(mean, columns=list(TIMING_TARGETS), index=notes.index)
+

@@ -1,0 +1,74 @@
+"""Play a score like a pianist: the timing `velocity predict --perform` and the studio's perform
+switch give a score, beside the velocities.
+
+The timing network (velocity/model/timing_net.py) reads the score and predicts each note's tempo,
+onset deviation, articulation and pedal; velocity/model/timing.py renders them into note times
+and sustain pedal events, scaled by `timing` (0: as written, 1: the model's, 2: twice as far from
+the notation); velocity/model/retime.py writes the file: the piano notes moved, everything else as
+it was. With `tempo_map` the tempo goes into the file's tempo events instead, so that in a DAW the
+notes stay on their bars and beats and only the chords' spread and the articulation leave the grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from velocity.model.notes import PieceNotes
+    from velocity.model.timing import Rendering
+    from velocity.model.timing_net import TimingModel
+
+from velocity.pipeline.humanize import check_control
+
+
+@dataclass(frozen=True)
+class PerformControls:
+    timing: float = 1.0  # scales every timing deviation from the notation: 0 as written .. 2
+    pedal: bool = True  # render the sustain pedal
+    tempo_map: bool = False  # the tempo as the file's tempo map, the notes on their score ticks
+
+    def __post_init__(self) -> None:
+        check_control("timing", self.timing)
+
+
+def score_warnings(piece: "PieceNotes") -> list[str]:
+    """What a score lacks that the rendering assumes (the MIDI file's defaults), one line each."""
+    midi, lines = piece.midi, []
+    if len(midi.tempo_map.ticks) == 0:
+        lines.append(f"{midi.path}: no tempo: read at MIDI's default 120 quarter notes per minute")
+    if len(midi.time_signatures) == 0:
+        lines.append(f"{midi.path}: no time signature: read as 4/4, so the pedal changes on those bars")
+    return lines
+
+
+def render_score(piece: "PieceNotes", model: "TimingModel", controls: PerformControls) -> "Rendering":
+    """The performance of `piece` (a score) that `model` predicts, under `controls`."""
+    from velocity.model.score import score_table
+    from velocity.model.timing import render_performance
+    from velocity.model.timing_net import predict_timing
+
+    table = score_table(piece)
+    predicted = predict_timing(model, table)
+    downbeat = np.isclose(table["bar_position"].to_numpy(dtype=np.float64), 0.0)
+    return render_performance(table["start"].to_numpy(), table["end"].to_numpy(), table["pitch"].to_numpy(), predicted,
+                              timing=controls.timing, pedal=controls.pedal, change=downbeat)  # fmt: skip
+
+
+def performed_bytes(piece: "PieceNotes", velocity: np.ndarray, rendering: "Rendering", controls: PerformControls) -> bytes:
+    """The file of `piece` played as `rendering` says, every note of `piece.midi` at `velocity`
+    (the piece's own notes among them, as `velocity predict` sets them)."""
+    from velocity.model.retime import retimed_bytes, tempo_curve_through
+    from velocity.model.timing import onset_groups
+
+    rows = piece.notes["note"].to_numpy()
+    start = piece.notes["start"].to_numpy()
+    tempo = None
+    if controls.tempo_map:
+        group = onset_groups(start)
+        first = np.unique(group, return_index=True)[1]  # each group's first note: its onset
+        tempo = tempo_curve_through(piece.midi.tempo_map, start[first], rendering.clock(start[first]))
+    return retimed_bytes(piece.midi, rows, rendering.onset, rendering.end, np.asarray(velocity)[rows],
+                         rendering.pedal if controls.pedal else None, tempo)  # fmt: skip

@@ -1,0 +1,107 @@
+"""Stage `timing_train`: learn how pianists time a score (tempo, chord spread, articulation, pedal).
+
+    python -m velocity.stages.timing_train data/score_windows data/aligned data/vocab.json data/score_bins.json models/score/timing.pt
+
+Reads the score windows (the score model's source tokens and score features) and, through each
+window note's row, the aligned notes' timing targets (the align stage's `log_pace`,
+`onset_deviation`, `articulation`, `pedal_down`) and the score's own pedal marks. Trains the timing
+network (velocity/model/timing_net.py) with the project's loop (resumable checkpoints in
+`models/score/timing_checkpoints/`, curves in `dvclive/timing_train/`), keeps the step of the
+lowest validation loss, and writes `models/score/timing.pt`: weights, config, the targets'
+standardization, and the bins, vocabulary and window geometry to read a new score with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from velocity import params as params_lib
+from velocity.live import Curves
+
+if TYPE_CHECKING:
+    from velocity.model.timing_net import TimingTrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TimingModelParams:
+    layers: int
+    heads: int
+    d_model: int
+    d_ff: int
+    dropout: float
+
+
+def train_timing(
+    windows_dir: Path, aligned_dir: Path, vocab_path: Path, bins_path: Path, model_path: Path, checkpoint_dir: Path,
+    model_params: TimingModelParams, train_params: TimingTrainConfig, window_length: int, window_step: int, live_dir: Path | None = None,
+) -> dict[str, float]:  # fmt: skip
+    """Train the timing network and write `model_path`; the best validation point."""
+    from velocity.model.checkpoint import save_checkpoint
+    from velocity.model.features import feature_sizes
+    from velocity.model.harness import LoopConfig, fingerprint, fit
+    from velocity.model.runtime import seed_everything
+    from velocity.model.timing_net import KIND, PEDAL_FEATURE_IDS, TimingTask, build_timing_net, timing_windows
+    from velocity.model.transformer import ModelConfig
+
+    vocab = json.loads(vocab_path.read_text())
+    bins = json.loads(bins_path.read_text())
+    train, standardizer = timing_windows(windows_dir, pd.read_parquet(aligned_dir / "train.parquet"), "train")
+    validation, _ = timing_windows(windows_dir, pd.read_parquet(aligned_dir / "validation.parquet"), "validation", standardizer)
+    log.info("%d train and %d validation windows; targets' train means %s", len(train), len(validation), standardizer.mean)
+    sizes = feature_sizes(bins.get("features") or {})
+    model_cfg = ModelConfig(src_vocab=len(vocab["src"]), tgt_vocab=len(vocab["tgt"]), layers=model_params.layers, heads=model_params.heads,
+                            d_model=model_params.d_model, d_ff=model_params.d_ff, dropout=model_params.dropout,
+                            max_len=window_length, aligned=False, kind="encoder", features=(*sizes, PEDAL_FEATURE_IDS))  # fmt: skip
+    if train.features.shape[-1] != len(model_cfg.features):
+        raise SystemExit(f"timing_train: {windows_dir} has {train.features.shape[-1] - 1} feature columns, {bins_path} {len(sizes)}: rerun score_windows")
+    seed_everything(train_params.seed)
+    net = build_timing_net(model_cfg)
+    loop = LoopConfig(steps=train_params.max_steps, batch_size=train_params.batch_size, accum=1, eval_every=train_params.eval_every,
+                      checkpoint_every=train_params.checkpoint_every, seed=train_params.seed, device=train_params.device)  # fmt: skip
+    run = fingerprint(asdict(model_params), asdict(train_params), standardizer.mean, len(train), len(validation))
+    with Curves(live_dir) as curves:
+        result = fit(TimingTask(model_cfg, train_params, train, validation), net, loop, checkpoint_dir, run, curves)
+    save_checkpoint(model_path, {
+        "kind": KIND, "model": result.best_model, "model_config": model_cfg.to_dict(), "train": asdict(train_params),
+        "standardizer": {"mean": list(standardizer.mean), "std": list(standardizer.std)},
+        "bins": bins, "vocab": vocab, "windows": {"length": window_length, "step": window_step},
+        "step": result.best_step, "steps_trained": result.step, "best": result.best, "history": result.history,
+    })  # fmt: skip
+    log.info("wrote %s (best validation loss %.4f at step %d of %d)", model_path, result.best["loss"], result.best_step, result.step)
+    return result.best
+
+
+def main(argv: list[str] | None = None) -> None:
+    from velocity.model.timing_net import TimingTrainConfig
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("windows_dir", type=Path, help="data/score_windows")
+    parser.add_argument("aligned_dir", type=Path, help="data/aligned")
+    parser.add_argument("vocab", type=Path, help="data/vocab.json")
+    parser.add_argument("bins", type=Path, help="data/score_bins.json")
+    parser.add_argument("model_path", type=Path, help="models/score/timing.pt")
+    parser.add_argument("--checkpoints", type=Path, default=Path("models/score/timing_checkpoints"), help="resumable training state")
+    parser.add_argument("--live-dir", type=Path, default=Path("dvclive/timing_train"), help="dvclive folder for the curves")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    params = params_lib.read_params()
+    section = params.get("timing_train") or {}
+    model_params = params_lib.section(TimingModelParams, "timing_train.model", {"timing_train.model": section.get("model")})
+    train_params = params_lib.section(TimingTrainConfig, "timing_train.train", {"timing_train.train": section.get("train")})
+    windows = params_lib.value(params, "windows")
+    train_timing(args.windows_dir, args.aligned_dir, args.vocab, args.bins, args.model_path, args.checkpoints, model_params, train_params,
+                 int(windows["length"]), int(windows["step"]), args.live_dir)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
