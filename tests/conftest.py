@@ -255,4 +255,4 @@ def assert_weights_close(a: dict, b: dict) -> None:
 
 
 # The tiny trained models, shared by the predict and studio tests (imported last: they use the helpers above).
-from trained_models import trained_model, trained_score_model  # noqa: E402,F401
+from trained_models import demo_data, demo_raw, demo_score_windows, trained_model, trained_score_model, trained_timing_model  # noqa: E402,F401
