@@ -87,3 +87,15 @@ def test_pedal_events_alternate_and_stop_by_the_last_note():
     assert events[:2] == [(0.08, 127), (1.0, 0)]  # pressed after the attack, released at the first group that lets go
     assert (2.0, 0) in events and (2.08, 127) in events  # changed at the downbeat
     assert pedal_events(onset, end, group, np.zeros(len(onset))) == []
+
+
+def test_the_demo_performances_carry_rubato_chord_spread_articulation_and_pedal(aligned):
+    """What the demo run's timing model can learn: each is there, and it follows the score."""
+    played = aligned[aligned["velocity"] >= 0]
+    pace_spread = played.groupby("piece_id")["log_pace"].std()
+    assert (pace_spread > 0.03).all()  # rubato: the pace moves within every performance
+    assert played["onset_deviation"].abs().quantile(0.9) > 0.008  # the melody sounds ahead of its chord
+    articulation = played.groupby(played["duration"] > played["duration"].median())["articulation"].mean()
+    assert abs(articulation.iloc[0] - articulation.iloc[1]) > 0.05  # lengths are not the notated ones, and not uniformly
+    pedalled = aligned.groupby("piece_id")["pedal_down"].mean()
+    assert (pedalled > 0.2).any() and (pedalled < 0.05).any()  # some pieces use the pedal, some (the Baroque) do not

@@ -14,6 +14,10 @@ The three regression targets are standardized with the train split's mean and sp
 with a Huber loss; the pedal with binary cross-entropy. A note the pianist did not play has no
 onset deviation or articulation (NaN), pad notes no target at all. `TimingTask` plugs it into the harness
 (velocity/model/harness.py) exactly as the Velocity Transformer plugs in.
+
+Like the score model's velocities, each target is then blended with a gradient-boosted tree's
+(the timing_tree stage, on `TREE_FEATURES`): `w * network + (1 - w) * tree`, one weight per target
+fitted on validation (`fit_blend`), kept in the model file with the trees.
 """
 
 from __future__ import annotations
@@ -30,16 +34,50 @@ from torch import nn
 
 from velocity.model.checkpoint import CheckpointError, load_checkpoint
 from velocity.model.codec import Vocab, piece_bounds, tokenize
-from velocity.model.features import feature_ids
+from velocity.model.features import GBT_FEATURES, SCORE_GBT_FEATURES, feature_ids, note_features
 from velocity.model.stitching import piece_windows, plan_windows
 from velocity.model.schedule import lr_at
 from velocity.model.timing import TIMING_TARGETS
 from velocity.model.transformer import ModelConfig, NoteEncoder
+from velocity.model.trees import TreeEnsemble
 
 KIND = "velocity-timing"
 REGRESSION = TIMING_TARGETS[:3]  # standardized, Huber loss
 PEDAL = TIMING_TARGETS[3]  # a logit, binary cross-entropy
 PEDAL_FEATURE_IDS = 3  # 0 pad, 1 the score's pedal up at the onset, 2 down
+# The trees' features: the score tree's (the dynamics only relative to the piece) and the score's pedal.
+TREE_FEATURES = GBT_FEATURES + tuple(name for name in SCORE_GBT_FEATURES if name != "notated_velocity")
+BLEND_STEPS = np.linspace(0.0, 1.0, 11)  # the network's weights tried on validation
+
+
+def tree_inputs(notes: pd.DataFrame) -> np.ndarray:
+    """The timing trees' feature matrix: `TREE_FEATURES` and the score's pedal at each onset."""
+    return np.column_stack([note_features(notes, TREE_FEATURES).to_numpy(), notes["pedal"].to_numpy(dtype=np.float64)])
+
+
+def tree_predictions(trees: dict[str, TreeEnsemble], notes: pd.DataFrame) -> pd.DataFrame:
+    """Each target's tree prediction for every note (the pedal a probability, clipped to 0..1)."""
+    x = tree_inputs(notes)
+    predicted = pd.DataFrame({name: trees[name].predict_features(x) for name in TIMING_TARGETS}, index=notes.index)
+    predicted[PEDAL] = predicted[PEDAL].clip(0.0, 1.0)
+    return predicted
+
+
+def blend_error(name: str, predicted: np.ndarray, truth: np.ndarray) -> float:
+    """Validation error of one target: mean absolute error, the pedal's Brier score."""
+    defined = np.isfinite(truth)
+    difference = predicted[defined] - truth[defined]
+    return float(np.mean(difference**2 if name == PEDAL else np.abs(difference)))
+
+
+def fit_blend(network: pd.DataFrame, tree: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:
+    """Each target's network weight (`BLEND_STEPS`) with the least validation error of the blend."""
+    weights = {}
+    for name in TIMING_TARGETS:
+        errors = [blend_error(name, w * network[name].to_numpy() + (1 - w) * tree[name].to_numpy(), truth[name].to_numpy(dtype=np.float64))
+                  for w in BLEND_STEPS]  # fmt: skip
+        weights[name] = float(BLEND_STEPS[int(np.argmin(errors))])
+    return weights
 
 
 class TimingNet(NoteEncoder):
@@ -218,6 +256,11 @@ class TimingModel:
     standardizer: Standardizer
     checkpoint: dict[str, Any]
 
+    @property
+    def trees(self) -> dict[str, TreeEnsemble] | None:
+        found = self.checkpoint.get("trees")
+        return {name: TreeEnsemble.from_state(state) for name, state in found.items()} if found else None
+
 
 def load_timing_model(path: Path | str, device: torch.device | str = "cpu") -> TimingModel:
     """Load `models/score/timing.pt` (weights_only)."""
@@ -232,10 +275,11 @@ def load_timing_model(path: Path | str, device: torch.device | str = "cpu") -> T
                        int(ckpt["windows"]["step"]), standardizer, ckpt)  # fmt: skip
 
 
-def predict_timing(model: TimingModel, notes: pd.DataFrame, batch_windows: int = 256) -> pd.DataFrame:
+def predict_timing(model: TimingModel, notes: pd.DataFrame, batch_windows: int = 256, blend: bool = True) -> pd.DataFrame:
     """Every note's `TIMING_TARGETS` (the pedal as a probability) for a table of score notes
     (the score columns of velocity/model/score.py, `pedal` the score's own; rows of one
-    `piece_id` contiguous, in note order). Each note takes the mean over the windows that hold it."""
+    `piece_id` contiguous, in note order). Each note takes the network's mean over the windows
+    that hold it, blended with the model's trees when it carries them (unless `blend` is False)."""
     src_ids, _ = tokenize(notes, model.bins, model.vocab)
     note_features = feature_ids(notes, model.bins.get("features") or {})
     bounds = piece_bounds(notes["piece_id"].to_numpy()) if "piece_id" in notes else np.array([0, len(notes)])
@@ -265,5 +309,10 @@ def predict_timing(model: TimingModel, notes: pd.DataFrame, batch_windows: int =
             np.add.at(counts, r[real], 1.0)
     mean = model.standardizer.unscale(sums / np.maximum(counts, 1)[:, None])
     mean[:, len(REGRESSION)] = 1.0 / (1.0 + np.exp(-mean[:, len(REGRESSION)]))  # the pedal logit as a probability
-    return pd.DataFrame(mean, columns=list(TIMING_TARGETS), index=notes.index)
+    network = pd.DataFrame(mean, columns=list(TIMING_TARGETS), index=notes.index)
+    weights, trees = model.checkpoint.get("blend"), model.trees
+    if not blend or weights is None or trees is None:
+        return network
+    tree = tree_predictions(trees, notes)
+    return pd.DataFrame({name: weights[name] * network[name] + (1 - weights[name]) * tree[name] for name in TIMING_TARGETS})
 

@@ -8,7 +8,10 @@ window note's row, the aligned notes' timing targets (the align stage's `log_pac
 network (velocity/model/timing_net.py) with the project's loop (resumable checkpoints in
 `models/score/timing_checkpoints/`, curves in `dvclive/timing_train/`), keeps the step of the
 lowest validation loss, and writes `models/score/timing.pt`: weights, config, the targets'
-standardization, and the bins, vocabulary and window geometry to read a new score with.
+standardization, and the bins, vocabulary and window geometry to read a new score with. With
+`--blend-trees` (the timing_tree stage's trees.pt and its validation predictions beside it) it also
+fits each target's blend of network and tree on validation and keeps the trees and the weights
+in the model file, as the score model keeps its tree.
 """
 
 from __future__ import annotations
@@ -43,9 +46,10 @@ class TimingModelParams:
 def train_timing(
     windows_dir: Path, aligned_dir: Path, vocab_path: Path, bins_path: Path, model_path: Path, checkpoint_dir: Path,
     model_params: TimingModelParams, train_params: TimingTrainConfig, window_length: int, window_step: int, live_dir: Path | None = None,
+    blend_trees: Path | None = None,
 ) -> dict[str, float]:  # fmt: skip
     """Train the timing network and write `model_path`; the best validation point."""
-    from velocity.model.checkpoint import save_checkpoint
+    from velocity.model.checkpoint import load_checkpoint, save_checkpoint
     from velocity.model.features import feature_sizes
     from velocity.model.harness import LoopConfig, fingerprint, fit
     from velocity.model.runtime import seed_everything
@@ -70,14 +74,41 @@ def train_timing(
     run = fingerprint(asdict(model_params), asdict(train_params), standardizer.mean, len(train), len(validation))
     with Curves(live_dir) as curves:
         result = fit(TimingTask(model_cfg, train_params, train, validation), net, loop, checkpoint_dir, run, curves)
-    save_checkpoint(model_path, {
+    state = {
         "kind": KIND, "model": result.best_model, "model_config": model_cfg.to_dict(), "train": asdict(train_params),
         "standardizer": {"mean": list(standardizer.mean), "std": list(standardizer.std)},
         "bins": bins, "vocab": vocab, "windows": {"length": window_length, "step": window_step},
         "step": result.best_step, "steps_trained": result.step, "best": result.best, "history": result.history,
-    })  # fmt: skip
+    }  # fmt: skip
+    if blend_trees is not None:
+        state["trees"] = load_checkpoint(blend_trees)
+        state["blend"] = fit_tree_blend(state, pd.read_parquet(aligned_dir / "validation.parquet"),
+                                        pd.read_parquet(blend_trees.with_name("validation.parquet")))  # fmt: skip
+    save_checkpoint(model_path, state)
     log.info("wrote %s (best validation loss %.4f at step %d of %d)", model_path, result.best["loss"], result.best_step, result.step)
     return result.best
+
+
+def fit_tree_blend(state: dict, validation: pd.DataFrame, tree: pd.DataFrame) -> dict[str, float]:
+    """Each target's network weight against the trees, fitted on the validation notes."""
+    from velocity.model.codec import Vocab
+    from velocity.model.timing import TIMING_TARGETS
+    from velocity.model.timing_net import Standardizer, TimingModel, TimingNet, blend_error, fit_blend, predict_timing
+    from velocity.model.transformer import ModelConfig
+
+    net = TimingNet(ModelConfig.from_dict(state["model_config"]))
+    net.load_state_dict(state["model"])
+    model = TimingModel(net.eval(), state["bins"], Vocab.from_dict(state["vocab"]), state["windows"]["length"], state["windows"]["step"],
+                        Standardizer(tuple(state["standardizer"]["mean"]), tuple(state["standardizer"]["std"])), state)  # fmt: skip
+    network = predict_timing(model, validation, blend=False)
+    tree = tree.set_axis(validation.index)
+    weights = fit_blend(network, tree, validation)
+    for name in TIMING_TARGETS:
+        truth, w = validation[name].to_numpy(dtype=float), weights[name]
+        log.info("validation %s: network %.4f, tree %.4f, blend %.4f at network weight %.1f", name,
+                 blend_error(name, network[name].to_numpy(), truth), blend_error(name, tree[name].to_numpy(), truth),
+                 blend_error(name, w * network[name].to_numpy() + (1 - w) * tree[name].to_numpy(), truth), w)  # fmt: skip
+    return weights
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -91,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("model_path", type=Path, help="models/score/timing.pt")
     parser.add_argument("--checkpoints", type=Path, default=Path("models/score/timing_checkpoints"), help="resumable training state")
     parser.add_argument("--live-dir", type=Path, default=Path("dvclive/timing_train"), help="dvclive folder for the curves")
+    parser.add_argument("--blend-trees", type=Path, help="data/timing_tree/trees.pt: blend each target with its tree (validation.parquet beside it)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -100,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     train_params = params_lib.section(TimingTrainConfig, "timing_train.train", {"timing_train.train": section.get("train")})
     windows = params_lib.value(params, "windows")
     train_timing(args.windows_dir, args.aligned_dir, args.vocab, args.bins, args.model_path, args.checkpoints, model_params, train_params,
-                 int(windows["length"]), int(windows["step"]), args.live_dir)  # fmt: skip
+                 int(windows["length"]), int(windows["step"]), args.live_dir, args.blend_trees)  # fmt: skip
 
 
 if __name__ == "__main__":
