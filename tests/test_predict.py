@@ -14,9 +14,10 @@ import pytest
 from velocity.pipeline.cli import main as velocity
 from velocity.model.midi import read_midi
 from velocity.model.notes import NOTE_COLUMNS, read_notes
-from trained_models import TEST_SCORE
+from trained_models import DEMO_PIECE, TEST_SCORE
 
-TEST_PIECE = "maestro-v3.0.0/2008/MIDI-Unprocessed_13_R1_2008_01-04_ORIG_MID--AUDIO_13_R1_2008_wav--1__Prelude_bwv_862.midi"
+# A real MAESTRO performance in the shared tiny archive (../shared; its test skips without it).
+MAESTRO_PIECE = "maestro-v3.0.0/2008/MIDI-Unprocessed_13_R1_2008_01-04_ORIG_MID--AUDIO_13_R1_2008_wav--1__Prelude_bwv_862.midi"
 
 
 pytestmark = pytest.mark.usefixtures("single_threaded")
@@ -45,30 +46,36 @@ def assert_only_note_on_velocities_differ(original: Path, predicted: Path) -> in
 
 
 # ---------------------------------------------------------------------------------------------
-# A real MAESTRO performance
+# A performance: the demo corpus's (generated, in MAESTRO's layout), and a real MAESTRO one
 
 
-@pytest.mark.parametrize("decoding", [None, "median", "greedy"])
-def test_real_file_gets_the_models_velocities_and_nothing_else_changes(trained_model, tiny_raw, tmp_path, decoding):
+def assert_performance_gets_the_models_velocities(model: Path, source: Path, out: Path, decoding: str | None) -> None:
     from velocity.model.decode import load_velocity_model
     from velocity.model.decodings import DEFAULT_DECODING
     from velocity.model.pieces import predict_notes
 
-    source = tiny_raw.parent / TEST_PIECE
-    out = tmp_path / "out.mid"
-    assert predict(source, "-o", out, "--model", trained_model, *(["--decoding", decoding] if decoding else [])) == 0
-
+    assert predict(source, "-o", out, "--model", model, *(["--decoding", decoding] if decoding else [])) == 0
     changed = assert_only_note_on_velocities_differ(source, out)
     before, after = read_notes(source), read_notes(out)
     assert changed > len(before) // 2
     pd.testing.assert_frame_equal(before.drop(columns="velocity"), after.drop(columns="velocity"))
     # The new velocities are the model's stitched prediction on the notes exactly as extract reads them.
-    expected = predict_notes(load_velocity_model(trained_model), before, decoding=decoding or DEFAULT_DECODING)
+    expected = predict_notes(load_velocity_model(model), before, decoding=decoding or DEFAULT_DECODING)
     np.testing.assert_array_equal(after["velocity"].to_numpy(), np.clip(expected, 1, 127))
 
 
-def test_strength_zero_keeps_and_half_blends_the_original_velocities(trained_model, tiny_raw, tmp_path):
-    source = tiny_raw.parent / TEST_PIECE
+@pytest.mark.parametrize("decoding", [None, "median", "greedy"])
+def test_a_performance_gets_the_models_velocities_and_nothing_else_changes(trained_model, demo_raw, tmp_path, decoding):
+    assert_performance_gets_the_models_velocities(trained_model, demo_raw.parent / DEMO_PIECE, tmp_path / "out.mid", decoding)
+
+
+def test_a_real_maestro_performance_too(trained_model, tiny_raw, tmp_path):
+    """A real recording's file (its pedal, its tracks as MAESTRO writes them): skips without ../shared."""
+    assert_performance_gets_the_models_velocities(trained_model, tiny_raw.parent / MAESTRO_PIECE, tmp_path / "out.mid", None)
+
+
+def test_strength_zero_keeps_and_half_blends_the_original_velocities(trained_model, demo_raw, tmp_path):
+    source = demo_raw.parent / DEMO_PIECE
     full, half, none = tmp_path / "full.mid", tmp_path / "half.mid", tmp_path / "none.mid"
     assert predict(source, "-o", full, "--model", trained_model) == 0
     assert predict(source, "-o", half, "--model", trained_model, "--strength", "0.5") == 0
@@ -81,9 +88,9 @@ def test_strength_zero_keeps_and_half_blends_the_original_velocities(trained_mod
     np.testing.assert_array_equal(blended, np.floor((original + predicted) / 2 + 0.5))
 
 
-def test_strength_outside_zero_to_one_is_refused(trained_model, tiny_raw, tmp_path):
+def test_strength_outside_zero_to_one_is_refused(trained_model, demo_raw, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
-        predict(tiny_raw.parent / TEST_PIECE, "-o", tmp_path / "out.mid", "--model", trained_model, "--strength", "1.5")
+        predict(demo_raw.parent / DEMO_PIECE, "-o", tmp_path / "out.mid", "--model", trained_model, "--strength", "1.5")
     assert exit_info.value.code == 2
     assert not (tmp_path / "out.mid").exists()
 
@@ -149,7 +156,7 @@ def test_multi_track_file_with_drums_pedals_and_out_of_range_notes(trained_model
 # Bad input: a clear message naming the file, exit code 1, nothing written
 
 
-def test_bad_inputs_fail_clearly_without_output(trained_model, tiny_raw, tmp_path, caplog):
+def test_bad_inputs_fail_clearly_without_output(trained_model, tmp_path, caplog):
     tempo_only = build_midi(tmp_path / "tempo_only.mid", [[mido.MetaMessage("set_tempo", tempo=500000, time=0)]])
     drums_only = build_midi(tmp_path / "drums_only.mid", [notes_track(9, [36, 38], velocity=90)])
     below_piano = build_midi(tmp_path / "below_piano.mid", [notes_track(0, [10, 12], velocity=90)])
@@ -171,8 +178,8 @@ def test_bad_inputs_fail_clearly_without_output(trained_model, tiny_raw, tmp_pat
     assert not list(tmp_path.glob(".*.tmp"))  # no half-written temporary files either
 
 
-def test_missing_or_foreign_model_fails_clearly(tiny_raw, tmp_path, caplog):
-    source = tiny_raw.parent / TEST_PIECE
+def test_missing_or_foreign_model_fails_clearly(demo_raw, tmp_path, caplog):
+    source = demo_raw.parent / DEMO_PIECE
     foreign = tmp_path / "foreign.pt"
     foreign.write_text(json.dumps({"not": "a checkpoint"}))
     for model in (tmp_path / "missing.pt", foreign):
@@ -182,7 +189,7 @@ def test_missing_or_foreign_model_fails_clearly(tiny_raw, tmp_path, caplog):
     assert not (tmp_path / "out.mid").exists()
 
 
-def test_a_model_file_from_before_features_loads_and_says_what_it_lacks(trained_model, tiny_raw, tmp_path, caplog):
+def test_a_model_file_from_before_features_loads_and_says_what_it_lacks(trained_model, demo_raw, tmp_path, caplog):
     """Format version 1 (no note features, no kind, no calibration) still predicts; the default
     decoding, which needs a calibration, fails with one line naming the version. A newer version
     than the code knows is refused by name."""
@@ -200,7 +207,7 @@ def test_a_model_file_from_before_features_loads_and_says_what_it_lacks(trained_
         "train": {"seed": 0},
     }  # fmt: skip
     save_checkpoint(tmp_path / "v1.pt", old)
-    source = tiny_raw.parent / TEST_PIECE
+    source = demo_raw.parent / DEMO_PIECE
     assert predict(source, "-o", tmp_path / "out.mid", "--model", tmp_path / "v1.pt", "--decoding", "notes-only") == 0
     assert assert_only_note_on_velocities_differ(source, tmp_path / "out.mid") > 0
     with caplog.at_level(logging.ERROR):
@@ -268,12 +275,12 @@ def test_damaged_files_give_the_same_notes_in_extract_and_predict(trained_model,
 # Several files, folders, and a musician's controls
 
 
-def test_folder_with_one_bad_file_among_good_ones(trained_model, tiny_raw, tmp_path, caplog):
+def test_folder_with_one_bad_file_among_good_ones(trained_model, demo_raw, tmp_path, caplog):
     from test_midi import DAMAGED
 
     songs = tmp_path / "songs"
     (songs / "sub").mkdir(parents=True)
-    (songs / "a.mid").write_bytes((tiny_raw.parent / TEST_PIECE).read_bytes())
+    (songs / "a.mid").write_bytes((demo_raw.parent / DEMO_PIECE).read_bytes())
     (songs / "sub" / "b.MIDI").write_bytes(DAMAGED["truncated_mid_track"][0])
     (songs / "sub" / "broken.mid").write_bytes(DAMAGED["text"][0])
     (songs / "notes.txt").write_text("not a MIDI file, and not named like one: not read")
@@ -297,11 +304,11 @@ def test_folder_with_one_bad_file_among_good_ones(trained_model, tiny_raw, tmp_p
     assert sorted(p.name for p in (songs / "out").rglob("*.*")) == ["a.mid", "b.MIDI", "b.MIDI"]
 
 
-def test_two_inputs_with_one_name_are_refused_before_any_work(trained_model, tiny_raw, tmp_path, caplog):
+def test_two_inputs_with_one_name_are_refused_before_any_work(trained_model, demo_raw, tmp_path, caplog):
     (tmp_path / "x").mkdir()
     (tmp_path / "y").mkdir()
     for folder in ("x", "y"):
-        (tmp_path / folder / "same.mid").write_bytes((tiny_raw.parent / TEST_PIECE).read_bytes())
+        (tmp_path / folder / "same.mid").write_bytes((demo_raw.parent / DEMO_PIECE).read_bytes())
     assert predict(tmp_path / "x/same.mid", tmp_path / "y/same.mid", "-o", tmp_path / "out", "--model", trained_model) == 2
     assert "would both be written to" in caplog.text and not (tmp_path / "out").exists()
 
@@ -317,8 +324,8 @@ def test_loudness_and_dynamics_shape_the_prediction():
     np.testing.assert_array_equal(shape_dynamics(predicted, original, Controls(loudness=80, dynamics=0.5, strength=0.5)), [70, 72, 75])  # (75, 80, 85) and 64, halves up
 
 
-def test_loudness_dynamics_and_plot_on_a_real_file(trained_model, tiny_raw, tmp_path):
-    source = tiny_raw.parent / TEST_PIECE
+def test_loudness_dynamics_and_plot_on_a_real_file(trained_model, demo_raw, tmp_path):
+    source = demo_raw.parent / DEMO_PIECE
     flat, plot = tmp_path / "flat.mid", tmp_path / "roll.png"
     assert predict(source, "-o", flat, "--model", trained_model, "--loudness", "80", "--dynamics", "0", "--plot", plot) == 0
     assert set(read_notes(flat)["velocity"]) == {80}
@@ -332,7 +339,7 @@ def test_loudness_dynamics_and_plot_on_a_real_file(trained_model, tiny_raw, tmp_
 # ---------------------------------------------------------------------------------------------
 # Scores: --input auto|score|performance and the score model
 
-def test_a_score_is_read_as_a_score_and_given_the_score_models_velocities(trained_model, trained_score_model, tiny_raw, tmp_path, caplog):
+def test_a_score_is_read_as_a_score_and_given_the_score_models_velocities(trained_model, trained_score_model, demo_raw, tmp_path, caplog):
     from velocity.model.decode import load_velocity_model
     from velocity.model.decodings import DEFAULT_DECODING
     from velocity.model.notes import piece_notes
@@ -354,7 +361,7 @@ def test_a_score_is_read_as_a_score_and_given_the_score_models_velocities(traine
     np.testing.assert_array_equal(written, np.clip(expected, 1, 127))
 
     caplog.clear()
-    performance = tiny_raw.parent / TEST_PIECE
+    performance = demo_raw.parent / DEMO_PIECE
     with caplog.at_level(logging.INFO):
         assert predict(performance, "-o", tmp_path / "perf_out.mid", "--model", trained_model, "--score-model", score_model) == 0
     assert f"{performance}: read as a performance (" in caplog.text
@@ -382,3 +389,210 @@ def test_a_score_without_a_score_model(trained_model, trained_score_model, tmp_p
     with caplog.at_level(logging.INFO):
         assert predict(source, "-o", tmp_path / "c.mid", "--model", trained_model, "--score-model", trained_model) == 1
     assert "trained on performances, not scores" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------
+# --perform: a score played like a pianist (the rendering's own rules: tests/test_perform.py,
+# tests/test_rendering.py); here the command, on a demo score with the tiny timing model
+
+
+def perform(source: Path, out: Path, trained_model: Path, score_model: Path, timing_model: Path, *args: str | Path) -> int:
+    return predict(source, "-o", out, "--model", trained_model, "--score-model", score_model, "--timing-model", timing_model, *args)
+
+
+def piano_keys(path: Path) -> dict[int, pd.DataFrame]:
+    """The piano piece's notes of a file (the reader's rule), per key in the key's order:
+    start_tick, end_tick, velocity."""
+    from velocity.model.notes import piece_notes
+
+    midi = read_midi(path)
+    notes = midi.notes.iloc[piece_notes(midi).notes["note"].to_numpy()]
+    return {int(pitch): key.sort_values("start_tick", kind="stable")[["start_tick", "end_tick", "velocity"]].reset_index(drop=True)
+            for pitch, key in notes.groupby("pitch")}  # fmt: skip
+
+
+def cc64(path: Path) -> list[mido.Message]:
+    return [m for track in mido.MidiFile(path).tracks for m in track if m.type == "control_change" and m.control == 64]
+
+
+def with_other_tracks(score: Path, path: Path) -> Path:
+    """`score` with a string part (GM program 48) and a drum track beside its piano."""
+    song = mido.MidiFile(score)
+    strings = [mido.Message("program_change", channel=1, program=48, time=0), *notes_track(1, [48, 55, 60, 55] * 4, velocity=70, step=480)]
+    song.tracks.append(mido.MidiTrack(strings))
+    song.tracks.append(mido.MidiTrack(notes_track(9, [36, 38, 42, 38] * 4, velocity=100, step=240)))
+    song.save(str(path))
+    return path
+
+
+@pytest.fixture
+def score_parts(trained_score_model, tmp_path) -> Path:
+    """The demo score (TEST_SCORE) with two more tracks that --perform must leave alone."""
+    _, scores = trained_score_model
+    return with_other_tracks(scores / TEST_SCORE, tmp_path / "score_parts.mid")
+
+
+def test_perform_plays_the_scores_notes_one_for_one_and_nothing_else_changes(trained_model, trained_score_model, trained_timing_model,
+                                                                            score_parts, tmp_path, caplog):  # fmt: skip
+    score_model, _ = trained_score_model
+    plain, performed = tmp_path / "plain.mid", tmp_path / "performed.mid"
+    assert perform(score_parts, plain, trained_model, score_model, trained_timing_model) == 0  # without --perform: velocities only
+    with caplog.at_level(logging.INFO):
+        assert perform(score_parts, performed, trained_model, score_model, trained_timing_model, "--perform") == 0
+    assert f"{score_parts}: read as a score (" in caplog.text and f"{score_parts}: played at timing 1" in caplog.text
+
+    a, b = mido.MidiFile(score_parts), mido.MidiFile(performed)
+    assert (a.type, a.ticks_per_beat, len(a.tracks)) == (b.type, b.ticks_per_beat, len(b.tracks)) == (1, 480, 4)
+    for t in (0, 2, 3):  # the conductor track, the strings and the drums: message for message
+        assert list(a.tracks[t]) == list(b.tracks[t]), t
+    score, played, velocities = piano_keys(score_parts), piano_keys(performed), piano_keys(plain)
+    assert sorted(played) == sorted(score)  # the same keys ...
+    moved = 0
+    for pitch, notes in score.items():
+        mine = played[pitch]
+        assert len(mine) == len(notes), pitch  # ... each struck as often: the score's notes, one for one
+        # The velocities of `velocity predict` without --perform, note for note (a key's notes keep their order).
+        np.testing.assert_array_equal(mine["velocity"], velocities[pitch]["velocity"])
+        assert (mine["end_tick"].to_numpy()[:-1] <= mine["start_tick"].to_numpy()[1:]).all(), pitch  # released before struck again
+        moved += int((mine["start_tick"] != notes["start_tick"]).sum())
+    n_notes = sum(len(notes) for notes in score.values())
+    assert n_notes == 587 and moved > n_notes // 2  # the onsets left the grid
+    assert cc64(performed) and not cc64(score_parts)  # the rendered sustain pedal
+
+
+def test_perform_at_timing_zero_gives_the_scores_own_ticks_and_lengths(trained_model, trained_score_model, trained_timing_model, score_parts, tmp_path):
+    score_model, _ = trained_score_model
+    out = tmp_path / "as_written.mid"
+    assert perform(score_parts, out, trained_model, score_model, trained_timing_model, "--perform", "--timing", "0") == 0
+    score, played = piano_keys(score_parts), piano_keys(out)
+    assert sorted(played) == sorted(score)
+    for pitch, notes in score.items():
+        pd.testing.assert_frame_equal(played[pitch][["start_tick", "end_tick"]], notes[["start_tick", "end_tick"]], obj=f"key {pitch}")
+    assert list(mido.MidiFile(out).tracks[0]) == list(mido.MidiFile(score_parts).tracks[0])  # the score's own tempo map
+
+
+def without_chord_spread(timing_model: Path, path: Path) -> Path:
+    """A copy of the timing model that predicts no onset deviation at all (the deviation head's
+    output unscaled by standard deviation 0 and mean 0): its rendering puts every onset on the clock."""
+    from velocity.model.checkpoint import load_checkpoint, save_checkpoint
+    from velocity.model.timing import TIMING_TARGETS
+
+    ckpt = load_checkpoint(timing_model)
+    j = TIMING_TARGETS.index("onset_deviation")
+    for name in ("mean", "std"):
+        ckpt["standardizer"][name] = [0.0 if i == j else v for i, v in enumerate(ckpt["standardizer"][name])]
+    save_checkpoint(path, ckpt)
+    return path
+
+
+def test_perform_with_a_tempo_map_keeps_every_onset_on_its_score_tick_but_the_chord_spread(
+    trained_model, trained_score_model, trained_timing_model, score_parts, tmp_path, caplog
+):
+    """--tempo-map: the same ticks per beat, the tempo in the file's tempo events, and every note on its
+    score tick apart from its onset deviation. A timing model with the deviation set to 0 shows the last
+    exactly: every onset on its score tick. With the model's own deviation, the file is the same
+    performance as the plain --perform file, only written through the tempo map (each onset at the same
+    time within the two files' tick rounding)."""
+    from velocity.model.midi import ticks_to_seconds
+
+    score_model, _ = trained_score_model
+    flat = without_chord_spread(trained_timing_model, tmp_path / "no_spread.pt")
+    on_grid, mapped, plain = tmp_path / "on_grid.mid", tmp_path / "mapped.mid", tmp_path / "plain.mid"
+    with caplog.at_level(logging.INFO):
+        assert perform(score_parts, on_grid, trained_model, score_model, flat, "--perform", "--tempo-map") == 0
+    assert "played at timing 1, the tempo as the file's tempo map" in caplog.text
+    assert perform(score_parts, mapped, trained_model, score_model, trained_timing_model, "--perform", "--tempo-map") == 0
+    assert perform(score_parts, plain, trained_model, score_model, trained_timing_model, "--perform") == 0
+
+    assert mido.MidiFile(on_grid).ticks_per_beat == mido.MidiFile(mapped).ticks_per_beat == mido.MidiFile(score_parts).ticks_per_beat
+    tempos = [m for m in mido.MidiFile(mapped).tracks[0] if m.type == "set_tempo"]
+    assert len(tempos) > 100 and len({m.tempo for m in tempos}) > 10  # the rendered tempo curve, not the score's one tempo
+    score = piano_keys(score_parts)
+    for pitch, notes in piano_keys(on_grid).items():
+        np.testing.assert_array_equal(notes["start_tick"], score[pitch]["start_tick"], err_msg=f"key {pitch}")
+
+    mapped_midi, plain_midi = read_midi(mapped), read_midi(plain)
+    one_tick = {name: float(np.diff(ticks_to_seconds(midi.tempo_map, np.arange(0, midi.notes["end_tick"].max(), 1))).max())
+                for name, midi in (("mapped", mapped_midi), ("plain", plain_midi))}  # fmt: skip
+    spread = 0
+    for pitch, notes in piano_keys(mapped).items():
+        seconds = ticks_to_seconds(mapped_midi.tempo_map, notes["start_tick"].to_numpy())
+        np.testing.assert_allclose(seconds, ticks_to_seconds(plain_midi.tempo_map, piano_keys(plain)[pitch]["start_tick"].to_numpy()),
+                                   atol=one_tick["mapped"] + one_tick["plain"], err_msg=f"key {pitch}")  # fmt: skip
+        spread += int((notes["start_tick"] != score[pitch]["start_tick"]).sum())
+    assert spread > 0  # the model's own deviation does leave the grid
+
+
+def test_perform_without_pedal_writes_no_sustain_pedal(trained_model, trained_score_model, trained_timing_model, score_parts, tmp_path, caplog):
+    score_model, _ = trained_score_model
+    pedalled, bare = tmp_path / "pedal.mid", tmp_path / "bare.mid"
+    assert perform(score_parts, pedalled, trained_model, score_model, trained_timing_model, "--perform") == 0
+    with caplog.at_level(logging.INFO):
+        assert perform(score_parts, bare, trained_model, score_model, trained_timing_model, "--perform", "--no-pedal") == 0
+    assert "played at timing 1, no pedal" in caplog.text
+    assert cc64(pedalled) and cc64(bare) == []
+    for pitch, notes in piano_keys(bare).items():  # the same performance otherwise
+        pd.testing.assert_frame_equal(notes, piano_keys(pedalled)[pitch], obj=f"key {pitch}")
+
+
+def test_perform_on_a_performance_keeps_the_pianists_timing_and_says_so(trained_model, trained_score_model, trained_timing_model, demo_raw,
+                                                                       tmp_path, caplog):  # fmt: skip
+    score_model, _ = trained_score_model
+    source = demo_raw.parent / DEMO_PIECE
+    plain, performed = tmp_path / "plain.mid", tmp_path / "performed.mid"
+    assert perform(source, plain, trained_model, score_model, trained_timing_model) == 0
+    with caplog.at_level(logging.INFO):
+        assert perform(source, performed, trained_model, score_model, trained_timing_model, "--perform", "--timing", "2") == 0
+    assert performed.read_bytes() == plain.read_bytes()  # the velocities only, as without --perform
+    said = [r.getMessage() for r in caplog.records if "timing" in r.getMessage()]
+    assert said == [f"{source}: read as a performance: its pianist's timing is kept, only the velocities change"]
+
+
+def test_perform_controls_out_of_range_or_without_perform_are_refused(trained_model, trained_score_model, trained_timing_model, score_parts,
+                                                                      tmp_path, capsys, caplog):  # fmt: skip
+    score_model, _ = trained_score_model
+    out = tmp_path / "out.mid"
+    for bad in ("3", "-0.5", "nan"):
+        with pytest.raises(SystemExit) as exit_info:
+            perform(score_parts, out, trained_model, score_model, trained_timing_model, "--perform", "--timing", bad)
+        assert exit_info.value.code == 2
+        assert "argument --timing: timing must be between 0 and 2" in capsys.readouterr().err
+    assert perform(score_parts, out, trained_model, score_model, trained_timing_model, "--tempo-map") == 2
+    assert "--timing, --no-pedal and --tempo-map shape --perform: add --perform" in caplog.text
+    assert not out.exists()
+
+
+def test_perform_on_a_score_without_tempo_or_meter_warns_and_renders(trained_score_model, trained_model, trained_timing_model, tmp_path):
+    """Through the real command in its own process: two warning lines, no traceback, the file written."""
+    from conftest import velocity, velocity_env
+
+    score_model, scores = trained_score_model
+    song = mido.MidiFile(scores / TEST_SCORE)
+    for track in song.tracks:
+        kept = [m for m in track if m.type not in ("set_tempo", "time_signature")]
+        track[:] = kept
+    bare = tmp_path / "bare_score.mid"
+    song.save(str(bare))
+    out = tmp_path / "out.mid"
+    proc = velocity(["predict", str(bare), "-o", str(out), "--model", str(trained_model), "--score-model", str(score_model),
+                     "--timing-model", str(trained_timing_model), "--perform"], velocity_env(tmp_path), tmp_path)  # fmt: skip
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("WARNING")]
+    assert warnings == [f"WARNING velocity.pipeline.predict: {bare}: no tempo: read at MIDI's default 120 quarter notes per minute",
+                        f"WARNING velocity.pipeline.predict: {bare}: no time signature: read as 4/4, so the pedal changes on those bars"]  # fmt: skip
+    assert f"{bare}: played at timing 1" in proc.stderr
+    assert {pitch: len(notes) for pitch, notes in piano_keys(out).items()} == {pitch: len(notes) for pitch, notes in piano_keys(bare).items()}
+
+
+def test_perform_without_a_timing_model_is_one_clear_line(trained_model, trained_score_model, tmp_path):
+    """Through the real command: exit code 1, one error line naming the missing file and how to get one."""
+    from conftest import velocity, velocity_env
+
+    score_model, scores = trained_score_model
+    missing, out = tmp_path / "no_timing.pt", tmp_path / "out.mid"
+    proc = velocity(["predict", str(scores / TEST_SCORE), "-o", str(out), "--model", str(trained_model), "--score-model", str(score_model),
+                     "--timing-model", str(missing), "--perform"], velocity_env(tmp_path), tmp_path)  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR")]
+    assert errors == [f"ERROR velocity.pipeline.predict: {missing}: no timing model file; train one with `dvc repro timing_train`, or leave out --perform"]
+    assert not out.exists()
