@@ -126,6 +126,8 @@ def test_dvc_repro_evaluate_beats_the_baselines_on_the_demo_corpus(tmp_path, mon
         "evaluate": {"segments": 2, "segment_notes": 64},
         # The score model as the default one (encoder-only: its four decodings in evaluate take seconds, not minutes).
         "score_train": {"model": {"kind": "encoder"}, "train": {"max_steps": 100, "notation_dropout": 0.25, "ensemble": 2}},
+        "timing_train": {"model": {"layers": 1}, "train": {"max_steps": 200, "eval_every": 100, "checkpoint_every": 200, "device": "cpu"}},
+        "timing_tree": {"max_iter": 20},
     })  # fmt: skip
     dvc(project, "repro", "evaluate")
 
@@ -167,8 +169,14 @@ def test_dvc_repro_evaluate_beats_the_baselines_on_the_demo_corpus(tmp_path, mon
     assert abs(metrics["velocity_mae_score_remapped"] - metrics["velocity_mae_score"]) < 0.5  # relative dynamics only
     assert 0 <= metrics["score_network_weight"] <= 1  # fitted on validation: the networks' share against the tree's
 
+    # Timing: the rendered scores against the pianists, beside the score as written and the trees (the
+    # other pianists' consensus needs 2+ MAESTRO test performances of a score, which the demo has not).
+    assert TIMING_KEYS <= set(metrics)
+    assert metrics["tempo_r_score"] > metrics["tempo_r_score_written"] + 0.1  # the demo's rubato, learned
+    assert metrics["pedal_accuracy_score"] > metrics["pedal_accuracy_score_written"]
+
     plots = sorted(p.name for p in (project / "plots/evaluate").iterdir())
-    assert "predicted_vs_true.png" in plots and "velocity_bins_confusion.png" in plots
+    assert "predicted_vs_true.png" in plots and "velocity_bins_confusion.png" in plots and "tempo_curves.png" in plots
     assert len([p for p in plots if p.startswith("segment")]) == 2
     for name in plots:
         assert (project / "plots/evaluate" / name).read_bytes()[:8] == PNG_MAGIC
@@ -191,6 +199,11 @@ SCORE_KEYS = {
     f"{key}_all" for key in ("velocity_mae_score", "velocity_r_score", "velocity_std_ratio_score", "velocity_mae_score_flat_input",
                              "velocity_mae_gbt_score", "velocity_mae_flat64_score", "score_notes", "score_performances")
 }  # fmt: skip
+
+
+TIMING_KEYS = {f"{key}_score{baseline}" for key in ("tempo_r", "tempo_shape_error", "tempo_level_error", "onset_r", "articulation_r",
+                                                   "pedal_accuracy", "pedal_f1") for baseline in ("", "_written", "_tree")}
+TIMING_KEYS |= {"velocity_r_within_score", "velocity_r_within_notated_score", "velocity_r_within_gbt_score"}
 
 
 def test_other_pianists_mean_leaves_each_performance_out():

@@ -39,6 +39,9 @@ TINY_PIPELINE: dict[str, Any] = deep_update(
             "checkpoint_every": 4, "eval_windows": 4, "device": "cpu", "ensemble": 1,
         },
         "score_train": {"train": {"max_steps": 4, "ensemble": 2}},  # the score model's ensemble, two members of 4 steps
+        "timing_train": {"model": {"layers": 1, "heads": 2, "d_model": 16, "d_ff": 32},
+                         "train": {"batch_size": 4, "max_steps": 4, "eval_every": 4, "checkpoint_every": 4, "device": "cpu"}},
+        "timing_tree": {"max_iter": 5},
         "evaluate": {"batch_windows": 64, "segments": 1, "segment_notes": 32},
         "gbt": {"max_iter": 20, "seed": 0},  # both trees (gbt, score_gbt): seconds, not a minute
         "performance_rnn": {

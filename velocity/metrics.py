@@ -72,8 +72,8 @@ def timing_scores(test: pd.DataFrame, pedal: pd.DataFrame, renderings: dict[str,
     aligned notes; NaN rows are played as written) times each performance of `test`, rendered as
     `velocity predict --perform` renders it, against the pianist's own timing and pedal (`pedal`: the
     align stage's pedal.parquet), with velocity/model/timing.py's definitions; means over the
-    performances a prediction covers (a row of all-NaN targets for a whole performance: not covered).
-    Keys `<metric>_score<name>`."""
+    performances a prediction covers (a row of all-NaN targets for a whole performance: not covered;
+    a prediction covering none has no keys). Keys `<metric>_score<name>`."""
     from velocity.model.timing import compare, mean_metrics, onset_groups, render_performance, timing_profile
 
     events = {piece: (part["time"].to_numpy(), part["value"].to_numpy()) for piece, part in pedal.groupby("piece_id", sort=False)}
@@ -96,6 +96,8 @@ def timing_scores(test: pd.DataFrame, pedal: pd.DataFrame, renderings: dict[str,
             rows[name].append(compare(timing_profile(start, end, played.onset, played.end, pedal_times, pedal_values, group), truth))
     scores: dict[str, float] = {}
     for name, found in rows.items():
+        if not found:  # the consensus of a test split with one performance per score
+            continue
         for metric, value in mean_metrics(found).items():
             scores[f"{TIMING_KEYS[metric]}_score{name}"] = value
         scores[f"timing_performances_score{name}"] = len(found)
