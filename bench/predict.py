@@ -128,7 +128,7 @@ def main() -> None:
               f"{model.model.num_params():,} parameters; windows {model.length}/{model.step}; torch threads {torch.get_num_threads()}")  # fmt: skip
 
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)} if args.threads else None  # same threads as below
-        cmd = [sys.executable, "-m", "pipeline", "predict", str(piece), "-o", str(Path(tmp) / "cli.mid"),
+        cmd = [sys.executable, "-m", "velocity.pipeline", "predict", str(piece), "-o", str(Path(tmp) / "cli.mid"),
                "--model", str(model_path), "--decoding", decoding]  # fmt: skip
         seconds, peak_mb = peak_rss_mb_of(cmd, env)
         print(f"velocity predict ({decoding}, fresh process, imports and model load included): {seconds:.1f} s, "

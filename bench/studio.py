@@ -84,7 +84,7 @@ def main() -> None:
         port = free_port()
         env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
         server = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "studio", "--port", str(port), "--model", str(model), "--score-model", str(Path(tmp) / "none.pt")],
+            [sys.executable, "-m", "velocity.pipeline", "studio", "--port", str(port), "--model", str(model), "--score-model", str(Path(tmp) / "none.pt")],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )  # fmt: skip
         try:

@@ -25,7 +25,7 @@ FULL_ZIP = SHARED_DATA / "maestro-v3.0.0-asap-midi.zip"
 TINY_ZIP = SHARED_DATA / "maestro-v3.0.0-asap-tiny-midi.zip"
 
 # What a throwaway project copy needs: the code and the pipeline definition, never data.
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", "downloads.lock.json", "stages", "model", "pipeline"]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", "downloads.lock.json", "velocity"]
 
 
 @contextlib.contextmanager
@@ -178,7 +178,7 @@ def velocity_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
 def velocity(args: list[str], env: dict[str, str], cwd: Path, timeout_seconds: float = 120) -> subprocess.CompletedProcess:
     """Run the real `velocity` command (this checkout's code) in a subprocess."""
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], cwd=cwd, env={**env, "PYTHONPATH": str(ROOT)},
+        [sys.executable, "-m", "velocity.pipeline", *args], cwd=cwd, env={**env, "PYTHONPATH": str(ROOT)},
         capture_output=True, text=True, timeout=timeout_seconds,
     )
 

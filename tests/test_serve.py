@@ -73,7 +73,7 @@ def test_deployment_schedule_on_a_real_server(prefect_server: tuple[str, dict[st
     # The real command: `velocity serve` serves the deployment; a run asked of it executes the flow.
     serve_env = {**project_env(project), **env, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
     serving = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "serve", "download", "--cron", "0 3 * * *", "--name", "nightly", "--root", str(project)],
+        [sys.executable, "-m", "velocity.pipeline", "serve", "download", "--cron", "0 3 * * *", "--name", "nightly", "--root", str(project)],
         cwd=tmp_path, env=serve_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     try:

@@ -46,7 +46,7 @@ def studio(trained_model, trained_score_model, tmp_path_factory) -> Iterator[dic
     tmp = tmp_path_factory.mktemp("studio")
     port = free_port()
     score_model, scores = trained_score_model
-    command = [sys.executable, "-m", "pipeline", "studio", "--port", str(port), "--model", str(trained_model),
+    command = [sys.executable, "-m", "velocity.pipeline", "studio", "--port", str(port), "--model", str(trained_model),
                "--score-model", str(score_model), "--max-upload-mb", str(UPLOAD_LIMIT_MB)]  # fmt: skip
     server = subprocess.Popen(
         command, cwd=tmp, env={**velocity_env(tmp), **ONE_THREAD, "PYTHONPATH": str(ROOT)},
@@ -345,7 +345,7 @@ def test_audio_unavailable_is_one_line_in_the_page_config(monkeypatch, trained_m
 def test_a_missing_model_is_one_line_saying_how_to_train_one(tmp_path):
     proc = velocity(["studio", "--port", str(free_port()), "--model", str(tmp_path / "none.pt")], velocity_env(tmp_path), tmp_path)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"ERROR pipeline.studio: {tmp_path / 'none.pt'}: no performance model file; train one with `dvc repro train`"]
+    assert proc.stderr.strip().splitlines() == [f"ERROR velocity.pipeline.studio: {tmp_path / 'none.pt'}: no performance model file; train one with `dvc repro train`"]
 
 
 def test_a_taken_port_is_one_line(trained_model, tmp_path):
@@ -356,7 +356,7 @@ def test_a_taken_port_is_one_line(trained_model, tmp_path):
         proc = velocity(["studio", "--port", str(port), "--model", str(trained_model), "--score-model", str(tmp_path / "none.pt")],
                         velocity_env(tmp_path), tmp_path)  # fmt: skip
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == f"ERROR pipeline.studio: cannot serve on 127.0.0.1:{port} (Address already in use): choose another with --port"
+    assert proc.stderr.strip().splitlines()[-1] == f"ERROR velocity.pipeline.studio: cannot serve on 127.0.0.1:{port} (Address already in use): choose another with --port"
     assert "velocity studio: http" not in proc.stdout
 
 

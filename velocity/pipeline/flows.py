@@ -125,7 +125,7 @@ def stage_order(root: Path | str, target: str | None = None) -> list[str]:
 
 def dvc_env() -> dict[str, str]:
     """Environment for DVC subprocesses: this interpreter's `python` first, unbuffered stage output."""
-    # Stage cmds say `python -m stages.x`; a served deployment may run without the venv activated.
+    # Stage cmds say `python -m velocity.stages.x`; a served deployment may run without the venv activated.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     return {**os.environ, "PATH": path, "PYTHONUNBUFFERED": "1", "DVC_NO_ANALYTICS": "1"}
 
