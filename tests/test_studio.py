@@ -15,15 +15,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from playwright.sync_api import Download, Page, expect
 
 from browser import MAX_DRAWN_MEAN_DIFFERENCE, MIN_DRAWN_CORRELATION, chromium_page, drawn_likeness, open_image, require_chromium, show
 from conftest import ROOT, free_port, stop, velocity, velocity_env
 from velocity.model.midi import read_midi
-from trained_models import TEST_SCORE
+from trained_models import DEMO_PIECE, TEST_SCORE
 
-TEST_PIECE = "maestro-v3.0.0/2008/MIDI-Unprocessed_13_R1_2008_01-04_ORIG_MID--AUDIO_13_R1_2008_wav--1__Prelude_bwv_862.midi"
 UPLOAD_LIMIT_MB = 1.5  # the test server's limit: an oversized file is cheap to make
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # server and command add their floats alike
 def has_audio() -> bool:
@@ -41,13 +41,13 @@ AUDIO_MISSING = "no fluidsynth or soundfont (apt-get install fluidsynth fluid-so
 
 
 @pytest.fixture(scope="module")
-def studio(trained_model, trained_score_model, tmp_path_factory) -> Iterator[dict]:
+def studio(trained_model, trained_score_model, trained_timing_model, tmp_path_factory) -> Iterator[dict]:
     """`velocity studio` serving the tiny models; yields its address and inputs."""
     tmp = tmp_path_factory.mktemp("studio")
     port = free_port()
     score_model, scores = trained_score_model
     command = [sys.executable, "-m", "velocity.pipeline", "studio", "--port", str(port), "--model", str(trained_model),
-               "--score-model", str(score_model), "--max-upload-mb", str(UPLOAD_LIMIT_MB)]  # fmt: skip
+               "--score-model", str(score_model), "--timing-model", str(trained_timing_model), "--max-upload-mb", str(UPLOAD_LIMIT_MB)]  # fmt: skip
     server = subprocess.Popen(
         command, cwd=tmp, env={**velocity_env(tmp), **ONE_THREAD, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
@@ -64,7 +64,7 @@ def studio(trained_model, trained_score_model, tmp_path_factory) -> Iterator[dic
             except OSError:
                 assert server.poll() is None and time.monotonic() < deadline, "the studio did not start"
                 time.sleep(0.2)
-        yield {"base": base, "tmp": tmp, "model": trained_model, "score_model": score_model, "scores": scores}
+        yield {"base": base, "tmp": tmp, "model": trained_model, "score_model": score_model, "timing_model": trained_timing_model, "scores": scores}
     finally:
         stop(server)
 
@@ -86,7 +86,11 @@ def cards(page: Page) -> list[dict]:
         name: card.querySelector('.name').textContent, state: card.dataset.state || '', result: card.dataset.result || '',
         error: card.querySelector('.error').hidden ? '' : card.querySelector('.error').textContent,
         kind: card.querySelector('.kind').textContent, counts: card.querySelector('.counts').textContent,
+        performed: card.querySelector('.performed').textContent, listen: card.querySelector('.humanized-label').textContent,
         download: card.querySelector('a.download').getAttribute('href'),
+        tempo_map: card.querySelector('a.download-tempo-map').hidden ? null : card.querySelector('a.download-tempo-map').getAttribute('href'),
+        tempo: card.querySelector('img.tempo').hidden ? null : card.querySelector('img.tempo').naturalWidth,
+        warnings: [...card.querySelectorAll('.warnings li')].map(item => item.textContent),
     }))""")
 
 
@@ -101,6 +105,13 @@ def wait_settled(page: Page, count: int, timeout_seconds: float = 120) -> list[d
 def move(page: Page, control: str, value: float) -> None:
     """Move a slider as a hand does: Playwright sets it, then fires its input and change events."""
     page.locator(f"#{control}").fill(str(value))
+
+
+def wait_remade(page: Page, card: dict, index: int = 0) -> dict:
+    """Card `index` once a control's change has made it anew (a result other than `card`'s) and it is ready."""
+    page.wait_for_function("""([index, before]) => { const card = document.querySelectorAll('.card')[index];
+        return card.dataset.result !== before && card.dataset.state === 'ready'; }""", arg=[index, card["result"]])  # fmt: skip
+    return cards(page)[index]
 
 
 def download(page: Page, selector: str) -> Download:
@@ -155,10 +166,22 @@ def chunked_upload(base: str, name: str, data: bytes) -> tuple[int, bytes]:
     return response.status, response.read()
 
 
-def cli_predict(studio: dict, source: Path, out: Path, *options: str) -> None:
-    proc = velocity(["predict", str(source), "-o", str(out), "--model", str(studio["model"]), "--score-model", str(studio["score_model"]), *options],
-                    {**velocity_env(studio["tmp"]), **ONE_THREAD}, studio["tmp"])  # fmt: skip
+def cli_predict(studio: dict, source: Path, out: Path, *options: str) -> str:
+    """`velocity predict` with the studio's models; its log."""
+    proc = velocity(["predict", str(source), "-o", str(out), "--model", str(studio["model"]), "--score-model", str(studio["score_model"]),
+                     "--timing-model", str(studio["timing_model"]), *options], {**velocity_env(studio["tmp"]), **ONE_THREAD}, studio["tmp"])  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stderr
+
+
+def ogg_seconds(data: bytes) -> float:
+    """An Ogg Vorbis file's length: its last page's granule position (samples) over the sample rate."""
+    import struct
+
+    last_page = data.rfind(b"OggS")
+    samples = struct.unpack_from("<q", data, last_page + 6)[0]
+    rate = struct.unpack_from("<I", data, data.find(b"\x01vorbis") + 12)[0]
+    return samples / rate
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -173,7 +196,7 @@ def differing_pixels(screenshot: Path, rect: dict, figure: bytes) -> int:
     return int((np.abs(drawn - expected) >= 32).sum())
 
 
-def test_a_dropped_score_is_humanized_a_control_reshapes_it_and_the_download_is_the_commands_file(studio, page, tiny_raw, tmp_path):
+def test_a_dropped_score_is_humanized_a_control_reshapes_it_and_the_download_is_the_commands_file(studio, page, demo_raw, tmp_path):
     score = studio["scores"] / TEST_SCORE
     open_studio(page, studio)
     page.set_input_files("#files", [score])
@@ -200,16 +223,118 @@ def test_a_dropped_score_is_humanized_a_control_reshapes_it_and_the_download_is_
     assert downloaded != score.read_bytes()
 
     # The performance beside it, read as a performance; the zip holds both, as the command writes them.
-    performance = tiny_raw.parent / TEST_PIECE
+    performance = demo_raw.parent / DEMO_PIECE
     page.set_input_files("#files", [performance])
     settled = wait_settled(page, 2)
     assert settled[1]["state"] == "ready" and settled[1]["kind"].startswith("read as a performance: ")
     file = download(page, "#download-all")
     assert file.suggested_filename == "humanized.zip"
     archive = zipfile.ZipFile(io.BytesIO(downloaded_bytes(file)))
-    assert sorted(archive.namelist()) == sorted(["midi_score-humanized.mid", Path(TEST_PIECE).stem + "-humanized.mid"])
+    assert sorted(archive.namelist()) == sorted(["midi_score-humanized.mid", Path(DEMO_PIECE).stem + "-humanized.mid"])
     cli_predict(studio, performance, tmp_path / "cli_performance.mid", "--strength", "0.5", "--dynamics", "1.5")
-    assert archive.read(Path(TEST_PIECE).stem + "-humanized.mid") == (tmp_path / "cli_performance.mid").read_bytes()
+    assert archive.read(Path(DEMO_PIECE).stem + "-humanized.mid") == (tmp_path / "cli_performance.mid").read_bytes()
+
+
+def in_score_order(score: pd.DataFrame, performed: pd.DataFrame) -> pd.DataFrame:
+    """The performed file's piano notes, row for row with the score's: a key's notes keep their order
+    in a performance (the file's own note order does not: the notes moved), so a key's k-th is its k-th."""
+    score_order = np.lexsort((np.arange(len(score)), score["start"].to_numpy(), score["pitch"].to_numpy()))
+    performed_order = np.lexsort((np.arange(len(performed)), performed["start"].to_numpy(), performed["pitch"].to_numpy()))
+    assert np.array_equal(score["pitch"].to_numpy()[score_order], performed["pitch"].to_numpy()[performed_order])  # one for one
+    rows = np.empty(len(score), dtype=np.int64)
+    rows[score_order] = performed_order
+    return performed.iloc[rows].reset_index(drop=True)
+
+
+def test_the_perform_switch_plays_a_score_like_a_pianist_and_both_downloads_are_the_commands_files(studio, page, demo_raw, tmp_path):
+    from velocity.figures import performed_roll_figure, png_bytes
+    from velocity.model.notes import piece_notes
+    from velocity.pipeline.humanize import plot_notes
+    from velocity.pipeline.studio import FIGURE_DPI, KEPT_TIMING
+
+    score = studio["scores"] / TEST_SCORE
+    open_studio(page, studio)
+    # Off, as the command is without --perform; timing and pedal shape it only, with the command's range and defaults.
+    expect(page.locator("#perform")).not_to_be_checked()
+    expect(page.locator("#timing")).to_be_disabled()
+    expect(page.locator("#pedal")).to_be_checked()
+    timing = page.locator("#timing")
+    assert (timing.get_attribute("min"), timing.get_attribute("max"), timing.input_value()) == ("0", "2", "1")
+    page.set_input_files("#files", [score])
+    [card] = wait_settled(page, 1)
+    assert card["state"] == "ready" and card["performed"] == "" and card["tempo"] is None and card["tempo_map"] is None, card
+
+    # On: the score played at the model's timing, its tempo curve drawn and a second download offered.
+    page.locator("#perform").check()
+    card = wait_remade(page, card)
+    assert card["performed"] == "played at timing 1" and card["listen"] == "performed" and card["tempo_map"], card
+    assert card["tempo"] > 0  # the tempo figure is drawn
+    expect(page.locator(".card img.tempo")).to_be_visible()
+
+    # Timing 0.5: both downloads are the command's files, byte for byte.
+    move(page, "timing", 0.5)
+    card = wait_remade(page, card)
+    assert card["performed"] == "played at timing 0.5", card
+    file = download(page, "a.download")
+    assert file.suggested_filename == "midi_score-performed.mid"
+    log = cli_predict(studio, score, tmp_path / "cli.mid", "--perform", "--timing", "0.5")
+    assert downloaded_bytes(file) == (tmp_path / "cli.mid").read_bytes()
+    assert f"{score}: played at timing 0.5" in log
+    file = download(page, "a.download-tempo-map")
+    assert file.suggested_filename == "midi_score-performed-tempo-map.mid"
+    cli_predict(studio, score, tmp_path / "cli_tempo_map.mid", "--perform", "--timing", "0.5", "--tempo-map")
+    assert downloaded_bytes(file) == (tmp_path / "cli_tempo_map.mid").read_bytes()
+
+    # The notes moved, and the piano roll on the page shows them where the command's file has them.
+    piece = piece_notes(read_midi(score))
+    written = plot_notes(piece)
+    performed = in_score_order(piece.notes, piece_notes(read_midi(tmp_path / "cli.mid")).notes).iloc[: len(written)]
+    onset, end, velocity = (performed[column].to_numpy() for column in ("start", "end", "velocity"))
+    assert np.abs(onset - written["start"].to_numpy()).max() > 0.05
+    assert np.abs((end - onset) - (written["end"] - written["start"]).to_numpy()).max() > 0.05
+    title = f"{score.name}: as written vs played at timing 0.5"
+    figures = {
+        "moved": png_bytes(performed_roll_figure(written, velocity, onset, end, title), dpi=FIGURE_DPI),
+        "as written": png_bytes(performed_roll_figure(written, velocity, written["start"].to_numpy(), written["end"].to_numpy(), title), dpi=FIGURE_DPI),
+    }  # fmt: skip
+    rect = show(page.locator(".card img.rolls"))
+    shot = tmp_path / "studio-performed-rolls.png"
+    page.screenshot(path=shot)
+    differing = {name: differing_pixels(shot, rect, figure) for name, figure in figures.items()}
+    assert differing["as written"] > 5 * differing["moved"] + 500, differing
+
+    if HAS_AUDIO:  # what the page plays is the command's file rendered: its exact length, not the score's
+        from velocity.pipeline.audio import render_audio
+
+        duration = page.evaluate("""() => new Promise((done, fail) => { const audio = document.querySelector('.card audio.humanized');
+            audio.onloadedmetadata = () => done(audio.duration); audio.onerror = () => fail(audio.error.code);
+            audio.preload = 'auto'; audio.load(); })""")
+        lengths = {}
+        for name, source in (("performed", tmp_path / "cli.mid"), ("score", score)):
+            render_audio(source, tmp_path / f"{name}.ogg")
+            lengths[name] = ogg_seconds((tmp_path / f"{name}.ogg").read_bytes())
+        assert abs(duration - lengths["performed"]) < 0.05 < abs(duration - lengths["score"]), (duration, lengths)
+
+    # No pedal: the command's --no-pedal.
+    page.locator("#pedal").uncheck()
+    card = wait_remade(page, card)
+    assert card["performed"] == "played at timing 0.5, no pedal", card
+    cli_predict(studio, score, tmp_path / "cli_no_pedal.mid", "--perform", "--timing", "0.5", "--no-pedal")
+    assert downloaded_bytes(download(page, "a.download")) == (tmp_path / "cli_no_pedal.mid").read_bytes()
+
+    # A performance keeps its pianist's timing, says so as the command does, and has nothing to download with a tempo map.
+    performance = demo_raw.parent / DEMO_PIECE
+    page.set_input_files("#files", [performance])
+    settled = wait_settled(page, 2)
+    assert settled[1]["kind"].startswith("read as a performance: ") and settled[1]["performed"] == KEPT_TIMING, settled[1]
+    assert settled[1]["tempo"] is None and settled[1]["tempo_map"] is None and settled[1]["listen"] == "humanized"
+    log = cli_predict(studio, performance, tmp_path / "cli_performance.mid", "--perform", "--timing", "0.5", "--no-pedal")
+    assert f"{performance}: {KEPT_TIMING}" in log
+    assert downloaded_bytes(download(page, ".card:nth-child(2) a.download")) == (tmp_path / "cli_performance.mid").read_bytes()
+    # Download all: each as the page offers it.
+    archive = zipfile.ZipFile(io.BytesIO(downloaded_bytes(download(page, "#download-all"))))
+    assert sorted(archive.namelist()) == sorted(["midi_score-performed.mid", Path(DEMO_PIECE).stem + "-humanized.mid"])
+    assert archive.read("midi_score-performed.mid") == (tmp_path / "cli_no_pedal.mid").read_bytes()
 
 
 def test_a_bad_file_shows_its_error_and_the_good_ones_still_come_back(studio, page, tmp_path):
@@ -303,8 +428,8 @@ def test_the_page_plays_both_files_rendered_by_fluidsynth(studio, page):
 
 
 @pytest.mark.skipif(not HAS_AUDIO, reason=AUDIO_MISSING)
-def test_predict_audio_renders_the_humanized_file_louder_when_asked(trained_model, tiny_raw, tmp_path):
-    source = tiny_raw.parent / TEST_PIECE
+def test_predict_audio_renders_the_humanized_file_louder_when_asked(trained_model, demo_raw, tmp_path):
+    source = demo_raw.parent / DEMO_PIECE
     rms = {}
     for loudness in (30, 110):
         wav = tmp_path / f"loud_{loudness}.wav"
@@ -320,8 +445,8 @@ def test_predict_audio_renders_the_humanized_file_louder_when_asked(trained_mode
     assert rms[110] > 2 * rms[30], rms  # the new velocities are what is heard
 
 
-def test_without_fluidsynth_the_command_says_how_to_install_it_and_still_writes_the_file(trained_model, tiny_raw, tmp_path):
-    source = tiny_raw.parent / TEST_PIECE
+def test_without_fluidsynth_the_command_says_how_to_install_it_and_still_writes_the_file(trained_model, demo_raw, tmp_path):
+    source = demo_raw.parent / DEMO_PIECE
     env = {**velocity_env(tmp_path), **ONE_THREAD, "PATH": str(Path(sys.executable).parent)}  # no fluidsynth on it
     proc = velocity(["predict", str(source), "-o", str(tmp_path / "out.mid"), "--model", str(trained_model), "--audio", str(tmp_path / "out.wav")],
                     env, tmp_path)  # fmt: skip
@@ -330,15 +455,18 @@ def test_without_fluidsynth_the_command_says_how_to_install_it_and_still_writes_
     assert "sudo apt-get install fluidsynth fluid-soundfont-gm" in line
 
 
-def test_audio_unavailable_is_one_line_in_the_page_config(monkeypatch, trained_model):
+def test_audio_unavailable_is_one_line_in_the_page_config(monkeypatch, trained_model, tmp_path):
     from velocity.pipeline.humanize import Models
     from velocity.pipeline.studio import Studio
 
     monkeypatch.setenv("PATH", str(Path(sys.executable).parent))
-    config = Studio(Models(trained_model, None)).config()
+    config = Studio(Models(trained_model, None, tmp_path / "none.pt")).config()
     assert config["audio_unavailable"].startswith("FluidSynth is not installed: install FluidSynth")
+    # No timing model: the perform switch is off, and the page says why in the command's words.
+    assert config["perform_unavailable"] == f"{tmp_path / 'none.pt'}: no timing model file; train one with `dvc repro timing_train`, or leave out --perform"
     assert config["controls"]["strength"] == {"min": 0.0, "max": 1.0, "default": 1.0}
     assert config["controls"]["loudness"] == {"min": 1.0, "max": 127.0, "default": None}
+    assert config["controls"]["timing"] == {"min": 0.0, "max": 2.0, "default": 1.0} and config["pedal"] is True
     assert config["max_upload_bytes"] == 20_000_000 and config["decoding"] == "pianist" and config["input"] == "auto"
 
 
@@ -361,13 +489,19 @@ def test_a_taken_port_is_one_line(trained_model, tmp_path):
 
 
 def test_controls_are_refused_as_the_command_refuses_them(tmp_path):
+    from velocity.pipeline.perform import PerformControls
     from velocity.pipeline.predict import PredictError, plan_jobs
-    from velocity.pipeline.studio import controls_from
+    from velocity.pipeline.studio import byte_range, controls_from
 
-    assert controls_from({}) == controls_from({"strength": 1, "loudness": None, "dynamics": 1, "decoding": "pianist", "input": "auto"})
+    assert controls_from({}) == controls_from({"strength": 1, "loudness": None, "dynamics": 1, "decoding": "pianist", "input": "auto", "perform": None})
+    assert controls_from({}).perform is None  # off, as without --perform
+    assert controls_from({"perform": {}}).perform == PerformControls()  # --perform alone
+    assert controls_from({"perform": {"timing": 0.5, "pedal": False}}).perform == PerformControls(0.5, False)  # --timing 0.5 --no-pedal
     for bad, why in [({"dynamics": float("inf")}, "dynamics must be at least 0, got inf"), ({"strength": float("nan")}, "strength must be between 0 and 1"),
                      ({"loudness": 0}, "loudness must be between 1 and 127"), ({"volume": 3}, "no control named volume"),
-                     ({"decoding": "loud"}, "decoding must be one of pianist")]:  # fmt: skip
+                     ({"decoding": "loud"}, "decoding must be one of pianist"), ({"perform": {"timing": 2.5}}, "timing must be between 0 and 2, got 2.5"),
+                     ({"perform": {"tempo_map": True}}, "no perform control named tempo_map"), ({"perform": {"pedal": "no"}}, "pedal must be true or false"),
+                     ({"perform": True}, "perform must be null or")]:  # fmt: skip
         with pytest.raises(ValueError, match=why):
             controls_from(bad)
     # --audio (and --plot) files collide like the MIDI files do: a.mid and a.midi would both render a.wav.
@@ -376,3 +510,9 @@ def test_controls_are_refused_as_the_command_refuses_them(tmp_path):
         (tmp_path / "songs" / name).write_bytes(b"")
     with pytest.raises(PredictError, match="would both be written to .*a.wav"):
         plan_jobs([tmp_path / "songs"], tmp_path / "out", audio=tmp_path / "audio")
+    # The audio's byte ranges (what a browser asks to read an Ogg file's length and to seek).
+    assert [byte_range(header, 100) for header in (None, "bytes=0-", "bytes=10-19", "bytes=-10", "bytes=90-500", "bytes=0-1,5-6")] == [
+        None, (0, 99), (10, 19), (90, 99), (90, 99), None]  # fmt: skip
+    for beyond in ("bytes=100-", "bytes=-0", "bytes=5-2"):
+        with pytest.raises(ValueError):
+            byte_range(beyond, 100)

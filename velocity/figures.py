@@ -158,3 +158,31 @@ def plot_tempo_curves(test: pd.DataFrame, predicted: pd.DataFrame, path: Path) -
     }
     with atomic_path(path) as tmp:
         tmp.write_bytes(png_bytes(tempo_curves_figure(grid + 1.0, curves, f"{part['composer'].iloc[0]}: {part['title'].iloc[0]} ({piece_id})")))
+
+
+def performed_roll_figure(segment: pd.DataFrame, velocity: np.ndarray, onset: np.ndarray, end: np.ndarray, title: str) -> "Figure":
+    """A score's piano roll as written (its notated velocities) beside its performance: the same
+    notes at `onset`..`end` (seconds, a rendering's), coloured by `velocity`; one time axis, each
+    roll from its first onset. Built without pyplot's global state, as `piano_roll_figure`."""
+    from matplotlib.collections import PolyCollection
+    from matplotlib.figure import Figure
+
+    pitch = segment["pitch"].to_numpy()
+    rolls = {
+        "as written": (segment["start"].to_numpy(), segment["end"].to_numpy(), segment["velocity"].to_numpy()),
+        "performed": (np.asarray(onset, dtype=float), np.asarray(end, dtype=float), np.asarray(velocity)),
+    }
+    fig = Figure(figsize=(12, 4))
+    axes = fig.subplots(1, 2, sharex=True, sharey=True)
+    longest = 1e-3
+    for ax, (name, (start, stop, shade)) in zip(axes, rolls.items()):
+        start, stop = start - start.min(), stop - start.min()
+        longest = max(longest, float(stop.max()))
+        boxes = [[(s, p - 0.4), (e, p - 0.4), (e, p + 0.4), (s, p + 0.4)] for s, e, p in zip(start, stop, pitch)]
+        bars = PolyCollection(boxes, array=np.asarray(shade, dtype=float), cmap="plasma", clim=(0, 127), edgecolors="none")
+        ax.add_collection(bars)
+        ax.set(xlabel="seconds", title=name)
+    axes[0].set(xlim=(0, longest), ylim=(pitch.min() - 2, pitch.max() + 2), ylabel="pitch")
+    fig.suptitle(title, fontsize=9)
+    fig.colorbar(bars, ax=axes, label="velocity")
+    return fig
