@@ -456,7 +456,7 @@ def test_perform_plays_the_scores_notes_one_for_one_and_nothing_else_changes(tra
         assert (mine["end_tick"].to_numpy()[:-1] <= mine["start_tick"].to_numpy()[1:]).all(), pitch  # released before struck again
         moved += int((mine["start_tick"] != notes["start_tick"]).sum())
     n_notes = sum(len(notes) for notes in score.values())
-    assert n_notes == 587 and moved > n_notes // 2  # the onsets left the grid
+    assert moved > n_notes // 2  # the onsets left the grid
     assert cc64(performed) and not cc64(score_parts)  # the rendered sustain pedal
 
 
