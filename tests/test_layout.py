@@ -6,7 +6,8 @@
   neither the stages nor the user-facing floor.
 - `velocity.stages` holds only DVC stages; `velocity.pipeline` (the command, flows, studio) never
   imports a stage: what both need lives on a floor below.
-- Every DVC stage declares each project module it imports, directly or not.
+- Every DVC stage declares each project module it imports, directly or not, and no project module
+  it never imports (a folder dep counts when the stage imports a module under it).
 """
 
 import ast
@@ -94,3 +95,17 @@ def test_every_stage_depends_on_every_project_module_it_imports():
         if lacking:
             missing[name] = lacking
     assert missing == {}
+
+
+def test_no_stage_declares_a_project_module_it_never_imports():
+    """A declared module the stage never imports only reruns it for nothing (and misleads the reader)."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    extra = {}
+    for name, stage in stages.items():
+        module = stage["cmd"].split()[2]
+        used = imported_closure(ROOT / (module.replace(".", "/") + ".py"))
+        code = [ROOT / dep for dep in stage.get("deps", []) if (ROOT / dep) == PACKAGE or PACKAGE in (ROOT / dep).parents]
+        unused = sorted(str(d.relative_to(ROOT)) for d in code if not any(p == d or d in p.parents for p in used))
+        if unused:
+            extra[name] = unused
+    assert extra == {}
