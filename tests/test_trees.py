@@ -52,6 +52,29 @@ def test_a_file_that_is_not_a_tree_is_refused(fitted):
         fitted[1].predict_features(np.zeros((3, 5)))
 
 
+def test_a_scikit_learn_whose_private_trees_differ_is_named_not_misread(fitted):
+    """trees.py reads scikit-learn's private tree layout (no public API exists): a regressor without it
+    is refused naming the installed version and the versions the flattening was checked on."""
+    import copy
+    import re
+    from types import SimpleNamespace
+
+    from numpy.lib import recfunctions
+
+    from velocity.model.trees import SKLEARN_CHECKED, TreeEnsemble
+
+    regressor = fitted[0]
+    checked = re.escape(f"checked on ({SKLEARN_CHECKED})")
+    moved = copy.copy(regressor)
+    del moved._baseline_prediction
+    with pytest.raises(ValueError, match=rf"scikit-learn [\d.]+\S* is not one .*{checked}: a fitted HistGradientBoostingRegressor has no '_baseline_prediction'"):
+        TreeEnsemble.from_sklearn(moved, ("pitch", "duration", "dstart", "dprev"))
+    renamed = [[SimpleNamespace(nodes=recfunctions.rename_fields(p.nodes, {"num_threshold": "threshold"}))] for (p,) in regressor._predictors]
+    relaid = SimpleNamespace(n_trees_per_iteration_=1, _predictors=renamed, _baseline_prediction=regressor._baseline_prediction)
+    with pytest.raises(ValueError, match=rf"{checked}: its tree nodes have no 'num_threshold'"):
+        TreeEnsemble.from_sklearn(relaid, ("pitch", "duration", "dstart", "dprev"))
+
+
 def test_the_network_weight_is_the_blend_with_least_absolute_error():
     from velocity.model.calibration import fit_network_weight
 

@@ -10,6 +10,12 @@ level, moving only the paths not yet at a leaf.
 The walk is scikit-learn's rule for numeric splits: a missing value (NaN) goes where the split
 learned to send missing values, any other value goes left when it is <= the threshold. The
 prediction is the baseline plus the leaf values reached (absolute-error loss: no link function).
+
+scikit-learn keeps a fitted regressor's trees private: `_predictors` (one `TreePredictor` per
+iteration, whose `nodes` is a record array) and `_baseline_prediction`. It has no public API for them
+(its maintainers declined one: scikit-learn issue #16063), so `from_sklearn` reads those, checks their
+layout, and pyproject.toml pins the versions this was checked on, SKLEARN_CHECKED (tests/test_trees.py
+compares the walk with scikit-learn's own `predict`). Widen the pin only after that test passes.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import torch
 from velocity.model.checkpoint import CheckpointError
 from velocity.model.features import note_features
 
+SKLEARN_CHECKED = "1.4 to 1.9"  # the versions pyproject.toml allows, each checked with tests/test_trees.py
+NODE_FIELDS = ("feature_idx", "num_threshold", "missing_go_to_left", "left", "right", "is_leaf", "value", "is_categorical")
 CHUNK_NOTES = 2048  # notes walked at once (x trees: the index arrays of one level; small stays in cache)
 
 
@@ -45,7 +53,11 @@ class TreeEnsemble:
         """Flatten a fitted `HistGradientBoostingRegressor` (numeric features only)."""
         if regressor.n_trees_per_iteration_ != 1:
             raise ValueError("only single-output regressors can be flattened")
-        nodes = [predictor.nodes for (predictor,) in regressor._predictors]
+        nodes = [predictor.nodes for (predictor,) in _private(regressor, "_predictors")]
+        baseline = _private(regressor, "_baseline_prediction")
+        lacking = [name for name in NODE_FIELDS if any(name not in (tree.dtype.names or ()) for tree in nodes)]
+        if lacking:
+            raise ValueError(f"{_unchecked()}: its tree nodes have no '{lacking[0]}'")
         if any(tree["is_categorical"].any() for tree in nodes):
             raise ValueError("categorical splits are not supported")
         offsets = np.cumsum([0] + [len(tree) for tree in nodes])[:-1]
@@ -54,7 +66,7 @@ class TreeEnsemble:
         leaf = every["is_leaf"].astype(bool)
         return cls(
             features=tuple(features),
-            baseline=float(np.ravel(regressor._baseline_prediction)[0]),
+            baseline=float(np.ravel(baseline)[0]),
             roots=offsets.astype(np.int64),
             feature=np.where(leaf, 0, every["feature_idx"]).astype(np.int64),
             threshold=every["num_threshold"].astype(np.float64),
@@ -112,3 +124,17 @@ class TreeEnsemble:
     @staticmethod
     def _array_names() -> list[str]:
         return [f.name for f in fields(TreeEnsemble) if f.name not in ("features", "baseline")]
+
+
+def _private(regressor: Any, name: str) -> Any:
+    """A private attribute of a fitted regressor, or an error naming the versions this was checked on."""
+    try:
+        return getattr(regressor, name)
+    except AttributeError:
+        raise ValueError(f"{_unchecked()}: a fitted {type(regressor).__name__} has no '{name}'") from None
+
+
+def _unchecked() -> str:
+    import sklearn
+
+    return f"scikit-learn {sklearn.__version__} is not one the tree flattening was checked on ({SKLEARN_CHECKED})"
