@@ -25,7 +25,7 @@ FULL_ZIP = SHARED_DATA / "maestro-v3.0.0-asap-midi.zip"
 TINY_ZIP = SHARED_DATA / "maestro-v3.0.0-asap-tiny-midi.zip"
 
 # What a throwaway project copy needs: the code and the pipeline definition, never data.
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", "downloads.lock.json", "velocity"]
+PROJECT_FILES = ["dvc.yaml", ".dvcignore", "params.yaml", "pyproject.toml", "downloads.lock.json", "velocity"]
 
 
 @contextlib.contextmanager
