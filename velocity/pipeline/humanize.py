@@ -325,6 +325,7 @@ def predict_file(
     naming the file (nothing written) when it holds no usable piano note, PredictError when
     `out_path` is `in_path`, CheckpointError when the model its kind needs is missing."""
     from velocity.model.midi import read_midi
+    from velocity.pipeline.perform import KEPT_TIMING, performed_line
 
     began = time.perf_counter()
     if Path(in_path).resolve() == Path(out_path).resolve():
@@ -336,11 +337,10 @@ def predict_file(
     if controls.perform is not None and kind.kind == "score":
         data, notices = performed_file(piece, velocity, models.timing(), controls.perform)
         write_bytes(data, out_path)
-        performed = f"played at timing {controls.perform.timing:g}" + (", the tempo as the file's tempo map" if controls.perform.tempo_map else "") \
-            + ("" if controls.perform.pedal else ", no pedal")
+        performed = performed_line(controls.perform)
     else:
         if controls.perform is not None:
-            performed = "read as a performance: its pianist's timing is kept, only the velocities change"
+            performed = KEPT_TIMING
         write_humanized(piece.midi, velocity, out_path)
     if plot_path is not None:
         plot_file(piece, velocity, plot_path)

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 from velocity.pipeline.humanize import check_control
 
 
+# What the command logs and the page shows of a performance given --perform.
+KEPT_TIMING = "read as a performance: its pianist's timing is kept, only the velocities change"
+
+
 @dataclass(frozen=True)
 class PerformControls:
     timing: float = 1.0  # scales every timing deviation from the notation: 0 as written .. 2
@@ -32,6 +36,12 @@ class PerformControls:
 
     def __post_init__(self) -> None:
         check_control("timing", self.timing)
+
+
+def performed_line(controls: PerformControls) -> str:
+    """What happened to a score's timing, in words."""
+    return (f"played at timing {controls.timing:g}" + (", the tempo as the file's tempo map" if controls.tempo_map else "")
+            + ("" if controls.pedal else ", no pedal"))  # fmt: skip
 
 
 def score_warnings(piece: "PieceNotes") -> list[str]:

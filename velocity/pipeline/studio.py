@@ -46,7 +46,7 @@ from velocity.model.decodings import DEFAULT_DECODING, OFFERED
 from velocity.pipeline.humanize import (
     CONTROL_RANGES, DEFAULT_MODEL, DEFAULT_SCORE_MODEL, DEFAULT_TIMING_MODEL, INPUT_KINDS, Controls, Models, PredictReport,
 )  # fmt: skip
-from velocity.pipeline.perform import PerformControls
+from velocity.pipeline.perform import KEPT_TIMING, PerformControls, performed_line
 
 if TYPE_CHECKING:
     import numpy as np
@@ -71,8 +71,6 @@ KEEP_RENDERED = 24  # figures and audio (a long piece's audio is megabytes)
 DYNAMICS_SLIDER_MAX = 3.0  # the command takes any D >= 0; a slider needs an end
 FIGURE_DPI = 80  # the page's figures: the evaluate stage's, a little smaller to fit the page
 PAGE = Path(__file__).with_name("studio.html")
-# What a result says of its timing, as `velocity predict --perform` logs it.
-KEPT_TIMING = "read as a performance: its pianist's timing is kept, only the velocities change"
 
 
 class StudioError(Exception):
@@ -254,7 +252,7 @@ class Studio:
                 data = performed_bytes(piece, velocity, rendering, perform)
             except MidiError as err:
                 raise StudioError(str(err)) from None
-            performed = f"played at timing {perform.timing:g}" + ("" if perform.pedal else ", no pedal")
+            performed = performed_line(perform)
             notices = score_warnings(piece)
         else:
             performed = KEPT_TIMING if controls.perform is not None else ""
