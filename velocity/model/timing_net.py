@@ -267,12 +267,16 @@ def load_timing_model(path: Path | str, device: torch.device | str = "cpu") -> T
     ckpt = load_checkpoint(path)
     if ckpt.get("kind") != KIND:
         raise CheckpointError(f"{path}: not a timing model (kind {ckpt.get('kind')!r}, expected {KIND!r})")
-    cfg = ModelConfig.from_dict(ckpt["model_config"])
-    net = TimingNet(cfg)
-    net.load_state_dict(ckpt["model"])
-    standardizer = Standardizer(tuple(ckpt["standardizer"]["mean"]), tuple(ckpt["standardizer"]["std"]))
-    return TimingModel(net.to(device).eval(), ckpt["bins"], Vocab.from_dict(ckpt["vocab"]), int(ckpt["windows"]["length"]),
-                       int(ckpt["windows"]["step"]), standardizer, ckpt)  # fmt: skip
+    return timing_model(ckpt, device)
+
+
+def timing_model(state: dict[str, Any], device: torch.device | str = "cpu") -> TimingModel:
+    """The timing model a checkpoint's state describes (the file's contents, or the stage's before it writes them)."""
+    net = TimingNet(ModelConfig.from_dict(state["model_config"]))
+    net.load_state_dict(state["model"])
+    standardizer = Standardizer(tuple(state["standardizer"]["mean"]), tuple(state["standardizer"]["std"]))
+    return TimingModel(net.to(device).eval(), state["bins"], Vocab.from_dict(state["vocab"]), int(state["windows"]["length"]),
+                       int(state["windows"]["step"]), standardizer, state)  # fmt: skip
 
 
 def predict_timing(model: TimingModel, notes: pd.DataFrame, batch_windows: int = 256, blend: bool = True) -> pd.DataFrame:

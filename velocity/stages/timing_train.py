@@ -91,15 +91,10 @@ def train_timing(
 
 def fit_tree_blend(state: dict, validation: pd.DataFrame, tree: pd.DataFrame) -> dict[str, float]:
     """Each target's network weight against the trees, fitted on the validation notes."""
-    from velocity.model.codec import Vocab
     from velocity.model.timing import TIMING_TARGETS
-    from velocity.model.timing_net import Standardizer, TimingModel, TimingNet, blend_error, fit_blend, predict_timing
-    from velocity.model.transformer import ModelConfig
+    from velocity.model.timing_net import blend_error, fit_blend, predict_timing, timing_model
 
-    net = TimingNet(ModelConfig.from_dict(state["model_config"]))
-    net.load_state_dict(state["model"])
-    model = TimingModel(net.eval(), state["bins"], Vocab.from_dict(state["vocab"]), state["windows"]["length"], state["windows"]["step"],
-                        Standardizer(tuple(state["standardizer"]["mean"]), tuple(state["standardizer"]["std"])), state)  # fmt: skip
+    model = timing_model(state)
     network = predict_timing(model, validation, blend=False)
     tree = tree.set_axis(validation.index)
     weights = fit_blend(network, tree, validation)
