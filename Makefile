@@ -1,7 +1,7 @@
 # Two commands on a fresh machine: `make repro` (the pipeline on the offline demo corpus) and `make test`.
 VENV ?= .venv
 BIN := $(VENV)/bin
-# dvc runs each stage's `python -m stages...` through the shell: put the venv first on PATH.
+# dvc runs each stage's `python -m velocity.stages...` through the shell: put the venv first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
