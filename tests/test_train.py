@@ -408,6 +408,22 @@ def test_an_ensemble_keeps_every_member_and_averages_their_distributions(tmp_pat
     assert (root / "models" / "checkpoints" / "member_2" / "last.pt").exists()
 
 
+def test_ensemble_members_trained_side_by_side_equal_those_trained_in_turn(tmp_path):
+    """`train.member_processes: 2` trains the members in two processes of one thread each: the
+    same weights and curves as one thread training them one after another."""
+    encoder = params_section(ModelParams, "model", **{**TINY_MODEL, "kind": "encoder"})
+    checkpoints = {}
+    for processes in (1, 2):
+        root = write_windows_project(tmp_path / f"processes_{processes}")
+        run_training(root / "data" / "windows", root / "data" / "vocab.json", root / "data" / "bins.json", root / "models", encoder,
+                     replace(TINY_TRAIN, ensemble=2, member_processes=processes), live_dir=root / "dvclive" / "train")
+        checkpoints[processes] = load_checkpoint(root / "models" / "velocity.pt")
+        assert _steps_logged(root / "dvclive" / "train", "member_1/val_loss") == [4, 8]
+    in_turn, side_by_side = checkpoints[1], checkpoints[2]
+    for state, other in [(in_turn["model"], side_by_side["model"]), (in_turn["members"][0], side_by_side["members"][0])]:
+        assert all(torch.equal(state[k], other[k]) for k in state)
+
+
 def test_an_ensemble_needs_an_encoder_only_model(tmp_path):
     from velocity.model.config import ParamsError
 

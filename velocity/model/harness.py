@@ -27,11 +27,13 @@ import hashlib
 import json
 import logging
 import math
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -83,6 +85,7 @@ class LoopConfig:
     compile: bool = False  # torch.compile the model
     loader_workers: int = 0  # DataLoader processes preparing the next steps' batches (0: in this one)
     progress: bool = True
+    label: str = "train"  # the progress bar's
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,6 +148,28 @@ def relaunch_if_wanted(nproc_per_node: int, module: str, argv: Sequence[str]) ->
     if nproc_per_node <= 1 or "WORLD_SIZE" in os.environ:
         return None
     return launch_processes(nproc_per_node, ["-m", module, *argv])
+
+
+def _start_worker(threads: int, log_level: int) -> None:
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def side_by_side(jobs: Sequence[Callable[[], Any]], processes: int) -> Iterator[Any]:
+    """Each job's result, in job order. With `processes` > 1 the jobs run in that many fresh
+    processes at a time (spawned: a job must pickle), this process's CPU threads shared out among
+    them: a network this small trains about 1.3 times faster on two cores as two one-threaded
+    processes than as one process with two threads (bench/train.py)."""
+    if processes <= 1 or len(jobs) <= 1:
+        yield from (job() for job in jobs)
+        return
+    processes = min(processes, len(jobs))
+    threads = max(1, torch.get_num_threads() // processes)
+    log.info("%d jobs, %d processes at a time with %d thread%s each", len(jobs), processes, threads, "s" if threads > 1 else "")
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(processes, mp_context=context, initializer=_start_worker, initargs=(threads, logging.getLogger().level)) as pool:
+        futures = [pool.submit(job) for job in jobs]
+        yield from (future.result() for future in futures)
 
 
 def _all_sum(values: Sequence[float], dist: Distributed, device: torch.device) -> list[float]:
@@ -355,7 +380,7 @@ def fit(
         batches, batch_size=None, shuffle=False, num_workers=cfg.loader_workers,
         pin_memory=device.type == "cuda",
     )  # fmt: skip
-    bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not (cfg.progress and dist.is_main), dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=step, desc=cfg.label, unit="step", disable=not (cfg.progress and dist.is_main), dynamic_ncols=True)
     model.train()
     for micro_batches in loader:
         torch.manual_seed(step_seed(cfg.seed, step, dist.rank))

@@ -80,11 +80,15 @@ class TrainConfig:
     # Networks trained alike from seeds seed, seed + 1, ...; the model file keeps them all and each
     # note's distribution is their mean (model.transformer.Ensemble; encoder-only models).
     ensemble: int
+    # Ensemble members trained at once, each in its own process with a share of the CPU threads
+    # (1: one after another in this process, their curves live in dvclive; else each member's
+    # curves are written when it finishes). Ignored under torchrun.
+    member_processes: int
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ParamsError(f"train.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        for name in ("batch_size", "accum", "warmup", "epochs", "eval_every", "checkpoint_every", "nproc_per_node", "ensemble"):
+        for name in ("batch_size", "accum", "warmup", "epochs", "eval_every", "checkpoint_every", "nproc_per_node", "ensemble", "member_processes"):
             if getattr(self, name) < 1:
                 raise ParamsError(f"train.{name} must be at least 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
@@ -351,16 +355,16 @@ def total_steps(cfg: TrainConfig, n_train_windows: int, world_size: int = 1) -> 
     return max(1, math.ceil(cfg.epochs * n_train_windows / (cfg.batch_size * cfg.accum * world_size)))
 
 
-def loop_config(cfg: TrainConfig, n_train_windows: int, world_size: int = 1, progress: bool = True) -> LoopConfig:
+def loop_config(cfg: TrainConfig, n_train_windows: int, world_size: int = 1, progress: bool = True, label: str = "train") -> LoopConfig:
     return LoopConfig(
         steps=total_steps(cfg, n_train_windows, world_size), batch_size=cfg.batch_size, accum=cfg.accum,
         eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, device=cfg.device,
-        compile=cfg.compile, loader_workers=cfg.loader_workers, progress=progress,
+        compile=cfg.compile, loader_workers=cfg.loader_workers, progress=progress, label=label,
     )  # fmt: skip
 
 
 # Train params that do not change what is learned: a run may resume with other values of them.
-NOT_FINGERPRINTED = ("checkpoint_every", "device", "nproc_per_node", "compile", "loader_workers", "ensemble")
+NOT_FINGERPRINTED = ("checkpoint_every", "device", "nproc_per_node", "compile", "loader_workers", "ensemble", "member_processes")
 
 
 def train(
@@ -375,17 +379,26 @@ def train(
     dist: Distributed | None = None,
     flat_notation: dict[int, int] | None = None,
     init_state: dict[str, torch.Tensor] | None = None,
+    label: str = "train",
 ) -> FitResult:
     """Train from scratch (or from `init_state`, see `warm_start`), or continue the run of
     `run_fingerprint` in `checkpoint_dir`; `flat_notation` (feature column -> flat id) is what
-    `notation_dropout` hides the dynamics with."""
+    `notation_dropout` hides the dynamics with; `label` names the progress bar."""
     dist = dist or distributed_from_env()
     seed_everything(cfg.seed)  # the initial weights: the same on every process
     model = build_model(model_cfg)
     if init_state:
         model.load_state_dict(init_state, strict=False)
     task = VelocityTask(model_cfg, cfg, train_windows, val_windows, flat_notation)
-    return fit(task, model, loop_config(cfg, len(train_windows), dist.world_size, progress), checkpoint_dir, run_fingerprint, log_point, dist)
+    return fit(task, model, loop_config(cfg, len(train_windows), dist.world_size, progress, label), checkpoint_dir, run_fingerprint, log_point, dist)
+
+
+def train_from_folder(windows_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, checkpoint_dir: Path, run_fingerprint: str,
+                      log_point: Callable[[dict[str, float]], None] | None = None, **options: Any) -> FitResult:  # fmt: skip
+    """`train` on the train and validation windows of a windows stage's folder; a job that
+    pickles (harness.side_by_side), as it carries paths rather than the windows."""
+    return train(model_cfg, cfg, Windows.load(windows_dir, "train"), Windows.load(windows_dir, "validation"), checkpoint_dir,
+                 run_fingerprint, log_point, **options)  # fmt: skip
 
 
 _FEATURE_EMBEDDING = re.compile(r"(.*\.features\.)(\d+)(\.weight)$")

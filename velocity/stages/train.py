@@ -17,6 +17,7 @@ import logging
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -73,17 +74,16 @@ With `blend_tree` (a tree stage's tree.pt) the model carries that tree, and cali
 how much of the network's velocity the `pianist` decoding keeps against the tree's.
 Under torchrun every process trains; rank 0 writes."""
     from velocity.model.features import feature_sizes, flat_notation_ids
-    from velocity.model.harness import distributed_from_env, end_process, fingerprint
+    from velocity.model.harness import distributed_from_env, end_process, fingerprint, side_by_side
     from velocity.model.checkpoint import CheckpointError, load_checkpoint
     from velocity.model.trees import TreeEnsemble
-    from velocity.model.training import NOT_FINGERPRINTED, Windows, WindowsError, export_model, train, warm_start
+    from velocity.model.training import NOT_FINGERPRINTED, Windows, WindowsError, export_model, train_from_folder, warm_start
     from velocity.model.transformer import ModelConfig, build_model
 
     vocab = json.loads(vocab_path.read_text())
     bins = json.loads(bins_path.read_text())
     windows_stats = json.loads((windows_dir / "stats.json").read_text())  # length and step: new pieces are cut the same way
     train_windows = Windows.load(windows_dir, "train")
-    val_windows = Windows.load(windows_dir, "validation")
     features = feature_sizes(bins.get("features") or {})
     if train_windows.n_features != len(features):
         raise WindowsError(f"{train_windows.name}: {train_windows.n_features} note features per note, but {bins_path} names {len(features)}: rerun the windows stage")
@@ -112,21 +112,31 @@ Under torchrun every process trains; rank 0 writes."""
         raise params_lib.ParamsError(f"train.ensemble: {train_params.ensemble} networks average their distributions in one pass, which needs model.kind: encoder")
 
     dist = distributed_from_env()
+    # Member i trains from seed + i in its own checkpoint folder; its fingerprint leaves out the
+    # member count, so a larger ensemble keeps the members already trained.
+    jobs = []
+    for member in range(train_params.ensemble):
+        member_params = replace(train_params, seed=train_params.seed + member)
+        resumable_params = {k: v for k, v in asdict(member_params).items() if k not in NOT_FINGERPRINTED}
+        run_fingerprint = fingerprint(model_cfg.to_dict(), resumable_params, vocab, bins, files=data_files + code_files())
+        member_dir = checkpoint_dir / f"member_{member}" if member else checkpoint_dir
+        jobs.append(partial(train_from_folder, windows_dir, model_cfg, member_params, member_dir, run_fingerprint, dist=dist,
+                            flat_notation=flat_notation_ids(bins.get("features") or {}), init_state=init_state,
+                            label=f"train member {member}" if train_params.ensemble > 1 else "train"))  # fmt: skip
     results = []
     try:
         with Curves(live_dir if dist.is_main else None) as curves:
-            # Member i trains from seed + i in its own checkpoint folder; its fingerprint leaves out
-            # the member count, so a larger ensemble keeps the members already trained.
-            for member in range(train_params.ensemble):
-                member_params = replace(train_params, seed=train_params.seed + member)
-                resumable_params = {k: v for k, v in asdict(member_params).items() if k not in NOT_FINGERPRINTED}
-                run_fingerprint = fingerprint(model_cfg.to_dict(), resumable_params, vocab, bins, files=data_files + code_files())
-                member_dir, log_point = checkpoint_dir, curves
-                if member:
-                    log.info("ensemble member %d of %d (seed %d)", member + 1, train_params.ensemble, member_params.seed)
-                    member_dir, log_point = checkpoint_dir / f"member_{member}", member_curves(curves, member)
-                results.append(train(model_cfg, member_params, train_windows, val_windows, member_dir, run_fingerprint, log_point, dist=dist,
-                                     flat_notation=flat_notation_ids(bins.get("features") or {}), init_state=init_state))
+            log_points = [curves] + [member_curves(curves, member) for member in range(1, len(jobs))]
+            if train_params.member_processes > 1 and not dist.active:
+                for result, log_point in zip(side_by_side(jobs, train_params.member_processes), log_points):
+                    for point in result.history:  # each member's curves once it is done
+                        log_point(point)
+                    results.append(result)
+            else:  # one after another, the curves live
+                for member, (job, log_point) in enumerate(zip(jobs, log_points)):
+                    if member:
+                        log.info("ensemble member %d of %d (seed %d)", member + 1, len(jobs), train_params.seed + member)
+                    results.append(job(log_point=log_point))
     finally:
         end_process(dist)
     result = results[0]
