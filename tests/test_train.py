@@ -228,11 +228,11 @@ def test_seed_preset_command_line_sets_every_key_the_sections_know():
     params_section(ModelParams, "model", **SEED_PRESET["model"])
 
 
-def test_readme_gives_the_whole_seed_preset():
-    readme = " ".join((ROOT / "README.md").read_text().replace("\\\n", " ").split())
+def test_the_model_docs_give_the_whole_seed_preset():
+    docs = " ".join((ROOT / "docs" / "model.md").read_text().replace("\\\n", " ").split())
     wanted = ["-S " + arg.removeprefix("-S ") for arg in dvc_set_args(SEED_PRESET).split(" -S ")]
-    missing = [arg for arg in wanted if arg + " " not in readme]
-    assert not missing, f"README's seed command lacks {missing}"
+    missing = [arg for arg in wanted if arg + " " not in docs]
+    assert not missing, f"docs/model.md's seed command lacks {missing}"
 
 
 def test_cut_windows_makes_short_windows_and_drops_empty_pieces():
