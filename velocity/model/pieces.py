@@ -19,9 +19,9 @@ import torch
 
 from velocity.model.calibration import blend_with_tree
 from velocity.model.checkpoint import CheckpointError
-from velocity.model.codec import N_SPECIALS, id_to_velocity, piece_bounds, tokenize
+from velocity.model.codec import N_SPECIALS, PAD, id_to_velocity, piece_bounds, tokenize
 from velocity.model.decode import VelocityModel, format_version
-from velocity.model.decodings import find_decoding
+from velocity.model.decodings import DEFAULT_BATCH_WINDOWS, find_decoding
 from velocity.model.features import feature_ids
 from velocity.model.stitching import owned_steps, piece_windows, plan_windows, stitch
 from velocity.model.transformer import VelocityNet, greedy_decode, one_pass_logits
@@ -67,7 +67,7 @@ def decode_windows(
 @torch.no_grad()
 def averaged_distributions(
     model: VelocityNet, src: np.ndarray, features: np.ndarray, rows: np.ndarray, n_notes: int,
-    batch_windows: int = 256, progress: bool = False,
+    batch_windows: int = DEFAULT_BATCH_WINDOWS, progress: bool = False,
 ) -> np.ndarray:
     """(n_notes, 128) velocity distribution of each note, the mean over every window holding it of
     the one-pass distribution (`one_pass_logits`); `rows` (W, length) gives each slot's note, -1 = pad."""
@@ -90,6 +90,58 @@ def averaged_distributions(
     return (total / count.clamp(min=1)[:, None]).numpy()
 
 
+@torch.inference_mode()
+def averaged_medians(
+    model: VelocityNet, src: np.ndarray, features: np.ndarray, rows: np.ndarray, batch_windows: int = DEFAULT_BATCH_WINDOWS, progress: bool = False,
+) -> np.ndarray:
+    """(n_notes,) `median_velocity(averaged_distributions(...))` of every note, without the whole
+    (n_notes, 128) table: `src` (n_notes,) and `features` (n_notes, F) are per note, `rows` (W, length)
+    each window slot's note (-1 = pad), and each batch's windows are gathered only when decoded. A
+    note's median is taken once the last window holding it is decoded, so only the notes of the
+    windows in flight are held (a 200,000-note piece: a few MB, not 200 MB of float64). Each note's
+    distributions are summed in window order, as `averaged_distributions` sums them: the same medians."""
+    from tqdm import tqdm
+
+    device = next(model.parameters()).device
+    model.eval()
+    n_notes = len(src)
+    velocity = np.zeros(n_notes, dtype=np.int64)
+    # open_from[e]: the first note that a window from e on holds; every note before it is complete
+    # once windows [0, e) are decoded.
+    first_row = np.where(rows >= 0, rows, n_notes).min(axis=1, initial=n_notes)
+    open_from = np.append(np.minimum.accumulate(first_row[::-1])[::-1], n_notes)
+    n_velocities = model.cfg.tgt_vocab - N_SPECIALS
+    low = 0  # total[i] and count[i] belong to note low + i
+    total = torch.zeros(0, n_velocities, dtype=torch.float64)
+    count = torch.zeros(0, dtype=torch.float64)
+    for begin in tqdm(range(0, len(rows), batch_windows), desc="decoding windows", unit="batch", disable=not progress):
+        end = min(begin + batch_windows, len(rows))
+        batch_rows = rows[begin:end]
+        pad = batch_rows < 0
+        slots = np.maximum(batch_rows, 0)  # as `windowed`: <pad> (0) where a slot holds no note
+        batch_src = np.where(pad, PAD, src[slots])
+        batch_features = np.where(pad[..., None], PAD, features[slots])
+        logits = one_pass_logits(model, _tensor(batch_src, device), _tensor(batch_features, device))
+        probs = logits[..., N_SPECIALS:].float().softmax(dim=-1).cpu().double()  # (B, L, 128)
+        slot_rows = torch.as_tensor(batch_rows).flatten()
+        real = slot_rows >= 0
+        high = int(slot_rows.max()) + 1 if bool(real.any()) else low
+        if high > low + len(total):  # room for the batch's new notes
+            total = torch.cat([total, torch.zeros(high - low - len(total), n_velocities, dtype=torch.float64)])
+            count = torch.cat([count, torch.zeros(high - low - len(count), dtype=torch.float64)])
+        total.index_add_(0, slot_rows[real] - low, probs.flatten(0, 1)[real])
+        count.index_add_(0, slot_rows[real] - low, torch.ones(int(real.sum()), dtype=torch.float64))
+        done = int(open_from[end]) - low  # notes no later window holds
+        if done > 0:
+            if done > len(count) or bool((count[:done] == 0).any()):
+                raise AssertionError("a note is in no window")  # window_starts covers every note: a bug
+            velocity[low : low + done] = median_velocity((total[:done] / count[:done].clamp(min=1)[:, None]).numpy())
+            total, count, low = total[done:].clone(), count[done:].clone(), low + done
+    if low < n_notes:
+        raise AssertionError("a note is in no window")
+    return velocity
+
+
 def median_velocity(probs: np.ndarray) -> np.ndarray:
     """(n, 128) distributions -> (n,) their medians (the least expected absolute error)."""
     return np.argmax(np.cumsum(probs, axis=1) >= 0.5, axis=1).astype(np.int64)
@@ -100,7 +152,7 @@ def predict_pieces(
     pieces_src: list[np.ndarray],
     length: int,
     step: int,
-    batch_windows: int = 256,
+    batch_windows: int = DEFAULT_BATCH_WINDOWS,
     progress: bool = False,
     decoding: str = "greedy",
     pieces_features: list[np.ndarray] | None = None,
@@ -114,14 +166,15 @@ def predict_pieces(
         pieces_features = [np.zeros((len(src), 0), dtype=np.int64) for src in pieces_src]
     plans = [plan_windows(len(src), length, step) for src in pieces_src]
     n_features = pieces_features[0].shape[1] if pieces_features else 0
-    windows = _stack([piece_windows(src, plan) for src, plan in zip(pieces_src, plans)], (0, length))
-    features = _stack([piece_windows(f, plan) for f, plan in zip(pieces_features, plans)], (0, length, n_features))
-    if how.average:
+    if how.average:  # windows gathered batch by batch (`averaged_medians`), never all at once
         offsets = np.cumsum([0] + [len(src) for src in pieces_src])
         rows = _stack([np.where(plan.window_rows() >= 0, plan.window_rows() + offset, -1) for plan, offset in zip(plans, offsets)], (0, length))
-        probs = averaged_distributions(model, windows, features, rows, int(offsets[-1]), batch_windows, progress)
-        velocity = median_velocity(probs)
+        src = _joined(pieces_src, (0,))
+        features = _joined(pieces_features, (0, n_features))
+        velocity = averaged_medians(model, src, features, rows, batch_windows, progress)
         return [velocity[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+    windows = _stack([piece_windows(src, plan) for src, plan in zip(pieces_src, plans)], (0, length))
+    features = _stack([piece_windows(f, plan) for f, plan in zip(pieces_features, plans)], (0, length, n_features))
     # Decode each window only as far as the last note it owns (the centre rule leaves the last
     # quarter of an inner window to its neighbour).
     steps = np.concatenate([owned_steps(plan) for plan in plans]) if plans else np.zeros(0, dtype=np.int64)
@@ -134,7 +187,7 @@ def predict_pieces(
 
 
 def predict_notes(
-    model: VelocityModel, notes: pd.DataFrame, batch_windows: int = 256, progress: bool = False, decoding: str = "greedy"
+    model: VelocityModel, notes: pd.DataFrame, batch_windows: int = DEFAULT_BATCH_WINDOWS, progress: bool = False, decoding: str = "greedy"
 ) -> np.ndarray:
     """Predicted velocity of every row of a notes table (columns pitch, start, dstart, duration,
     and velocity when the vocabulary carries a velocity hint). Rows with the same `piece_id` form
@@ -176,3 +229,8 @@ def _no_features(src: np.ndarray) -> np.ndarray:
 
 def _stack(arrays: list[np.ndarray], empty_shape: tuple[int, ...]) -> np.ndarray:
     return np.concatenate(arrays) if arrays else np.zeros(empty_shape, dtype=np.int64)
+
+
+def _joined(arrays: list[np.ndarray], empty_shape: tuple[int, ...]) -> np.ndarray:
+    """`_stack`, but one piece's array as it is (no copy of a long piece's features)."""
+    return arrays[0] if len(arrays) == 1 else _stack(arrays, empty_shape)

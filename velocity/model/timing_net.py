@@ -34,6 +34,7 @@ from torch import nn
 
 from velocity.model.checkpoint import CheckpointError, load_checkpoint
 from velocity.model.codec import Vocab, piece_bounds, tokenize
+from velocity.model.decodings import DEFAULT_BATCH_WINDOWS
 from velocity.model.features import GBT_FEATURES, SCORE_GBT_FEATURES, feature_ids, note_features
 from velocity.model.stitching import piece_windows, plan_windows
 from velocity.model.schedule import lr_at
@@ -279,7 +280,7 @@ def timing_model(state: dict[str, Any], device: torch.device | str = "cpu") -> T
                        int(state["windows"]["step"]), standardizer, state)  # fmt: skip
 
 
-def predict_timing(model: TimingModel, notes: pd.DataFrame, batch_windows: int = 256, blend: bool = True) -> pd.DataFrame:
+def predict_timing(model: TimingModel, notes: pd.DataFrame, batch_windows: int = DEFAULT_BATCH_WINDOWS, blend: bool = True) -> pd.DataFrame:
     """Every note's `TIMING_TARGETS` (the pedal as a probability) for a table of score notes
     (the score columns of velocity/model/score.py, `pedal` the score's own; rows of one
     `piece_id` contiguous, in note order). Each note takes the network's mean over the windows

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from velocity.model.decodings import DEFAULT_DECODING, OFFERED
+from velocity.model.decodings import DEFAULT_BATCH_WINDOWS, DEFAULT_DECODING, OFFERED
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -88,7 +88,7 @@ class Controls:
     loudness: float | None = None
     dynamics: float = 1.0
     decoding: str = DEFAULT_DECODING
-    batch_windows: int = 256
+    batch_windows: int = DEFAULT_BATCH_WINDOWS
     input: str = "auto"  # auto, score or performance
     perform: "PerformControls | None" = None  # a score: also its timing and pedal (velocity/pipeline/perform.py)
 

@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from velocity.model.decodings import DEFAULT_DECODING, OFFERED
+from velocity.model.decodings import DEFAULT_BATCH_WINDOWS, DEFAULT_DECODING, OFFERED
 from velocity.pipeline.humanize import (
     DEFAULT_MODEL, DEFAULT_SCORE_MODEL, DEFAULT_TIMING_MODEL, INPUT_KINDS, PLOT_NOTES, Controls, Models, PredictError, PredictReport,
     check_control, predict_file,
@@ -82,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "notes-only: the median from the window centred nearest the note; median: medians fed back note by "
         "note; greedy: the likeliest velocity fed back (the seed's)",
     )  # fmt: skip
-    parser.add_argument("--batch-windows", type=int, default=256, help="windows decoded at once (default: 256)")
+    parser.add_argument("--batch-windows", type=int, default=DEFAULT_BATCH_WINDOWS, help=f"windows decoded at once (default: {DEFAULT_BATCH_WINDOWS})")
     parser.add_argument(
         "--perform", action="store_true",
         help="a score is also played like a pianist: tempo, chord spread, articulation and sustain pedal from the timing "
