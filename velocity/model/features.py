@@ -31,12 +31,10 @@ A score (velocity/model/score.py's columns beside the notes) has more to read, i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.ndimage import maximum_filter1d, minimum_filter1d
-from scipy.stats import rankdata
 
 from velocity.model.config import ParamsError
 from velocity.model.codec import bin_index, piece_bounds
@@ -103,6 +101,28 @@ def _centred_bounds(n: int, span: int) -> tuple[np.ndarray, np.ndarray]:
     return np.maximum(i - span // 2, 0), np.minimum(i + (span - 1) // 2, n - 1)
 
 
+def _window_extreme(x: np.ndarray, size: int, reduce: Callable[..., np.ndarray]) -> np.ndarray:
+    """`reduce` (np.max or np.min) over the `size` values around each one, the ends repeated: scipy's
+    maximum_filter1d / minimum_filter1d with mode "nearest" (numpy: importing scipy.ndimage costs
+    `velocity predict` a fifth of a second)."""
+    if len(x) == 0:
+        return x.copy()
+    padded = np.pad(x, (size // 2, size - 1 - size // 2), mode="edge")
+    return reduce(np.lib.stride_tricks.sliding_window_view(padded, size), axis=1)
+
+
+def _average_rank(x: np.ndarray) -> np.ndarray:
+    """1-based ranks of `x`, ties given the mean of their ranks: scipy.stats.rankdata(x, "average")
+    (numpy: importing scipy.stats costs `velocity predict` most of a second)."""
+    order = np.argsort(x, kind="stable")
+    ordered = x[order]
+    new = np.r_[True, ordered[1:] != ordered[:-1]]  # the first of each run of equal values
+    dense = np.empty(len(x), dtype=np.int64)
+    dense[order] = np.cumsum(new)
+    bounds = np.r_[np.flatnonzero(new), len(x)]  # each run's first position, then the end
+    return 0.5 * (bounds[dense] + bounds[dense - 1] + 1)
+
+
 def _centred_mean(x: np.ndarray, span: int) -> np.ndarray:
     lo, hi = _centred_bounds(len(x), span)
     cumsum = np.concatenate([[0.0], np.cumsum(x, dtype=np.float64)])
@@ -137,8 +157,21 @@ def _chords(start: np.ndarray, pitch: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def piece_features(notes: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Every feature of one piece's notes (columns pitch, start, duration, dstart[, pedal])."""
+# What a feature is computed from, when only some are asked for (`piece_features(notes, names)`).
+REQUIRES = {"pitch_minus_mean_8": ("mean_pitch_8",), "density_ratio_8_128": ("density_8", "density_128"),
+            "top_voice": ("chord_rank",), "bottom_voice": ("chord_rank", "chord_size")}  # fmt: skip
+CHORD_FEATURES = ("chord_size", "chord_rank", "chord_asynchrony", "chord_span")
+
+
+def piece_features(notes: pd.DataFrame, names: Collection[str] | None = None) -> dict[str, np.ndarray]:
+    """Every feature of one piece's notes (columns pitch, start, duration, dstart[, pedal]); with
+    `names`, those and what they are computed from only (a long performance's embedded features
+    need a dozen of the sixty arrays: `velocity predict` on 200,000 notes skips 80 MB)."""
+    need = None if names is None else set(names).union(*(REQUIRES.get(name, ()) for name in names))
+
+    def wanted(*keys: str) -> bool:
+        return need is None or any(key in need for key in keys)
+
     pitch = notes["pitch"].to_numpy(dtype=np.float64)
     start = notes["start"].to_numpy(dtype=np.float64)
     duration = notes["duration"].to_numpy(dtype=np.float64)
@@ -147,24 +180,39 @@ def piece_features(notes: pd.DataFrame) -> dict[str, np.ndarray]:
     dprev = duration.copy()
     dprev[1:] = np.diff(start)
     f["dprev"] = dprev
-    f["log_duration"] = np.log(np.maximum(duration, 1e-4))
+    if wanted("log_duration"):
+        f["log_duration"] = np.log(np.maximum(duration, 1e-4))
     for span in SHORT_SPANS + LONG_SPANS:
-        f[f"density_{span}"] = _density(start, span)
-        f[f"mean_pitch_{span}"] = _centred_mean(pitch, span)
-        f[f"mean_duration_{span}"] = _centred_mean(duration, span)
+        if wanted(f"density_{span}"):
+            f[f"density_{span}"] = _density(start, span)
+        if wanted(f"mean_pitch_{span}"):
+            f[f"mean_pitch_{span}"] = _centred_mean(pitch, span)
+        if wanted(f"mean_duration_{span}"):
+            f[f"mean_duration_{span}"] = _centred_mean(duration, span)
     for span in SHORT_SPANS:
-        f[f"max_pitch_{span}"] = maximum_filter1d(pitch, size=span, mode="nearest")
-    f["min_pitch_8"] = minimum_filter1d(pitch, size=8, mode="nearest")
-    f["pitch_minus_mean_8"] = pitch - f["mean_pitch_8"]
-    f["density_ratio_8_128"] = f["density_8"] / f["density_128"]
+        if wanted(f"max_pitch_{span}"):
+            f[f"max_pitch_{span}"] = _window_extreme(pitch, span, np.max)
+    if wanted("min_pitch_8"):
+        f["min_pitch_8"] = _window_extreme(pitch, 8, np.min)
+    if wanted("pitch_minus_mean_8"):
+        f["pitch_minus_mean_8"] = pitch - f["mean_pitch_8"]
+    if wanted("density_ratio_8_128"):
+        f["density_ratio_8_128"] = f["density_8"] / f["density_128"]
     for k in range(1, NEIGHBOURS + 1):
-        f[f"gap_prev_{k}"] = start - _shifted(start, k)
-        f[f"gap_next_{k}"] = _shifted(start, -k) - start
-        f[f"interval_prev_{k}"] = pitch - _shifted(pitch, k)
-        f[f"interval_next_{k}"] = pitch - _shifted(pitch, -k)
-    f.update(_chords(start, pitch))
-    f["top_voice"] = (f["chord_rank"] == 0).astype(np.float64)
-    f["bottom_voice"] = (f["chord_rank"] == f["chord_size"] - 1).astype(np.float64)
+        if wanted(f"gap_prev_{k}"):
+            f[f"gap_prev_{k}"] = start - _shifted(start, k)
+        if wanted(f"gap_next_{k}"):
+            f[f"gap_next_{k}"] = _shifted(start, -k) - start
+        if wanted(f"interval_prev_{k}"):
+            f[f"interval_prev_{k}"] = pitch - _shifted(pitch, k)
+        if wanted(f"interval_next_{k}"):
+            f[f"interval_next_{k}"] = pitch - _shifted(pitch, -k)
+    if wanted(*CHORD_FEATURES):
+        f.update(_chords(start, pitch))
+    if wanted("top_voice"):
+        f["top_voice"] = (f["chord_rank"] == 0).astype(np.float64)
+    if wanted("bottom_voice"):
+        f["bottom_voice"] = (f["chord_rank"] == f["chord_size"] - 1).astype(np.float64)
     span = start[-1] - start[0] if n else 0.0
     f["position"] = (start - start[0]) / span if span > 0 else np.zeros(n)
     f["pedal"] = notes["pedal"].to_numpy(dtype=np.float64) if "pedal" in notes else np.zeros(n)  # sustain down at onset
@@ -189,7 +237,7 @@ def score_features(notes: pd.DataFrame) -> dict[str, np.ndarray]:
     flat = len(np.unique(notated)) <= 1
     f["notated_velocity"] = notated
     f["notated_flat"] = np.full(len(notated), float(flat))
-    f["notated_rank"] = (rankdata(notated, method="average") - 0.5) / len(notated)
+    f["notated_rank"] = (_average_rank(notated) - 0.5) / len(notated)
     f["notated_z"] = np.zeros(len(notated)) if flat else (notated - notated.mean()) / notated.std()
     # Rounded: a steady passage's change is exactly 0, not float noise that quantile edges would split.
     f["notated_change"] = np.round(f["notated_z"] - _centred_mean(f["notated_z"], 32), 6)
@@ -206,7 +254,7 @@ def note_features(notes: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
     score_only = [name for name in names if name in SCORE_GBT_FEATURES]  # every score feature is one of them
     if score_only and "notated_velocity" not in notes:
         raise ValueError(f"note feature {score_only[0]!r} is read from a score, but these notes are a performance's (no score columns)")
-    parts = [piece_features(notes.iloc[rows]) for rows in _piece_slices(notes) if rows.stop > rows.start]
+    parts = [piece_features(notes.iloc[rows], names) for rows in _piece_slices(notes) if rows.stop > rows.start]
     columns = {name: np.concatenate([p[name] for p in parts]) if parts else np.zeros(0) for name in names}
     return pd.DataFrame(columns, index=notes.index)
 
