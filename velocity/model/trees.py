@@ -32,7 +32,7 @@ from velocity.model.features import note_features
 
 SKLEARN_CHECKED = "1.4 to 1.9"  # the versions pyproject.toml allows, each checked with tests/test_trees.py
 NODE_FIELDS = ("feature_idx", "num_threshold", "missing_go_to_left", "left", "right", "is_leaf", "value", "is_categorical")
-CHUNK_NOTES = 2048  # notes walked at once (x trees: the index arrays of one level; small stays in cache)
+CHUNK_NOTES = 1024  # notes walked at once (x trees: the index arrays of one level; small stays in cache)
 
 
 @dataclass(frozen=True)
@@ -83,18 +83,24 @@ class TreeEnsemble:
         if x.ndim != 2 or x.shape[1] != len(self.features):
             raise ValueError(f"expected an (n, {len(self.features)}) feature matrix, got shape {x.shape}")
         predicted = np.full(len(x), self.baseline)
-        trees = len(self.roots)
+        trees, width = len(self.roots), x.shape[1]
+        # Each node's two children side by side, right then left: a step is one gather at 2 * node + go_left.
+        children = np.stack([self.right, self.left], axis=1).ravel().astype(np.intp)
+        feature, roots = self.feature.astype(np.intp), self.roots.astype(np.intp)
         for begin in range(0, len(x), CHUNK_NOTES):
             chunk = x[begin : begin + CHUNK_NOTES]
+            values, has_nan = chunk.ravel(), bool(np.isnan(chunk).any())
             # One entry per (note, tree); only the entries still at a split node move on each level.
-            node = np.tile(self.roots, len(chunk))
-            row = np.repeat(np.arange(len(chunk)), trees)
+            node = np.tile(roots, len(chunk))
+            base = np.repeat(np.arange(len(chunk), dtype=np.intp) * width, trees)  # the entry's note's row in `values`
             active = np.flatnonzero(~self.is_leaf[node])
             while active.size:
                 at = node[active]
-                value = chunk[row[active], self.feature[at]]
-                go_left = np.where(np.isnan(value), self.missing_left[at], value <= self.threshold[at])
-                node[active] = at = np.where(go_left, self.left[at], self.right[at])
+                value = values[base[active] + feature[at]]
+                go_left = value <= self.threshold[at]
+                if has_nan:
+                    go_left = np.where(np.isnan(value), self.missing_left[at], go_left)
+                node[active] = at = children[2 * at + go_left]
                 active = active[~self.is_leaf[at]]
             predicted[begin : begin + CHUNK_NOTES] += self.value[node].reshape(len(chunk), trees).sum(axis=1)
         return predicted
