@@ -99,7 +99,8 @@ def retimed_bytes(midi: MidiFile, rows: np.ndarray, onset: np.ndarray, end: np.n
                 sounding.setdefault((message.channel, message.note), []).append(row)
                 if row in moved:
                     new_on, _, new_velocity = moved[row]
-                    events.append((new_on, 2, order, message.copy(velocity=new_velocity)))
+                    message.velocity = new_velocity  # `song` is this function's own parse: change its messages in place
+                    events.append((new_on, 2, order, message))
                     continue
             elif message.type in ("note_off", "note_on"):
                 waiting = sounding.get((message.channel, message.note))
@@ -123,7 +124,8 @@ def retimed_bytes(midi: MidiFile, rows: np.ndarray, onset: np.ndarray, end: np.n
         rebuilt, previous = mido.MidiTrack(), 0
         for tick_at, kind, _, message in events:
             at = last if kind == 3 else tick_at
-            rebuilt.append(message.copy(time=at - previous))
+            message.time = at - previous  # each message is in `events` once (a copy per message costs seconds on a long score)
+            rebuilt.append(message)
             previous = at
         song.tracks[t] = rebuilt
     out = io.BytesIO()
