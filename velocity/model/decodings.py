@@ -32,10 +32,14 @@ DECODINGS = {
 # What `velocity predict` and the studio use unless told otherwise, and what evaluate's `*_predict` keys score.
 DEFAULT_DECODING = "pianist"
 
-# Windows decoded at once unless told otherwise. Small on purpose: a batch's activations (32 windows:
-# 8 MB a tensor) are reused by the allocator; 256 windows' (67 MB) were page-faulted afresh on every
-# op, which cost `velocity predict` on a 200,000-note piece a third more CPU time and 400 MB more memory.
-DEFAULT_BATCH_WINDOWS = 32
+# Windows decoded at once by the averaged decodings unless told otherwise. Small on purpose: a batch's
+# activations (8 windows: 2 MB a tensor) are reused by the allocator, and each CPU thread decodes its
+# own batch (velocity.model.runtime.batch_map); 256 windows' (67 MB a tensor) were page-faulted afresh
+# on every op, which cost `velocity predict` on a 200,000-note piece a third more CPU time and 600 MB.
+DEFAULT_BATCH_WINDOWS = 8
+# The other decodings keep 256: an encoder-decoder decodes a batch note by note, each step's Python
+# work shared by every window of the batch.
+STEPWISE_BATCH_WINDOWS = 256
 
 # The order the command and the studio offer them: the newest, the default, first.
 OFFERED = tuple(reversed(DECODINGS))
@@ -46,3 +50,8 @@ def find_decoding(name: str) -> Decoding:
     if name not in DECODINGS:
         raise ValueError(f"unknown decoding {name!r}: expected one of {', '.join(DECODINGS)}")
     return DECODINGS[name]
+
+
+def default_batch_windows(decoding: str) -> int:
+    """Windows decoded at once by `decoding` unless told otherwise."""
+    return DEFAULT_BATCH_WINDOWS if find_decoding(decoding).average else STEPWISE_BATCH_WINDOWS

@@ -21,8 +21,9 @@ from velocity.model.calibration import blend_with_tree
 from velocity.model.checkpoint import CheckpointError
 from velocity.model.codec import N_SPECIALS, PAD, id_to_velocity, piece_bounds, tokenize
 from velocity.model.decode import VelocityModel, format_version
-from velocity.model.decodings import DEFAULT_BATCH_WINDOWS, find_decoding
+from velocity.model.decodings import DEFAULT_BATCH_WINDOWS, default_batch_windows, find_decoding
 from velocity.model.features import feature_ids
+from velocity.model.runtime import batch_map
 from velocity.model.stitching import owned_steps, piece_windows, plan_windows, stitch
 from velocity.model.transformer import VelocityNet, greedy_decode, one_pass_logits
 
@@ -114,15 +115,22 @@ def averaged_medians(
     low = 0  # total[i] and count[i] belong to note low + i
     total = torch.zeros(0, n_velocities, dtype=torch.float64)
     count = torch.zeros(0, dtype=torch.float64)
-    for begin in tqdm(range(0, len(rows), batch_windows), desc="decoding windows", unit="batch", disable=not progress):
-        end = min(begin + batch_windows, len(rows))
-        batch_rows = rows[begin:end]
+
+    def probabilities(begin: int) -> torch.Tensor:
+        """(B, L, 128) float64 velocity distributions of the windows from `begin` on."""
+        batch_rows = rows[begin : begin + batch_windows]
         pad = batch_rows < 0
         slots = np.maximum(batch_rows, 0)  # as `windowed`: <pad> (0) where a slot holds no note
         batch_src = np.where(pad, PAD, src[slots])
         batch_features = np.where(pad[..., None], PAD, features[slots])
         logits = one_pass_logits(model, _tensor(batch_src, device), _tensor(batch_features, device))
-        probs = logits[..., N_SPECIALS:].float().softmax(dim=-1).cpu().double()  # (B, L, 128)
+        return logits[..., N_SPECIALS:].float().softmax(dim=-1).cpu().double()
+
+    begins = range(0, len(rows), batch_windows)
+    decoded = batch_map(probabilities, begins, device)
+    for begin, probs in tqdm(zip(begins, decoded), total=len(begins), desc="decoding windows", unit="batch", disable=not progress):
+        end = min(begin + batch_windows, len(rows))
+        batch_rows = rows[begin:end]
         slot_rows = torch.as_tensor(batch_rows).flatten()
         real = slot_rows >= 0
         high = int(slot_rows.max()) + 1 if bool(real.any()) else low
@@ -152,7 +160,7 @@ def predict_pieces(
     pieces_src: list[np.ndarray],
     length: int,
     step: int,
-    batch_windows: int = DEFAULT_BATCH_WINDOWS,
+    batch_windows: int | None = None,
     progress: bool = False,
     decoding: str = "greedy",
     pieces_features: list[np.ndarray] | None = None,
@@ -160,8 +168,10 @@ def predict_pieces(
     """Predicted velocity (int64, 0..127) of every note of each piece, from each piece's source ids
     in note order (and its (n_notes, F) feature ids): the windows of all pieces are decoded
     together, batch by batch, then each piece is stitched (or its notes' distributions averaged).
-    A calibrated decoding gives its velocities before calibration (`predict_notes` applies it)."""
+    A calibrated decoding gives its velocities before calibration (`predict_notes` applies it).
+    `batch_windows` None: the decoding's default (`default_batch_windows`)."""
     how = find_decoding(decoding)
+    batch_windows = batch_windows or default_batch_windows(decoding)
     if pieces_features is None:
         pieces_features = [np.zeros((len(src), 0), dtype=np.int64) for src in pieces_src]
     plans = [plan_windows(len(src), length, step) for src in pieces_src]
@@ -187,7 +197,7 @@ def predict_pieces(
 
 
 def predict_notes(
-    model: VelocityModel, notes: pd.DataFrame, batch_windows: int = DEFAULT_BATCH_WINDOWS, progress: bool = False, decoding: str = "greedy"
+    model: VelocityModel, notes: pd.DataFrame, batch_windows: int | None = None, progress: bool = False, decoding: str = "greedy"
 ) -> np.ndarray:
     """Predicted velocity of every row of a notes table (columns pitch, start, dstart, duration,
     and velocity when the vocabulary carries a velocity hint). Rows with the same `piece_id` form

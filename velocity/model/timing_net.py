@@ -37,6 +37,7 @@ from velocity.model.codec import Vocab, piece_bounds, tokenize
 from velocity.model.decodings import DEFAULT_BATCH_WINDOWS
 from velocity.model.features import GBT_FEATURES, SCORE_GBT_FEATURES, feature_ids, note_features
 from velocity.model.stitching import piece_windows, plan_windows
+from velocity.model.runtime import batch_map
 from velocity.model.schedule import lr_at
 from velocity.model.timing import TIMING_TARGETS
 from velocity.model.transformer import ModelConfig, NoteEncoder
@@ -304,14 +305,17 @@ def predict_timing(model: TimingModel, notes: pd.DataFrame, batch_windows: int =
     features = np.concatenate([w[1] for w in windows])
     rows = np.concatenate(rows)
     device = next(model.net.parameters()).device
-    with torch.no_grad():
-        for begin in range(0, len(src), batch_windows):
-            out = model.net(torch.from_numpy(src[begin : begin + batch_windows]).to(device),
-                            torch.from_numpy(features[begin : begin + batch_windows]).to(device)).float().cpu().numpy()  # fmt: skip
-            r = rows[begin : begin + batch_windows]
-            real = r >= 0
-            np.add.at(sums, r[real], out[real])
-            np.add.at(counts, r[real], 1.0)
+
+    def outputs(begin: int) -> np.ndarray:
+        return model.net(torch.from_numpy(src[begin : begin + batch_windows]).to(device),
+                         torch.from_numpy(features[begin : begin + batch_windows]).to(device)).float().cpu().numpy()  # fmt: skip
+
+    begins = range(0, len(src), batch_windows)
+    for begin, out in zip(begins, batch_map(outputs, begins, device)):  # summed in window order, as one batch after another
+        r = rows[begin : begin + batch_windows]
+        real = r >= 0
+        np.add.at(sums, r[real], out[real])
+        np.add.at(counts, r[real], 1.0)
     mean = model.standardizer.unscale(sums / np.maximum(counts, 1)[:, None])
     mean[:, len(REGRESSION)] = 1.0 / (1.0 + np.exp(-mean[:, len(REGRESSION)]))  # the pedal logit as a probability
     network = pd.DataFrame(mean, columns=list(TIMING_TARGETS), index=notes.index)

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from velocity.model.decodings import DEFAULT_BATCH_WINDOWS, DEFAULT_DECODING, OFFERED
+from velocity.model.decodings import DEFAULT_DECODING, OFFERED
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -88,7 +88,7 @@ class Controls:
     loudness: float | None = None
     dynamics: float = 1.0
     decoding: str = DEFAULT_DECODING
-    batch_windows: int = DEFAULT_BATCH_WINDOWS
+    batch_windows: int | None = None  # None: the decoding's default (velocity.model.decodings.default_batch_windows)
     input: str = "auto"  # auto, score or performance
     perform: "PerformControls | None" = None  # a score: also its timing and pedal (velocity/pipeline/perform.py)
 
@@ -102,7 +102,7 @@ class Controls:
             raise ValueError(f"decoding must be one of {', '.join(OFFERED)}, got {self.decoding!r}")
         if self.input not in INPUT_KINDS:
             raise ValueError(f"input must be one of {', '.join(INPUT_KINDS)}, got {self.input!r}")
-        if self.batch_windows < 1:
+        if self.batch_windows is not None and self.batch_windows < 1:
             raise ValueError(f"batch windows must be positive, got {self.batch_windows}")
 
 

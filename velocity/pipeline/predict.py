@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from velocity.model.decodings import DEFAULT_BATCH_WINDOWS, DEFAULT_DECODING, OFFERED
+from velocity.model.decodings import DEFAULT_BATCH_WINDOWS, DEFAULT_DECODING, OFFERED, STEPWISE_BATCH_WINDOWS
 from velocity.pipeline.humanize import (
     DEFAULT_MODEL, DEFAULT_SCORE_MODEL, DEFAULT_TIMING_MODEL, INPUT_KINDS, PLOT_NOTES, Controls, Models, PredictError, PredictReport,
     check_control, predict_file,
@@ -82,7 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "notes-only: the median from the window centred nearest the note; median: medians fed back note by "
         "note; greedy: the likeliest velocity fed back (the seed's)",
     )  # fmt: skip
-    parser.add_argument("--batch-windows", type=int, default=DEFAULT_BATCH_WINDOWS, help=f"windows decoded at once (default: {DEFAULT_BATCH_WINDOWS})")
+    parser.add_argument("--batch-windows", type=int, default=None, help=f"windows decoded at once (default: {DEFAULT_BATCH_WINDOWS} "
+                        f"for pianist and averaged, {STEPWISE_BATCH_WINDOWS} for the others)")  # fmt: skip
     parser.add_argument(
         "--perform", action="store_true",
         help="a score is also played like a pianist: tempo, chord spread, articulation and sustain pedal from the timing "
@@ -181,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     from velocity.model.midi import MidiError
     from velocity.pipeline.audio import FILE_TYPES as AUDIO_TYPES, AudioError, AudioUnavailable, find_renderer, render_audio
 
-    if args.batch_windows < 1:
+    if args.batch_windows is not None and args.batch_windows < 1:
         log.error("--batch-windows must be positive, got %d", args.batch_windows)
         return 2
     try:
