@@ -4,6 +4,16 @@
         [--timing-model models/score/timing.pt] [--zip PATH] [--scores-zip PATH] [--notes 200000]
         [--score-notes 16000] [--threads N] [--repeat N] [--stand-ins DIR]
 
+For issue 28 item 9 and issue 29's bound, with the real-data models of a trained run (e.g. /work/final):
+
+    F=/work/final/models
+    python bench/predict.py --model $F/velocity.pt --score-model $F/score/velocity.pt --timing-model $F/score/timing.pt --repeat 0
+
+The goals, checked on the printed lines: the performance in at most 10 s and 500 MB peak resident
+memory, the score with `--perform` in under 10 s, each in a fresh process on a 2-core machine.
+Timings depend on what else runs: the load average is printed first, and each command's CPU
+seconds (user + system) beside its wall time.
+
 The performance is the archive's longest (pedals and tempo map kept), played again and again back
 to back until it holds `--notes` notes, or cut to its first `--notes`. The score is the scores
 archive's score with the most notes (Liszt's Sonata, 16,275), or a shorter one repeated bar-aligned
@@ -15,10 +25,10 @@ calibration) trained for 2 steps by `dvc repro train score_train timing_train` i
 project on a 10-piece demo corpus (kept in `--stand-ins DIR` for the next run when given): speed
 and memory do not depend on the weights.
 
-Prints the wall time and peak resident memory of each `velocity predict` command in a fresh process
-(Python and torch start-up and the model loads included): the performance; the score plain and with
-`--perform`. Then the time of `predict_file` on the performance (read, quantize, decode every window,
-stitch, write), best of `--repeat`.
+Prints the wall time, CPU time and peak resident memory of each `velocity predict` command in a
+fresh process (Python and torch start-up and the model loads included): the performance; the score
+plain and with `--perform`. Then (unless `--repeat 0`) the time of `predict_file` on the performance
+in this process (read, quantize, decode every window, stitch, write), best of `--repeat`.
 """
 
 from __future__ import annotations
@@ -193,9 +203,13 @@ def untrained_default_model(piece: Path, path: Path) -> VelocityModel:
     return load_velocity_model(path)
 
 
-def peak_rss_mb_of(cmd: list[str], env: dict[str, str] | None) -> tuple[float, float]:
-    """Wall seconds and peak resident memory (MB) of `cmd` run in a fresh process (that process's own
-    peak, from wait4: not the largest of every child this bench started)."""
+# The bounds of issue 28 item 9 (the performance) and issue 29 (the score with --perform).
+GOALS = {"performance": (10.0, 500.0), "score --perform": (10.0, None)}  # wall seconds, peak MB
+
+
+def peak_rss_mb_of(cmd: list[str], env: dict[str, str] | None) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds (user + system) and peak resident memory (MB) of `cmd` run in a fresh
+    process (that process's own peak, from wait4: not the largest of every child this bench started)."""
     began = time.perf_counter()
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
@@ -205,7 +219,7 @@ def peak_rss_mb_of(cmd: list[str], env: dict[str, str] | None) -> tuple[float, f
         if process.returncode != 0:
             log.seek(0)
             raise SystemExit(f"{' '.join(cmd)} failed ({process.returncode}):\n{log.read().decode()[-3000:]}")
-    return seconds, usage.ru_maxrss / 1024  # Linux: KiB
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024  # Linux: KiB
 
 
 def main() -> None:
@@ -217,7 +231,7 @@ def main() -> None:
     parser.add_argument("--scores-zip", type=Path, default=SCORES_ZIP)
     parser.add_argument("--notes", type=int, default=200_000)
     parser.add_argument("--score-notes", type=int, default=16_000)
-    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=1, help="predict_file runs in this process after the commands (0: none)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--decoding", choices=list(DECODINGS), default=DEFAULT_DECODING)
     parser.add_argument("--stand-ins", type=Path, default=None, metavar="DIR",
@@ -267,10 +281,18 @@ def main() -> None:
             "score --perform": [str(score), "-o", str(tmp / "perform_cli.mid"), "--model", str(model_path), "--score-model", str(score_model),
                                 "--timing-model", str(timing_model), "--perform"],
         }  # fmt: skip
+        print(f"load average before the commands: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
         for what, arguments in runs.items():
-            seconds, peak_mb = peak_rss_mb_of([*predict, *arguments, "--decoding", decoding], env)
-            print(f"velocity predict {what} ({decoding}, fresh process, imports and model loads included): {seconds:.1f} s, "
-                  f"peak RSS {peak_mb:,.0f} MB")  # fmt: skip
+            seconds, cpu, peak_mb = peak_rss_mb_of([*predict, *arguments, "--decoding", decoding], env)
+            goal = GOALS.get(what.split(",")[0])
+            verdict = ""
+            if goal:
+                met = seconds <= goal[0] and (goal[1] is None or peak_mb <= goal[1])
+                verdict = f" [goal: <= {goal[0]:g} s" + (f", <= {goal[1]:g} MB" if goal[1] else "") + f": {'met' if met else 'NOT met'}]"
+            print(f"velocity predict {what} ({decoding}, fresh process, imports and model loads included): {seconds:.1f} s wall, "
+                  f"{cpu:.1f} s CPU, peak RSS {peak_mb:,.0f} MB{verdict}")  # fmt: skip
+        if args.repeat < 1:
+            return
 
         times = []
         for _ in range(args.repeat):
