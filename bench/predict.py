@@ -207,19 +207,32 @@ def untrained_default_model(piece: Path, path: Path) -> VelocityModel:
 GOALS = {"performance": (10.0, 500.0), "score --perform": (10.0, None)}  # wall seconds, peak MB
 
 
+# Runs the command it is given and writes its peak RSS (KiB) and CPU seconds to the file named first.
+# A child's peak starts at its parent's resident memory when it forks (this bench's: torch, the model,
+# the pieces), so the command is forked from this small interpreter instead.
+LAUNCHER = """import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(f"{usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}")
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def peak_rss_mb_of(cmd: list[str], env: dict[str, str] | None) -> tuple[float, float, float]:
     """Wall seconds, CPU seconds (user + system) and peak resident memory (MB) of `cmd` run in a fresh
-    process (that process's own peak, from wait4: not the largest of every child this bench started)."""
+    process (its own peak, through LAUNCHER: not this bench's memory, nor the largest of every child)."""
     began = time.perf_counter()
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryFile() as log, tempfile.NamedTemporaryFile("r") as figures:
+        process = subprocess.run([sys.executable, "-c", LAUNCHER, figures.name, *cmd], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         seconds = time.perf_counter() - began
         if process.returncode != 0:
             log.seek(0)
             raise SystemExit(f"{' '.join(cmd)} failed ({process.returncode}):\n{log.read().decode()[-3000:]}")
-    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024  # Linux: KiB
+        peak_kib, cpu = figures.read().split()
+    return seconds, float(cpu), int(peak_kib) / 1024  # Linux: KiB
 
 
 def main() -> None:
