@@ -40,7 +40,7 @@ class TrainConfig:
     accum: int  # micro-batches per optimizer step (the seed: 10)
     warmup: int  # Noam warmup, optimizer steps
     lr_factor: float  # Noam factor
-    epochs: int
+    epochs: float  # passes over the train windows (a fraction counts: 2.5 is two and a half)
     max_steps: int | None  # optimizer steps; None: as many as `epochs` give
     label_smoothing: float
     seed: int
@@ -88,9 +88,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ParamsError(f"train.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        for name in ("batch_size", "accum", "warmup", "epochs", "eval_every", "checkpoint_every", "nproc_per_node", "ensemble", "member_processes"):
+        for name in ("batch_size", "accum", "warmup", "eval_every", "checkpoint_every", "nproc_per_node", "ensemble", "member_processes"):
             if getattr(self, name) < 1:
                 raise ParamsError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        if not self.epochs > 0:
+            raise ParamsError(f"train.epochs must be positive, got {self.epochs}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ParamsError(f"train.max_steps must be at least 1 or null, got {self.max_steps}")
         if self.curriculum_steps < 0 or self.curriculum_length < 1:
