@@ -120,7 +120,7 @@ def test_dvc_repro_evaluate_beats_the_baselines_on_the_demo_corpus(tmp_path, mon
         "vocab": {"velocity_hint": False},
         "windows": {"length": 64, "step": 32},
         "model": {"layers": 2, "heads": 4, "d_model": 64, "d_ff": 128, "dropout": 0.1, "aligned": True, "kind": "encoder-decoder"},
-        "gbt": {"max_iter": 50, "seed": 0},
+        "gbt": {"max_iter": 50, "max_train_notes": 1_000_000, "seed": 0},
         "train": {"batch_size": 32, "warmup": 100, "lr_factor": 0.5, "max_steps": 400, "input_dropout": 0.75, "eval_every": 200,
                   "checkpoint_every": 400, "device": "cpu", "ensemble": 1},
         "evaluate": {"segments": 2, "segment_notes": 64},

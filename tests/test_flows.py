@@ -43,7 +43,7 @@ TINY_PIPELINE: dict[str, Any] = deep_update(
                          "train": {"batch_size": 4, "max_steps": 4, "eval_every": 4, "checkpoint_every": 4, "device": "cpu"}},
         "timing_tree": {"max_iter": 5},
         "evaluate": {"batch_windows": 64, "segments": 1, "segment_notes": 32},
-        "gbt": {"max_iter": 20, "seed": 0},  # both trees (gbt, score_gbt): seconds, not a minute
+        "gbt": {"max_iter": 20, "max_train_notes": 1_000_000, "seed": 0},  # both trees (gbt, score_gbt): seconds, not a minute
         "performance_rnn": {
             "events": {"window": 32, "step": 32},
             "model": {"hidden_size": 16, "layers": 1},

@@ -103,3 +103,23 @@ def test_the_score_model_plays_its_networks_blended_with_its_tree(trained_score_
     np.testing.assert_array_equal(played, expected)
     networks_only = np.concatenate([model.calibration.apply(averaged[piece_id == p]) for p in pd.unique(piece_id)])
     assert not np.array_equal(played, networks_only)
+
+
+def test_the_gbt_stage_fits_a_seeded_sample_of_at_most_max_train_notes():
+    """`gbt.max_train_notes` caps the notes fitted (a seeded sample, each note's features read from
+    its whole piece); unplayed notes (velocity -1) are never fitted; the same seed, the same tree."""
+    from velocity.stages.gbt import GbtParams, fit_predict
+
+    rng = np.random.default_rng(0)
+    n = 600
+    notes = pd.DataFrame({"piece_id": np.repeat(["a", "b"], n // 2), "pitch": rng.integers(40, 90, n),
+                          "start": np.tile(np.arange(n // 2) * 0.25, 2), "duration": rng.uniform(0.1, 1.0, n),
+                          "dstart": np.full(n, 0.25), "velocity": rng.integers(30, 100, n)})  # fmt: skip
+    notes.loc[::7, "velocity"] = -1
+    params = GbtParams(max_iter=5, max_train_notes=200, seed=0)
+    predicted, report, tree = fit_predict(notes, {"validation": notes}, params)
+    assert report["train_notes"] == n and report["fitted_notes"] == 200
+    again = fit_predict(notes, {"validation": notes}, params)[0]
+    np.testing.assert_array_equal(predicted["validation"], again["validation"])
+    everything = fit_predict(notes, {}, GbtParams(max_iter=5, max_train_notes=n, seed=0))[1]
+    assert everything["fitted_notes"] == (notes["velocity"] >= 0).sum()

@@ -106,7 +106,7 @@ def trained_score_model(demo_data: DemoData, demo_score_windows: Path) -> tuple[
     from velocity.stages.gbt import RELATIVE_SCORE_FEATURES, GbtParams, fit_predict
 
     root = demo_score_windows
-    *_, tree = fit_predict(pd.read_parquet(demo_data.aligned / "train.parquet"), {}, GbtParams(max_iter=20, seed=0),
+    *_, tree = fit_predict(pd.read_parquet(demo_data.aligned / "train.parquet"), {}, GbtParams(max_iter=20, max_train_notes=1_000_000, seed=0),
                            GBT_FEATURES + RELATIVE_SCORE_FEATURES)  # fmt: skip
     save_checkpoint(root / "score_tree/tree.pt", tree.to_state())
     return train_tiny(root, demo_data.aligned, input_kind="score", blend_tree=root / "score_tree/tree.pt"), demo_data.scores.parent
