@@ -170,8 +170,10 @@ def test_transpose_moves_whole_windows_by_semitones_and_never_off_the_keyboard()
     assert (shift[64:] >= 0).all()  # A0 can only go up
 
 
-def test_averaging_covers_each_note_once_and_equals_the_window_where_a_note_is_alone():
-    from velocity.model.pieces import averaged_distributions
+def test_averaging_takes_each_notes_median_over_every_window_holding_it():
+    """`averaged_medians`, a few windows a batch, equals the median of each note's distribution
+    averaged over its windows, computed here all at once; a note alone in one window takes that one's."""
+    from velocity.model.pieces import averaged_medians, median_velocity
     from velocity.model.stitching import piece_windows, plan_windows
     from velocity.model.transformer import ModelConfig, build_model, one_pass_logits
 
@@ -181,17 +183,17 @@ def test_averaging_covers_each_note_once_and_equals_the_window_where_a_note_is_a
     n_notes = 21
     src = np.random.default_rng(0).integers(N_SPECIALS, 30, n_notes)
     plan = plan_windows(n_notes, 8, 4)
-    windows = piece_windows(src, plan)
-    no_features = np.zeros((*windows.shape, 0), dtype=np.int64)
-    probs = averaged_distributions(model, windows, no_features, plan.window_rows(), n_notes, batch_windows=2)
-    assert probs.shape == (n_notes, 128)
-    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)  # one distribution per note
+    rows = plan.window_rows()
     with torch.no_grad():
-        first = one_pass_logits(model, torch.as_tensor(windows[:1]))[0, :, N_SPECIALS:].softmax(dim=-1).double().numpy()
-    np.testing.assert_allclose(probs[:4], first[:4], atol=1e-6)  # notes 0..3 lie in window 0 only
-    with torch.no_grad():
-        second = one_pass_logits(model, torch.as_tensor(windows[1:2]))[0, :, N_SPECIALS:].softmax(dim=-1).double().numpy()
-    np.testing.assert_allclose(probs[4:8], (first[4:8] + second[:4]) / 2, atol=1e-6)  # the mean of both windows
+        probs = one_pass_logits(model, torch.as_tensor(piece_windows(src, plan)))[..., N_SPECIALS:].softmax(dim=-1).double().numpy()
+    total, count = np.zeros((n_notes, 128)), np.zeros(n_notes)
+    np.add.at(total, rows[rows >= 0], probs[rows >= 0])
+    np.add.at(count, rows[rows >= 0], 1)
+    assert (count >= 1).all()  # every note in some window
+    expected = median_velocity(total / count[:, None])
+    assert (expected[:4] == median_velocity(probs[0, :4])).all()  # notes 0..3 lie in window 0 only
+    velocity = averaged_medians(model, src, np.zeros((n_notes, 0), dtype=np.int64), rows, batch_windows=2)
+    np.testing.assert_array_equal(velocity, expected)
 
 
 def test_calibration_restores_the_spread_it_is_asked_for():

@@ -65,42 +65,16 @@ def decode_windows(
     return velocity
 
 
-@torch.no_grad()
-def averaged_distributions(
-    model: VelocityNet, src: np.ndarray, features: np.ndarray, rows: np.ndarray, n_notes: int,
-    batch_windows: int = DEFAULT_BATCH_WINDOWS, progress: bool = False,
-) -> np.ndarray:
-    """(n_notes, 128) velocity distribution of each note, the mean over every window holding it of
-    the one-pass distribution (`one_pass_logits`); `rows` (W, length) gives each slot's note, -1 = pad."""
-    from tqdm import tqdm
-
-    device = next(model.parameters()).device
-    model.eval()
-    total = torch.zeros(n_notes, model.cfg.tgt_vocab - N_SPECIALS, dtype=torch.float64)
-    count = torch.zeros(n_notes, dtype=torch.float64)
-    for begin in tqdm(range(0, len(src), batch_windows), desc="decoding windows", unit="batch", disable=not progress):
-        batch = slice(begin, begin + batch_windows)
-        logits = one_pass_logits(model, _tensor(src[batch], device), _tensor(features[batch], device))
-        probs = logits[..., N_SPECIALS:].float().softmax(dim=-1).cpu().double()  # (B, L, 128)
-        slot_rows = torch.as_tensor(rows[batch]).flatten()
-        real = slot_rows >= 0
-        total.index_add_(0, slot_rows[real], probs.flatten(0, 1)[real])
-        count.index_add_(0, slot_rows[real], torch.ones(int(real.sum()), dtype=torch.float64))
-    if n_notes and bool((count == 0).any()):
-        raise AssertionError("a note is in no window")  # window_starts covers every note: a bug
-    return (total / count.clamp(min=1)[:, None]).numpy()
-
-
 @torch.inference_mode()
 def averaged_medians(
     model: VelocityNet, src: np.ndarray, features: np.ndarray, rows: np.ndarray, batch_windows: int = DEFAULT_BATCH_WINDOWS, progress: bool = False,
 ) -> np.ndarray:
-    """(n_notes,) `median_velocity(averaged_distributions(...))` of every note, without the whole
-    (n_notes, 128) table: `src` (n_notes,) and `features` (n_notes, F) are per note, `rows` (W, length)
-    each window slot's note (-1 = pad), and each batch's windows are gathered only when decoded. A
-    note's median is taken once the last window holding it is decoded, so only the notes of the
-    windows in flight are held (a 200,000-note piece: a few MB, not 200 MB of float64). Each note's
-    distributions are summed in window order, as `averaged_distributions` sums them: the same medians."""
+    """(n_notes,) the median (`median_velocity`) of every note's velocity distribution averaged over
+    every window holding it (each window's from `one_pass_logits`), without an (n_notes, 128) table.
+    `src` (n_notes,) and `features` (n_notes, F) are per note, `rows` (W, length) each window slot's
+    note (-1 = pad); each batch's windows are gathered only when decoded. A note's median is taken
+    once the last window holding it is decoded, so only the notes of the windows in flight are held
+    (a 200,000-note piece: a few MB, not 200 MB of float64)."""
     from tqdm import tqdm
 
     device = next(model.parameters()).device
