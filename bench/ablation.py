@@ -95,7 +95,7 @@ def build_windows(data: Path, params: dict, out: Path) -> tuple[Path, Path, Path
 def run_variant(name: str, data: Path, base: dict, steps: int, out_dir: Path) -> dict:
     params = merged_params(base, VARIANTS[name])
     # One network per variant (ensemble 1): a change is compared network against network.
-    params["train"].update({"max_steps": steps, "eval_every": max(1, steps // 6), "checkpoint_every": steps, "eval_windows": 512,
+    params["train"].update({"epochs": None, "max_steps": steps, "eval_every": max(1, steps // 6), "checkpoint_every": steps, "eval_windows": 512,
                             "ensemble": 1})
     train_cfg = TrainConfig(**{k: v for k, v in params["train"].items() if k in {f.name for f in fields(TrainConfig)}})
     model_params = params_lib.section(ModelParams, "model", params)

@@ -64,7 +64,7 @@ def steps_logged(tsv: Path) -> list[int]:
 TINY = {
     "data": {"source": "demo", "demo_pieces": 12},
     "model": {"layers": 1, "heads": 2, "d_model": 16, "d_ff": 32},
-    "train": {"batch_size": 4, "max_steps": 6, "warmup": 10, "eval_every": 3, "checkpoint_every": 3, "eval_windows": 16,
+    "train": {"batch_size": 4, "epochs": None, "max_steps": 6, "warmup": 10, "eval_every": 3, "checkpoint_every": 3, "eval_windows": 16,
               "device": "cpu", "nproc_per_node": 2, "ensemble": 1},
 }
 
@@ -107,7 +107,7 @@ def test_dvc_repro_trains_the_performance_rnn_on_two_processes(tmp_path):
         "performance_rnn": {
             "events": {"window": 64, "step": 32},
             "model": {"hidden_size": 32, "layers": 1},
-            "train": {"steps": 20, "batch_size": 8, "eval_every": 10, "checkpoint_every": 10, "val_windows": 16,
+            "train": {"epochs": None, "steps": 20, "batch_size": 8, "eval_every": 10, "checkpoint_every": 10, "val_windows": 16,
                       "device": "cpu", "nproc_per_node": 2},
         },
     }  # fmt: skip

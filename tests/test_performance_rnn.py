@@ -356,7 +356,7 @@ SMALL_PERF = {
     "performance_rnn": {
         "events": {"window": 64, "step": 32},
         "model": {"hidden_size": 64, "layers": 1},
-        "train": {"steps": 400, "batch_size": 16, "eval_every": 100, "checkpoint_every": 10, "val_windows": 32, "device": "cpu"},
+        "train": {"epochs": None, "steps": 400, "batch_size": 16, "eval_every": 100, "checkpoint_every": 10, "val_windows": 32, "device": "cpu"},
         "evaluate": {"device": "cpu"},
     },
 }

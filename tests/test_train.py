@@ -40,7 +40,7 @@ from conftest import ROOT, assert_weights_close, dvc, make_project, params_secti
 # The encoder-decoder, teacher forced: the synthetic velocities below follow a per-window level that
 # only the previous velocities reveal.
 TINY_MODEL = {"layers": 1, "heads": 2, "d_model": 16, "d_ff": 32, "dropout": 0.1, "kind": "encoder-decoder", "aligned": False}
-TINY_TRAIN = params_section(TrainConfig, "train", batch_size=4, accum=2, warmup=10, lr_factor=1.0, epochs=1, max_steps=8, seed=0,
+TINY_TRAIN = params_section(TrainConfig, "train", batch_size=4, accum=2, warmup=10, lr_factor=1.0, epochs=None, max_steps=8, seed=0,
                              device="cpu", eval_every=4, checkpoint_every=4, loss="kl", input_dropout=0.0,
                              transpose=0, ensemble=1)  # synthetic tokens: no pitches to move
 SRC_VOCAB, TGT_VOCAB, LENGTH = 40, 131, 16
@@ -292,7 +292,7 @@ def _velocity_checkpoint(project: Path) -> dict:
 def test_dvc_repro_trains_and_resumes_after_kill(tmp_path):
     """`dvc repro train` on a small demo corpus; then a retraining (changed params) killed with
     SIGKILL mid-way, whose next `dvc repro` continues from the checkpoint instead of step 0."""
-    tiny = {"model": TINY_MODEL, "train": {"batch_size": 8, "max_steps": 6, "warmup": 10, "eval_every": 3,
+    tiny = {"model": TINY_MODEL, "train": {"batch_size": 8, "epochs": None, "max_steps": 6, "warmup": 10, "eval_every": 3,
                                            "checkpoint_every": 3, "eval_windows": 16, "device": "cpu", "ensemble": 1}}
     project = make_project(tmp_path / "project", {"data": {"source": "demo", "demo_pieces": 12}, **tiny})
     dvc(project, "repro", "train")

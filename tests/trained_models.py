@@ -126,7 +126,7 @@ def trained_timing_model(demo_data: DemoData, demo_score_windows: Path) -> Path:
             root / "windows", demo_data.aligned, root / "vocab.json", root / "bins.json", root / "models/timing.pt",
             root / "models/timing_checkpoints",
             params_section(TimingModelParams, "timing_train.model", layers=1, heads=2, d_model=32, d_ff=64, dropout=0.0),
-            params_section(TimingTrainConfig, "timing_train.train", batch_size=16, warmup=10, lr_factor=2.0, max_steps=20, eval_every=20,
+            params_section(TimingTrainConfig, "timing_train.train", batch_size=16, warmup=10, lr_factor=2.0, epochs=None, max_steps=20, eval_every=20,
                            checkpoint_every=20, device="cpu"),
             WINDOW_LENGTH, WINDOW_STEP, live_dir=None,
         )  # fmt: skip
@@ -161,7 +161,7 @@ def train_tiny(root: Path, notes_dir: Path, input_kind: str = "performance", ble
         run_training(
             root / "windows", root / "vocab.json", root / "bins.json", root / "models",
             params_section(ModelParams, "model", layers=1, heads=2, d_model=32, d_ff=64, dropout=0.0),
-            params_section(TrainConfig, "train", batch_size=16, warmup=10, lr_factor=2.0, max_steps=20, eval_every=20, checkpoint_every=20,
+            params_section(TrainConfig, "train", batch_size=16, warmup=10, lr_factor=2.0, epochs=None, max_steps=20, eval_every=20, checkpoint_every=20,
                            device="cpu", eval_windows=16, ensemble=1),
             live_dir=None, calibration_notes=notes_dir / "validation.parquet", input_kind=input_kind, blend_tree=blend_tree,
         )  # fmt: skip

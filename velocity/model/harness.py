@@ -72,6 +72,18 @@ class Task(Protocol):
         """Learning rate of optimizer step `step` (from 1), or None to leave the optimizer's own."""
 
 
+def budget_steps(max_steps: int | None, epochs: float | None, n_samples: int, global_batch: int) -> int:
+    """Optimizer steps of a run that stops at whichever comes first: `max_steps`, or `epochs` passes
+    over `n_samples` at `global_batch` samples a step (fractions count). None leaves that bound out;
+    one of them must be given. The same budget then suits a small corpus and a large one."""
+    if max_steps is None and epochs is None:
+        raise ValueError("a training budget needs max_steps or epochs")
+    bounds = [] if max_steps is None else [max_steps]
+    if epochs is not None:
+        bounds.append(max(1, math.ceil(epochs * n_samples / global_batch)))
+    return min(bounds)
+
+
 @dataclass(frozen=True)
 class LoopConfig:
     steps: int  # optimizer steps in all

@@ -199,7 +199,8 @@ class TimingTrainConfig:
     batch_size: int
     warmup: int
     lr_factor: float
-    max_steps: int
+    epochs: float | None  # passes over the train windows; training stops at this or max_steps, whichever comes first
+    max_steps: int | None
     eval_every: int
     checkpoint_every: int
     seed: int

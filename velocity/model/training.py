@@ -8,7 +8,6 @@ driven by the Noam schedule, gradient accumulation.
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -22,7 +21,7 @@ from torch import nn
 
 from velocity.model.checkpoint import save_checkpoint
 from velocity.model.config import ParamsError
-from velocity.model.harness import Distributed, FitResult, LoopConfig, distributed_from_env, fit
+from velocity.model.harness import Distributed, FitResult, LoopConfig, budget_steps, distributed_from_env, fit
 from velocity.model.loss import abs_error_sum, crps, label_smoothed_kl
 from velocity.model.runtime import autocast, seed_everything
 from velocity.model.schedule import lr_at
@@ -40,8 +39,8 @@ class TrainConfig:
     accum: int  # micro-batches per optimizer step (the seed: 10)
     warmup: int  # Noam warmup, optimizer steps
     lr_factor: float  # Noam factor
-    epochs: float  # passes over the train windows (a fraction counts: 2.5 is two and a half)
-    max_steps: int | None  # optimizer steps; None: as many as `epochs` give
+    epochs: float | None  # passes over the train windows (a fraction counts: 2.5 is two and a half); None: no bound
+    max_steps: int | None  # optimizer steps at most; None: no bound (training stops at whichever bound comes first)
     label_smoothing: float
     seed: int
     device: str  # auto: CUDA when present, else CPU
@@ -91,8 +90,10 @@ class TrainConfig:
         for name in ("batch_size", "accum", "warmup", "eval_every", "checkpoint_every", "nproc_per_node", "ensemble", "member_processes"):
             if getattr(self, name) < 1:
                 raise ParamsError(f"train.{name} must be at least 1, got {getattr(self, name)}")
-        if not self.epochs > 0:
-            raise ParamsError(f"train.epochs must be positive, got {self.epochs}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ParamsError(f"train.epochs must be positive or null, got {self.epochs}")
+        if self.epochs is None and self.max_steps is None:
+            raise ParamsError("train.epochs and train.max_steps are both null: give at least one")
         if self.max_steps is not None and self.max_steps < 1:
             raise ParamsError(f"train.max_steps must be at least 1 or null, got {self.max_steps}")
         if self.curriculum_steps < 0 or self.curriculum_length < 1:
@@ -350,11 +351,9 @@ class VelocityTask:
 
 
 def total_steps(cfg: TrainConfig, n_train_windows: int, world_size: int = 1) -> int:
-    """Optimizer steps of the whole run: `max_steps`, else enough for `epochs` passes over the
-    windows at the global batch (batch_size x accum x processes)."""
-    if cfg.max_steps is not None:
-        return cfg.max_steps
-    return max(1, math.ceil(cfg.epochs * n_train_windows / (cfg.batch_size * cfg.accum * world_size)))
+    """Optimizer steps of the whole run: `max_steps` or `epochs` passes over the windows at the
+    global batch (batch_size x accum x processes), whichever comes first."""
+    return budget_steps(cfg.max_steps, cfg.epochs, n_train_windows, cfg.batch_size * cfg.accum * world_size)
 
 
 def loop_config(cfg: TrainConfig, n_train_windows: int, world_size: int = 1, progress: bool = True, label: str = "train") -> LoopConfig:

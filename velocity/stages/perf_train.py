@@ -28,7 +28,7 @@ import numpy as np
 
 from velocity.model.config import ParamsError
 from velocity.model.checkpoint import save_checkpoint
-from velocity.model.harness import FitResult, LoopConfig, distributed_from_env, end_process, file_digest, fingerprint, fit, relaunch_if_wanted
+from velocity.model.harness import FitResult, LoopConfig, budget_steps, distributed_from_env, end_process, file_digest, fingerprint, fit, relaunch_if_wanted
 from velocity.model.performance_rnn import PerformanceRNN, PerformanceRNNConfig, PerformanceTask, build_model, checkpoint_state
 from velocity.model.runtime import seed_everything
 from velocity.live import Curves
@@ -51,7 +51,8 @@ class PerfModelParams:
 @dataclass(frozen=True)
 class PerfTrainParams:
     seed: int  # init weights, data order and dropout
-    steps: int  # optimizer steps in all
+    epochs: float | None  # passes over the train windows; training stops at this or `steps`, whichever comes first
+    steps: int | None  # optimizer steps at most
     batch_size: int  # windows per step (per process)
     lr: float  # Adam, constant
     clip_norm: float  # gradient norm clipping
@@ -63,8 +64,12 @@ class PerfTrainParams:
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "nproc_per_node"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ParamsError(f"performance_rnn.train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ParamsError(f"performance_rnn.train.epochs must be positive or null, got {self.epochs}")
+        if self.epochs is None and self.steps is None:
+            raise ParamsError("performance_rnn.train.epochs and .steps are both null: give at least one")
 
 
 def code_files() -> list[Path]:
@@ -93,14 +98,15 @@ def train_performance_rnn(
     train = {k: v for k, v in asdict(train_params).items() if k not in NOT_FINGERPRINTED}
     run_fingerprint = fingerprint({"model": asdict(model_params), "train": train, "data": data_digest}, files=code_files())
     task = PerformanceTask(train_windows, val_windows[: train_params.val_windows], train_params.lr, train_params.batch_size)
+    dist = distributed_from_env()
+    steps = budget_steps(train_params.steps, train_params.epochs, len(train_windows), train_params.batch_size * dist.world_size)
     cfg = LoopConfig(
-        steps=train_params.steps, batch_size=train_params.batch_size, accum=1, eval_every=train_params.eval_every,
+        steps=steps, batch_size=train_params.batch_size, accum=1, eval_every=train_params.eval_every,
         checkpoint_every=train_params.checkpoint_every, seed=train_params.seed, device=train_params.device,
         clip_norm=train_params.clip_norm,
     )  # fmt: skip
     seed_everything(train_params.seed)  # the initial weights, as stages.perf_evaluate.untrained_model draws them
     model = build_model(model_params.config())
-    dist = distributed_from_env()
     try:
         with Curves(live_dir if dist.is_main else None) as curves:
             result = fit(task, model, cfg, checkpoint_dir, run_fingerprint, curves, dist)

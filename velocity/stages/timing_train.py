@@ -51,7 +51,7 @@ def train_timing(
     """Train the timing network and write `model_path`; the best validation point."""
     from velocity.model.checkpoint import load_checkpoint, save_checkpoint
     from velocity.model.features import feature_sizes
-    from velocity.model.harness import LoopConfig, fingerprint, fit
+    from velocity.model.harness import LoopConfig, budget_steps, fingerprint, fit
     from velocity.model.runtime import seed_everything
     from velocity.model.timing_net import KIND, PEDAL_FEATURE_IDS, TimingTask, build_timing_net, timing_windows
     from velocity.model.transformer import ModelConfig
@@ -69,7 +69,8 @@ def train_timing(
         raise SystemExit(f"timing_train: {windows_dir} has {train.features.shape[-1] - 1} feature columns, {bins_path} {len(sizes)}: rerun score_windows")
     seed_everything(train_params.seed)
     net = build_timing_net(model_cfg)
-    loop = LoopConfig(steps=train_params.max_steps, batch_size=train_params.batch_size, accum=1, eval_every=train_params.eval_every,
+    steps = budget_steps(train_params.max_steps, train_params.epochs, len(train), train_params.batch_size)
+    loop = LoopConfig(steps=steps, batch_size=train_params.batch_size, accum=1, eval_every=train_params.eval_every,
                       checkpoint_every=train_params.checkpoint_every, seed=train_params.seed, device=train_params.device)  # fmt: skip
     run = fingerprint(asdict(model_params), asdict(train_params), standardizer.mean, len(train), len(validation))
     with Curves(live_dir) as curves:
