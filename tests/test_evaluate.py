@@ -108,11 +108,11 @@ def test_segment_midi_round_trips(tmp_path):
 
 @pytest.mark.slow
 def test_dvc_repro_evaluate_beats_the_baselines_on_the_demo_corpus(tmp_path, monkeypatch):
-    """A short training (400 steps) on a small demo corpus, then the real stage. With no velocity
+    """A short training (200 steps) on a small demo corpus, then the real stage. With no velocity
     hint every decoding must beat both baselines, so the model learned dynamics from the notes and
     windows, batched decoding, stitching and scoring line up. Measured at these settings: greedy
-    0.85 x flat-64 and 0.94 x per-pitch; medians fed back 0.90 x per-pitch; notes-only 0.86 x
-    per-pitch (greedy commits to a dynamic level and is punished when it guesses wrong)."""
+    0.69 x flat-64 and 0.76 x per-pitch; medians fed back 0.75 x per-pitch; notes-only 0.75 x
+    per-pitch."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny models run fastest single-threaded, even on a busy machine
     project = make_project(tmp_path / "project", {
         "data": {"source": "demo", "demo_pieces": 100},
@@ -121,8 +121,8 @@ def test_dvc_repro_evaluate_beats_the_baselines_on_the_demo_corpus(tmp_path, mon
         "windows": {"length": 64, "step": 32},
         "model": {"layers": 2, "heads": 4, "d_model": 64, "d_ff": 128, "dropout": 0.1, "aligned": True, "kind": "encoder-decoder"},
         "gbt": {"max_iter": 50, "max_train_notes": 1_000_000, "seed": 0},
-        "train": {"batch_size": 32, "warmup": 100, "lr_factor": 0.5, "epochs": None, "max_steps": 400, "input_dropout": 0.75, "eval_every": 200,
-                  "checkpoint_every": 400, "device": "cpu", "ensemble": 1},
+        "train": {"batch_size": 32, "warmup": 50, "lr_factor": 0.5, "epochs": None, "max_steps": 200, "input_dropout": 0.75, "eval_every": 100,
+                  "checkpoint_every": 200, "device": "cpu", "ensemble": 1},
         "evaluate": {"segments": 2, "segment_notes": 64},
         # The score model as the default one (encoder-only: its four decodings in evaluate take seconds, not minutes).
         "score_train": {"model": {"kind": "encoder"}, "train": {"epochs": None, "max_steps": 100, "notation_dropout": 0.25, "ensemble": 2}},
