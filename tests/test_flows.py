@@ -37,6 +37,7 @@ TINY_PIPELINE: dict[str, Any] = deep_update(
         "train": {
             "batch_size": 4, "epochs": 1, "max_steps": 4, "warmup": 2, "eval_every": 4,
             "checkpoint_every": 4, "eval_windows": 4, "device": "cpu", "ensemble": 1,
+            "member_processes": 1,  # the score model's two members in turn: spawning a process costs more than they take
         },
         "score_train": {"train": {"max_steps": 4, "ensemble": 2}},  # the score model's ensemble, two members of 4 steps
         "timing_train": {"model": {"layers": 1, "heads": 2, "d_model": 16, "d_ff": 32},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from velocity.model.stitching import plan_windows, stitch
+from velocity.model.stitching import disjoint_windows, plan_windows, stitch
 
 
 pytestmark = pytest.mark.usefixtures("single_threaded")
@@ -151,3 +151,18 @@ def test_windows_decode_only_as_far_as_their_last_owned_note():
     # 214 on to the tail window (172..299), where they sit nearer the centre; the tail owns its end.
     np.testing.assert_array_equal(owned_steps(plan_windows(300, 128, 64)), [96, 96, 86, 128])
     np.testing.assert_array_equal(owned_steps(plan_windows(5, 128, 64)), [5])  # short piece: its notes only
+
+
+def test_disjoint_windows_hold_each_note_once_and_skip_only_overlaps():
+    """Validation windows: of windows cut every half window over three pieces (one shorter than a
+    window), every other one, each note at most once, and only notes of a piece's tail window left out."""
+    lengths, length, step = [300, 40, 256], 128, 64
+    offsets = np.cumsum([0] + lengths)
+    rows = np.concatenate([np.where(plan_windows(n, length, step).window_rows() >= 0, plan_windows(n, length, step).window_rows() + offset, -1)
+                           for n, offset in zip(lengths, offsets)])  # fmt: skip
+    kept = disjoint_windows(rows)
+    held = rows[kept][rows[kept] >= 0]
+    assert len(held) == len(np.unique(held))  # no note twice
+    missing = np.setdiff1d(np.arange(offsets[-1]), held)
+    assert np.array_equal(missing, np.arange(256, 300))  # the first piece's tail window (172..299) overlaps: its last notes
+    assert len(kept) == 2 + 1 + 2  # 0 and 128 of the first piece; the short piece's padded window; 0 and 128 of the third

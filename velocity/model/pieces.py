@@ -13,6 +13,9 @@ model's tree, if it carries one, and stretches the dynamics (velocity/model/cali
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import torch
@@ -25,7 +28,7 @@ from velocity.model.decodings import DEFAULT_BATCH_WINDOWS, default_batch_window
 from velocity.model.features import feature_ids
 from velocity.model.runtime import batch_map
 from velocity.model.stitching import owned_steps, piece_windows, plan_windows, stitch
-from velocity.model.transformer import VelocityNet, greedy_decode, one_pass_logits
+from velocity.model.transformer import EncoderDecoder, VelocityNet, greedy_decode, one_pass_logits
 
 
 def decode_windows(
@@ -142,7 +145,7 @@ def predict_pieces(
     """Predicted velocity (int64, 0..127) of every note of each piece, from each piece's source ids
     in note order (and its (n_notes, F) feature ids): the windows of all pieces are decoded
     together, batch by batch, then each piece is stitched (or its notes' distributions averaged).
-    A calibrated decoding gives its velocities before calibration (`predict_notes` applies it).
+    A calibrated decoding gives its velocities before calibration (`calibrated` applies it).
     `batch_windows` None: the decoding's default (`default_batch_windows`)."""
     how = find_decoding(decoding)
     batch_windows = batch_windows or default_batch_windows(decoding)
@@ -176,26 +179,45 @@ def predict_notes(
     """Predicted velocity of every row of a notes table (columns pitch, start, dstart, duration,
     and velocity when the vocabulary carries a velocity hint). Rows with the same `piece_id` form
     one piece and must be contiguous, in note order; without a `piece_id` column the table is one piece."""
-    if find_decoding(decoding).calibrated and model.calibration is None:
-        raise CheckpointError(
-            f"the model file (format version {format_version(model.checkpoint)}) holds no calibration of the dynamics, which "
-            f"decoding {decoding!r} needs: decode with 'averaged' or 'notes-only', or retrain (dvc repro train)"
-        )
+    return decode_notes(model, notes, (decoding,), batch_windows, progress)[decoding]
+
+
+def decode_notes(
+    model: VelocityModel, notes: pd.DataFrame, decodings: Sequence[str], batch_windows: int | None = None, progress: bool = False
+) -> dict[str, np.ndarray]:
+    """`predict_notes` for each of `decodings`, with one network pass for all those that read the
+    same distributions: `averaged` and `pianist` (which then calibrates), and on an encoder-only
+    model every decoding with the same pick (its `median` and `notes-only` are one pass)."""
+    for decoding in decodings:
+        if find_decoding(decoding).calibrated and model.calibration is None:
+            raise CheckpointError(
+                f"the model file (format version {format_version(model.checkpoint)}) holds no calibration of the dynamics, which "
+                f"decoding {decoding!r} needs: decode with 'averaged' or 'notes-only', or retrain (dvc repro train)"
+            )
     src_ids, _ = tokenize(notes, model.bins, model.vocab)
     note_features = feature_ids(notes, model.bins.get("features") or {})
-    if "piece_id" in notes:
-        bounds = piece_bounds(notes["piece_id"].to_numpy())
-    else:
-        bounds = np.array([0, len(notes)])
+    bounds = piece_bounds(notes["piece_id"].to_numpy()) if "piece_id" in notes else np.array([0, len(notes)])
     pieces = list(zip(bounds[:-1], bounds[1:]))
-    predicted = predict_pieces(
-        model.model, [src_ids[a:b] for a, b in pieces], model.length, model.step, batch_windows, progress, decoding,
-        [note_features[a:b] for a, b in pieces],
-    )
+    one_pass = not isinstance(model.model, EncoderDecoder)
+    passes: dict[tuple[Any, ...], list[np.ndarray]] = {}
+    found = {}
+    for decoding in decodings:
+        how = find_decoding(decoding)
+        key = ("average",) if how.average else (how.pick,) if one_pass else (how.pick, how.feed_back)
+        if key not in passes:
+            passes[key] = predict_pieces(
+                model.model, [src_ids[a:b] for a, b in pieces], model.length, model.step, batch_windows, progress, decoding,
+                [note_features[a:b] for a, b in pieces],
+            )
+        found[decoding] = calibrated(model, notes, passes[key], pieces) if how.calibrated else _joined(passes[key], (0,))
+    return found
+
+
+def calibrated(model: VelocityModel, notes: pd.DataFrame, predicted: list[np.ndarray], pieces: list[tuple[int, int]]) -> np.ndarray:
+    """The `pianist` decoding of each piece's averaged velocities: blended with the model's tree,
+    if it carries one, then stretched as calibrated (velocity/model/calibration.py)."""
     if not predicted:
         return np.zeros(0, dtype=np.int64)
-    if not find_decoding(decoding).calibrated:
-        return np.concatenate(predicted)
     calibration, tree = model.calibration, model.tree
     if tree is not None:
         blended = blend_with_tree(np.concatenate(predicted), tree.predict(notes), calibration.network_weight)

@@ -87,3 +87,17 @@ def piece_windows(values: np.ndarray, plan: WindowPlan) -> np.ndarray:
     """(W, length, ...) per-note values (source ids, or (n_notes, F) feature ids) of a piece's
     windows, <pad> (0) after its last note."""
     return windowed(np.asarray(values, dtype=np.int64), plan.rows)
+
+
+def disjoint_windows(rows: np.ndarray) -> np.ndarray:
+    """Indices of the windows, in order, that hold each note at most once: a window is kept when its
+    first note comes after the last note of the window kept before it (windows cut every half
+    window: every other one). `rows` (W, length): each slot's note in the split's table, -1 a pad.
+    Validation reads these: the overlap would only score the same notes twice."""
+    first, last = rows[:, 0], rows.max(axis=1)
+    keep, end = [], -1
+    for index in range(len(rows)):
+        if first[index] > end:
+            keep.append(index)
+            end = last[index]
+    return np.asarray(keep, dtype=np.int64)

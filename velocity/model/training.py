@@ -25,6 +25,7 @@ from velocity.model.harness import Distributed, FitResult, LoopConfig, budget_st
 from velocity.model.loss import abs_error_sum, crps, label_smoothed_kl
 from velocity.model.runtime import autocast, seed_everything
 from velocity.model.schedule import lr_at
+from velocity.model.stitching import disjoint_windows
 from velocity.model.codec import N_SPECIALS, PAD, PIANO_PITCHES, START
 from velocity.model.transformer import ModelConfig, VelocityNet, build_model, decoder_input
 
@@ -396,10 +397,15 @@ def train(
 
 def train_from_folder(windows_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, checkpoint_dir: Path, run_fingerprint: str,
                       log_point: Callable[[dict[str, float]], None] | None = None, **options: Any) -> FitResult:  # fmt: skip
-    """`train` on the train and validation windows of a windows stage's folder; a job that
-    pickles (harness.side_by_side), as it carries paths rather than the windows."""
-    return train(model_cfg, cfg, Windows.load(windows_dir, "train"), Windows.load(windows_dir, "validation"), checkpoint_dir,
-                 run_fingerprint, log_point, **options)  # fmt: skip
+    """`train` on the train windows of a windows stage's folder, validated on its validation windows
+    that hold each note once (`disjoint_windows`); a job that pickles (harness.side_by_side), as it
+    carries paths rather than the windows."""
+    validation = Windows.load(windows_dir, "validation")
+    if (rows := windows_dir / "validation_rows.npy").exists():
+        keep = np.zeros(len(validation), dtype=bool)
+        keep[disjoint_windows(np.load(rows, mmap_mode="r"))] = True
+        validation = validation.subset(keep)
+    return train(model_cfg, cfg, Windows.load(windows_dir, "train"), validation, checkpoint_dir, run_fingerprint, log_point, **options)
 
 
 _FEATURE_EMBEDDING = re.compile(r"(.*\.features\.)(\d+)(\.weight)$")

@@ -126,17 +126,16 @@ def evaluate(
     tree's test predictions when given), and the predicted velocity of every test note (row order
     of `test_notes`) by each decoding."""
     from velocity.model.decode import untrained_twin
-    from velocity.model.pieces import predict_notes
+    from velocity.model.pieces import decode_notes, predict_notes
 
     true = test_notes["velocity"].to_numpy(dtype=np.int64)
     piece_id = test_notes["piece_id"].to_numpy()
     smoothing = float(model.train_params["label_smoothing"])
     log.info("teacher-forced scores on %d test windows", len(test_windows))
     metrics: dict[str, float | int] = dict(teacher_forced(model.model, test_windows, smoothing, params.batch_windows))
-    predicted = {}
+    log.info("%s decodings of %d test notes", ", ".join(DECODINGS), len(true))
+    predicted = decode_notes(model, test_notes, list(DECODINGS), batch_windows=params.batch_windows, progress=True)
     for decoding, how in DECODINGS.items():  # greedy first: the seed's, `velocity_mae`
-        log.info("%s decoding of %d test notes", decoding, len(true))
-        predicted[decoding] = predict_notes(model, test_notes, batch_windows=params.batch_windows, progress=True, decoding=decoding)
         metrics[how.metric] = mae(predicted[decoding], true)
     metrics.update(dynamics_scores(predicted[DEFAULT_DECODING], true, piece_id, "predict"))  # what `velocity predict` gives
     if gbt_velocity is not None:
@@ -258,25 +257,28 @@ def evaluate_scores(
 ) -> dict[str, float | int]:
     """The score path's metrics (see the module doc) over the paired notes of the MAESTRO
     performances of `test` (aligned), and the `_all` keys over every paired note."""
-    from velocity.model.pieces import predict_notes
+    from velocity.model.pieces import decode_notes, predict_notes
 
     played = test["velocity"].to_numpy() >= 0
     headline = maestro_rows(test)
     true = test["velocity"].to_numpy(dtype=np.float64)
     piece_id = test["piece_id"].to_numpy()
 
-    def predict(model: "VelocityModel", notes: pd.DataFrame, what: str, decoding: str = DEFAULT_DECODING, rows: np.ndarray | None = None) -> np.ndarray:
-        """Predictions for every row of `notes` (NaN outside `rows`, which hold whole performances)."""
+    def predict(model: "VelocityModel", notes: pd.DataFrame, what: str, rows: np.ndarray | None = None) -> np.ndarray:
+        """`velocity predict`'s decoding of every row of `notes` (NaN outside `rows`, which hold whole performances)."""
         rows = np.ones(len(notes), dtype=bool) if rows is None else rows
         log.info("score path: %s (%d notes)", what, int(rows.sum()))
         predicted = np.full(len(notes), np.nan)
-        predicted[rows] = predict_notes(model, notes[rows], batch_windows=batch_windows, progress=True, decoding=decoding)
+        predicted[rows] = predict_notes(model, notes[rows], batch_windows=batch_windows, progress=True, decoding=DEFAULT_DECODING)
         return predicted
 
     def scores(predicted: np.ndarray, suffix: str, keep: np.ndarray, drop: str = "_macro_") -> dict[str, float]:
         return {k: v for k, v in dynamics_scores(predicted[keep], true[keep], piece_id[keep], suffix).items() if "_macro_" not in k and drop not in k}
 
-    predicted = predict(score_model, test, "the score model")
+    log.info("score path: the score model (%d notes)", len(test))
+    # `velocity predict`'s decoding, and the networks' own (averaged, before the tree and the stretch), from one pass.
+    decoded = decode_notes(score_model, test, ("averaged", DEFAULT_DECODING), batch_windows=batch_windows, progress=True)
+    predicted = decoded[DEFAULT_DECODING].astype(np.float64)
     flat = predict(score_model, test.assign(notated_velocity=np.int16(FLAT_VELOCITY)), "every notated velocity 64")
     train_played = train["velocity"].to_numpy() >= 0
     slope, intercept = np.polyfit(train["notated_velocity"].to_numpy(dtype=np.float64)[train_played],
@@ -312,7 +314,7 @@ def evaluate_scores(
 
     metrics = metrics_over(headline)
     keep = played & headline
-    metrics["velocity_mae_score_network"] = mae(predict(score_model, test, "the score model's networks alone", "averaged", headline)[keep], true[keep])
+    metrics["velocity_mae_score_network"] = mae(decoded["averaged"][keep], true[keep])
     if (tree := score_model.tree) is not None:
         metrics["velocity_mae_score_tree"] = mae(tree.predict(test)[keep], true[keep])
         metrics["score_network_weight"] = score_model.calibration.network_weight
