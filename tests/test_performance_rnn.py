@@ -50,7 +50,7 @@ WINDOW = 64
 TINY_MODEL = params_section(PerfModelParams, "performance_rnn.model", hidden_size=64, layers=1, dropout=0.0)
 TINY_TRAIN = params_section(
     PerfTrainParams, "performance_rnn.train",
-    seed=0, steps=150, batch_size=16, lr=0.003, clip_norm=3.0, eval_every=50, checkpoint_every=50, val_windows=64, device="cpu"
+    seed=0, epochs=None, steps=150, batch_size=16, lr=0.003, clip_norm=3.0, eval_every=50, checkpoint_every=50, val_windows=64, device="cpu"
 )
 
 
