@@ -430,3 +430,20 @@ def test_an_ensemble_needs_an_encoder_only_model(tmp_path):
     root = write_windows_project(tmp_path)
     with pytest.raises(ParamsError, match="train.ensemble.*model.kind: encoder"):
         run_in(root, replace(TINY_TRAIN, ensemble=2))
+
+
+def test_a_budget_stops_at_whichever_comes_first_epochs_or_steps():
+    """The score model's budget (one epoch, at most 1,000 steps) on the real archives' 38,172 score
+    windows and on the demo's 1,395; either bound alone; no bound at all is an error."""
+    from velocity.model.config import ParamsError
+    from velocity.model.harness import budget_steps
+
+    assert budget_steps(1000, 1, 38_172, 16) == 1000  # the step cap binds on large data
+    assert budget_steps(1000, 1, 1_395, 16) == 88  # one epoch on small data: ceil(1,395 / 16)
+    assert budget_steps(None, 2.7, 1_395, 16) == 236
+    assert budget_steps(6, None, 1_395, 16) == 6
+    assert budget_steps(None, 0.001, 10, 16) == 1  # never fewer than one step
+    with pytest.raises(ValueError, match="max_steps or epochs"):
+        budget_steps(None, None, 1_395, 16)
+    with pytest.raises(ParamsError, match="both null"):
+        replace(TINY_TRAIN, epochs=None, max_steps=None)
