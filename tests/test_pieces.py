@@ -158,8 +158,8 @@ def test_disjoint_windows_hold_each_note_once_and_skip_only_overlaps():
     window), every other one, each note at most once, and only notes of a piece's tail window left out."""
     lengths, length, step = [300, 40, 256], 128, 64
     offsets = np.cumsum([0] + lengths)
-    rows = np.concatenate([np.where(plan_windows(n, length, step).window_rows() >= 0, plan_windows(n, length, step).window_rows() + offset, -1)
-                           for n, offset in zip(lengths, offsets)])  # fmt: skip
+    piece_rows = [plan_windows(n, length, step).window_rows() for n in lengths]
+    rows = np.concatenate([np.where(r >= 0, r + offset, -1) for r, offset in zip(piece_rows, offsets)])
     kept = disjoint_windows(rows)
     held = rows[kept][rows[kept] >= 0]
     assert len(held) == len(np.unique(held))  # no note twice

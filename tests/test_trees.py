@@ -105,6 +105,21 @@ def test_the_score_model_plays_its_networks_blended_with_its_tree(trained_score_
     assert not np.array_equal(played, networks_only)
 
 
+
+def test_decodings_that_share_a_network_pass_give_what_each_gives_alone(trained_score_model):
+    """evaluate decodes every decoding at once (`decode_notes`: one pass for `averaged` and
+    `pianist`, one for an encoder's `median` and `notes-only`): each the same as decoded alone."""
+    from velocity.model.decode import load_velocity_model
+    from velocity.model.decodings import DECODINGS
+    from velocity.model.pieces import decode_notes, predict_notes
+
+    model_path, _ = trained_score_model
+    model = load_velocity_model(model_path)
+    notes = pd.read_parquet(model_path.parents[1] / "aligned/validation.parquet")
+    together = decode_notes(model, notes, list(DECODINGS))
+    for decoding in DECODINGS:
+        np.testing.assert_array_equal(together[decoding], predict_notes(model, notes, decoding=decoding), err_msg=decoding)
+
 def test_the_gbt_stage_fits_a_seeded_sample_of_at_most_max_train_notes():
     """`gbt.max_train_notes` caps the notes fitted (a seeded sample, each note's features read from
     its whole piece); unplayed notes (velocity -1) are never fitted; the same seed, the same tree."""
