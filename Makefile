@@ -18,8 +18,8 @@ setup: $(VENV)/.installed
 repro: setup
 	$(BIN)/dvc repro
 
-# Two workers, each test file whole on one of them (its module fixtures built once): about 10 minutes
-# here (2026-12-07) instead of about 17 in one process, as most tests wait on single-threaded subprocesses.
+# Two workers, each test file whole on one of them (its module fixtures built once; the files that read
+# the demo run on one, tests/conftest.py), as most tests wait on single-threaded subprocesses.
 TEST_WORKERS ?= 2
 
 test: setup

@@ -156,6 +156,108 @@ def prefect_harness() -> Iterator[None]:
         yield
 
 
+# --- the demo pipeline, run once through the Prefect flow ------------------------------------------
+
+# A 100-piece demo corpus and models just big enough to beat the baselines in 200 steps
+# (tests/test_evaluate.py says by how much); the Performance RNN tiny (its own tests train it).
+DEMO_RUN: dict[str, Any] = {
+    "data": {"source": "demo", "demo_pieces": 100},
+    "extract": {"workers": 1},
+    "vocab": {"velocity_hint": False},
+    "windows": {"length": 64, "step": 32},
+    "model": {"layers": 2, "heads": 4, "d_model": 64, "d_ff": 128, "dropout": 0.1, "aligned": True, "kind": "encoder-decoder"},
+    "gbt": {"max_iter": 50, "max_train_notes": 1_000_000, "seed": 0},
+    "train": {"batch_size": 32, "warmup": 50, "lr_factor": 0.5, "epochs": None, "max_steps": 200, "input_dropout": 0.75, "eval_every": 100,
+              "checkpoint_every": 200, "device": "cpu", "ensemble": 1, "member_processes": 1},
+    "evaluate": {"segments": 2, "segment_notes": 64},
+    # The score model as the default one (encoder-only: its four decodings in evaluate take seconds, not minutes).
+    "score_train": {"model": {"kind": "encoder"}, "train": {"epochs": None, "max_steps": 100, "notation_dropout": 0.25, "ensemble": 2}},
+    "timing_train": {"model": {"layers": 1}, "train": {"epochs": None, "max_steps": 200, "eval_every": 100, "checkpoint_every": 200, "device": "cpu"}},
+    "timing_tree": {"max_iter": 20},
+    "performance_rnn": {
+        "events": {"window": 32, "step": 32},
+        "model": {"hidden_size": 16, "layers": 1},
+        "train": {"epochs": None, "steps": 4, "batch_size": 4, "eval_every": 4, "checkpoint_every": 4, "val_windows": 4, "device": "cpu"},
+        "evaluate": {"device": "cpu"},
+    },
+}  # fmt: skip
+# The test files that read the demo run: `make test` runs them on one worker, which runs it once.
+DEMO_RUN_FILES = ("tests/test_flows.py", "tests/test_evaluate.py")
+DEMO_RUN_GROUP = "demo_run"
+# On 2 cores shared with other processes torch's default thread pool spins against them (the first
+# LSTM call of perf_evaluate took 16 s instead of 2); the stages' subprocesses get one thread.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def read_flow_run(flow_run_id: Any) -> dict[str, Any]:
+    """The flow run's task runs, artifacts and logs, as the UI would see them (through the API)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+    from prefect.client.schemas.sorting import TaskRunSort
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # logs are shipped in batches; make sure this run's are all in
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(flow_run_id)
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+        )
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return {
+        "flow_run": flow_run,
+        "task_runs": task_runs,
+        "artifacts": {artifact.key: artifact for artifact in artifacts},
+        "log": "\n".join(log.message for log in logs),
+    }
+
+
+def run_pipeline(project: Path, **params: Any) -> tuple[Any, dict[str, Any]]:
+    """The project's pipeline as one real flow run: its final state and what the Prefect API shows of it."""
+    from velocity.pipeline.flows import pipeline_flow
+
+    state = pipeline_flow()(root=str(project), retry_delay_seconds=0, return_state=True, **params)
+    return state, read_flow_run(state.state_details.flow_run_id)
+
+
+@pytest.fixture(scope="session")
+def demo_run(prefect_harness: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A fresh DEMO_RUN project run once through the flow (every stage runs): the project, the
+    flow's state, and its task runs, artifacts and log."""
+    project = make_project(tmp_path_factory.mktemp("demo_run") / "project", DEMO_RUN)
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in ONE_THREAD.items():
+            env.setenv(key, value)
+        state, seen = run_pipeline(project)
+    return {"project": project, "state": state, **seen}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadfile` (each test file whole on one worker, its module fixtures built once), except
+    that the files reading the demo run share one worker, which runs it once."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class DemoRunFilesTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return DEMO_RUN_GROUP if scope in DEMO_RUN_FILES else scope
+
+    return DemoRunFilesTogether(config, log)
+
+
 # --- a real `prefect server start` -----------------------------------------------------------------
 
 SERVER_START_TIMEOUT_SECONDS = 180  # 2 shared cores: migrations on a fresh database take a while

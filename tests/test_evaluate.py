@@ -11,7 +11,7 @@ import pretty_midi
 import pytest
 import torch
 
-from conftest import ROOT, dvc, make_project, params_section, stage_error
+from conftest import ROOT, dvc, params_section, stage_error
 from velocity.midi_writer import write_segment_midi
 from velocity.metrics import bin_distance, mae, per_pitch_means
 from velocity.stages.evaluate import pick_segments, teacher_forced
@@ -107,29 +107,13 @@ def test_segment_midi_round_trips(tmp_path):
 
 
 @pytest.mark.slow
-def test_dvc_repro_evaluate_beats_the_baselines_on_the_demo_corpus(tmp_path, monkeypatch):
-    """A short training (200 steps) on a small demo corpus, then the real stage. With no velocity
-    hint every decoding must beat both baselines, so the model learned dynamics from the notes and
-    windows, batched decoding, stitching and scoring line up. Measured at these settings: greedy
-    0.69 x flat-64 and 0.76 x per-pitch; medians fed back 0.75 x per-pitch; notes-only 0.75 x
-    per-pitch."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny models run fastest single-threaded, even on a busy machine
-    project = make_project(tmp_path / "project", {
-        "data": {"source": "demo", "demo_pieces": 100},
-        "extract": {"workers": 1},
-        "vocab": {"velocity_hint": False},
-        "windows": {"length": 64, "step": 32},
-        "model": {"layers": 2, "heads": 4, "d_model": 64, "d_ff": 128, "dropout": 0.1, "aligned": True, "kind": "encoder-decoder"},
-        "gbt": {"max_iter": 50, "max_train_notes": 1_000_000, "seed": 0},
-        "train": {"batch_size": 32, "warmup": 50, "lr_factor": 0.5, "epochs": None, "max_steps": 200, "input_dropout": 0.75, "eval_every": 100,
-                  "checkpoint_every": 200, "device": "cpu", "ensemble": 1, "member_processes": 1},
-        "evaluate": {"segments": 2, "segment_notes": 64},
-        # The score model as the default one (encoder-only: its four decodings in evaluate take seconds, not minutes).
-        "score_train": {"model": {"kind": "encoder"}, "train": {"epochs": None, "max_steps": 100, "notation_dropout": 0.25, "ensemble": 2}},
-        "timing_train": {"model": {"layers": 1}, "train": {"epochs": None, "max_steps": 200, "eval_every": 100, "checkpoint_every": 200, "device": "cpu"}},
-        "timing_tree": {"max_iter": 20},
-    })  # fmt: skip
-    dvc(project, "repro", "evaluate")
+def test_dvc_repro_evaluate_beats_the_baselines_on_the_demo_corpus(demo_run):
+    """The demo run (conftest.DEMO_RUN: a short training, 200 steps, on a small demo corpus, every
+    stage through `dvc repro`). With no velocity hint every decoding must beat both baselines, so the
+    model learned dynamics from the notes and windows, batched decoding, stitching and scoring line
+    up. Measured at these settings: greedy 0.69 x flat-64 and 0.76 x per-pitch; medians fed back
+    0.75 x per-pitch; notes-only 0.75 x per-pitch."""
+    project = demo_run["project"]
 
     metrics = json.loads((project / "metrics/evaluate.json").read_text())
     assert METRIC_KEYS <= set(metrics)

@@ -1,4 +1,4 @@
-"""The DVC pipeline as a Prefect flow: real `dvc repro` per stage on a small demo project, real Prefect runs."""
+"""The DVC pipeline as a Prefect flow: real `dvc repro` per stage on the demo run's project (conftest.demo_run), real Prefect runs."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ import shutil
 import sys
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 import pytest
 import yaml
 from browser import MAX_DRAWN_MEAN_DIFFERENCE, MIN_DRAWN_CORRELATION, chromium_page, drawn_likeness, open_image, require_chromium, show
-from conftest import ROOT, SMALL_DEMO, deep_update, make_project, prefect_server_process, velocity
+from conftest import ONE_THREAD, prefect_server_process, run_pipeline, velocity
 
 from velocity.pipeline.flows import (
     FIGURE_MAX_WIDTH_PX,
@@ -28,80 +27,6 @@ from velocity.pipeline.flows import (
     stream_command,
 )
 
-# The demo corpus with models so small that the whole pipeline takes seconds per stage.
-TINY_PIPELINE: dict[str, Any] = deep_update(
-    json.loads(json.dumps(SMALL_DEMO)),
-    {
-        "windows": {"length": 32, "step": 32},
-        "model": {"layers": 1, "heads": 2, "d_model": 16, "d_ff": 32},
-        "train": {
-            "batch_size": 4, "epochs": 1, "max_steps": 4, "warmup": 2, "eval_every": 4,
-            "checkpoint_every": 4, "eval_windows": 4, "device": "cpu", "ensemble": 1,
-            "member_processes": 1,  # the score model's two members in turn: spawning a process costs more than they take
-        },
-        "score_train": {"train": {"max_steps": 4, "ensemble": 2}},  # the score model's ensemble, two members of 4 steps
-        "timing_train": {"model": {"layers": 1, "heads": 2, "d_model": 16, "d_ff": 32},
-                         "train": {"batch_size": 4, "max_steps": 4, "eval_every": 4, "checkpoint_every": 4, "device": "cpu"}},
-        "timing_tree": {"max_iter": 5},
-        "evaluate": {"batch_windows": 64, "segments": 1, "segment_notes": 32},
-        "gbt": {"max_iter": 20, "max_train_notes": 1_000_000, "seed": 0},  # both trees (gbt, score_gbt): seconds, not a minute
-        "performance_rnn": {
-            "events": {"window": 32, "step": 32},
-            "model": {"hidden_size": 16, "layers": 1},
-            "train": {
-                "steps": 4, "batch_size": 4, "eval_every": 4, "checkpoint_every": 4,
-                "val_windows": 4, "device": "cpu",
-            },
-            "evaluate": {"device": "cpu"},
-        },
-    },
-)
-
-
-# On 2 cores shared with other processes torch's default thread pool spins against them (the first
-# LSTM call of perf_evaluate took 16 s instead of 2); the stages' subprocesses get one thread.
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def tiny_params() -> dict[str, Any]:
-    """TINY_PIPELINE limited to the sections params.yaml has (a section nobody reads would be an error)."""
-    present = yaml.safe_load((ROOT / "params.yaml").read_text())
-    return {name: section for name, section in TINY_PIPELINE.items() if name in present}
-
-
-def read_flow_run(flow_run_id: UUID) -> dict[str, Any]:
-    """The flow run's task runs, artifacts and logs, as the UI would see them (through the API)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        ArtifactFilter,
-        ArtifactFilterFlowRunId,
-        FlowRunFilter,
-        FlowRunFilterId,
-        LogFilter,
-        LogFilterFlowRunId,
-    )
-    from prefect.client.schemas.sorting import TaskRunSort
-    from prefect.logging.handlers import APILogHandler
-
-    APILogHandler().flush()  # logs are shipped in batches; make sure this run's are all in
-    with get_client(sync_client=True) as client:
-        flow_run = client.read_flow_run(flow_run_id)
-        task_runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
-        )
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
-        )
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-    return {
-        "flow_run": flow_run,
-        "task_runs": task_runs,
-        "artifacts": {artifact.key: artifact for artifact in artifacts},
-        "log": "\n".join(log.message for log in logs),
-    }
-
-
 def embedded_images(markdown: str) -> dict[str, bytes]:
     """The images a markdown artifact carries as data: URIs, {alt text: file bytes}, in order."""
     found = re.findall(r"!\[([^\]]*)\]\(data:image/[a-z+]+;base64,([A-Za-z0-9+/=]+)\)", markdown)
@@ -112,22 +37,10 @@ def project_figures(project: Path) -> list[Path]:
     return figure_paths(project, [out for stage in read_stages(project) for out in stage.outs])
 
 
-def run_pipeline(project: Path, **params: Any) -> tuple[Any, dict[str, Any]]:
-    from velocity.pipeline.flows import pipeline_flow
-
-    state = pipeline_flow()(root=str(project), retry_delay_seconds=0, return_state=True, **params)
-    return state, read_flow_run(state.state_details.flow_run_id)
-
-
-@pytest.fixture(scope="module")
-def first_run(prefect_harness: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A fresh tiny project run once through the flow (every stage runs)."""
-    project = make_project(tmp_path_factory.mktemp("flows") / "project", tiny_params())
-    with pytest.MonkeyPatch.context() as env:
-        for key, value in ONE_THREAD.items():
-            env.setenv(key, value)
-        state, seen = run_pipeline(project)
-    return {"project": project, "state": state, **seen}
+@pytest.fixture
+def first_run(demo_run: dict[str, Any]) -> dict[str, Any]:
+    """The demo project's first flow run (every stage ran)."""
+    return demo_run
 
 
 def test_stage_order_follows_dvc_graph(project: Path) -> None:

@@ -9,11 +9,47 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_project
-from test_flows import ONE_THREAD, tiny_params
+import yaml
+from conftest import ONE_THREAD, ROOT, SMALL_DEMO, deep_update, make_project
 
 from velocity.pipeline.flows import PipelineError
 from velocity.pipeline.sweep import experiment_name, grid_points, parse_grid
+
+# The demo corpus with models so small that the whole pipeline takes seconds per stage.
+TINY_PIPELINE: dict[str, Any] = deep_update(
+    json.loads(json.dumps(SMALL_DEMO)),
+    {
+        "windows": {"length": 32, "step": 32},
+        "model": {"layers": 1, "heads": 2, "d_model": 16, "d_ff": 32},
+        "train": {
+            "batch_size": 4, "epochs": 1, "max_steps": 4, "warmup": 2, "eval_every": 4,
+            "checkpoint_every": 4, "eval_windows": 4, "device": "cpu", "ensemble": 1,
+            "member_processes": 1,  # the score model's two members in turn: spawning a process costs more than they take
+        },
+        "score_train": {"train": {"max_steps": 4, "ensemble": 2}},  # the score model's ensemble, two members of 4 steps
+        "timing_train": {"model": {"layers": 1, "heads": 2, "d_model": 16, "d_ff": 32},
+                         "train": {"batch_size": 4, "max_steps": 4, "eval_every": 4, "checkpoint_every": 4, "device": "cpu"}},
+        "timing_tree": {"max_iter": 5},
+        "evaluate": {"batch_windows": 64, "segments": 1, "segment_notes": 32},
+        "gbt": {"max_iter": 20, "max_train_notes": 1_000_000, "seed": 0},  # both trees (gbt, score_gbt): seconds, not a minute
+        "performance_rnn": {
+            "events": {"window": 32, "step": 32},
+            "model": {"hidden_size": 16, "layers": 1},
+            "train": {
+                "steps": 4, "batch_size": 4, "eval_every": 4, "checkpoint_every": 4,
+                "val_windows": 4, "device": "cpu",
+            },
+            "evaluate": {"device": "cpu"},
+        },
+    },
+)
+
+
+def tiny_params() -> dict[str, Any]:
+    """TINY_PIPELINE limited to the sections params.yaml has (a section nobody reads would be an error)."""
+    present = yaml.safe_load((ROOT / "params.yaml").read_text())
+    return {name: section for name, section in TINY_PIPELINE.items() if name in present}
+
 
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "velocity tests", "GIT_AUTHOR_EMAIL": "tests@velocity.invalid",
