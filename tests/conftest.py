@@ -19,6 +19,12 @@ from typing import Any
 import pytest
 import yaml
 
+# Every test, and every process a test starts, on one torch thread unless it asks for more: `make test`
+# runs two workers on two cores, where torch's default pool (a thread a core) only spins against the
+# other worker.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 FULL_ZIP = SHARED_DATA / "maestro-v3.0.0-asap-midi.zip"
@@ -181,9 +187,9 @@ DEMO_RUN: dict[str, Any] = {
         "evaluate": {"device": "cpu"},
     },
 }  # fmt: skip
-# The test files that read the demo run: `make test` runs them on one worker, which runs it once.
-DEMO_RUN_FILES = ("tests/test_flows.py", "tests/test_evaluate.py")
-DEMO_RUN_GROUP = "demo_run"
+# The test files that read the demo run or talk to the session's Prefect test server: `make test`
+# runs them on one worker, which starts the server and runs the demo once.
+PREFECT_FILES = ("tests/test_flows.py", "tests/test_evaluate.py", "tests/test_sweep.py")
 # On 2 cores shared with other processes torch's default thread pool spins against them (the first
 # LSTM call of perf_evaluate took 16 s instead of 2); the stages' subprocesses get one thread.
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -245,17 +251,17 @@ def demo_run(prefect_harness: None, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """`--dist loadfile` (each test file whole on one worker, its module fixtures built once), except
-    that the files reading the demo run share one worker, which runs it once."""
+    that the PREFECT_FILES share one worker."""
     if config.getvalue("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling
 
-    class DemoRunFilesTogether(LoadFileScheduling):
+    class PrefectFilesTogether(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
             scope = super()._split_scope(nodeid)
-            return DEMO_RUN_GROUP if scope in DEMO_RUN_FILES else scope
+            return "prefect" if scope in PREFECT_FILES else scope
 
-    return DemoRunFilesTogether(config, log)
+    return PrefectFilesTogether(config, log)
 
 
 # --- a real `prefect server start` -----------------------------------------------------------------

@@ -166,6 +166,26 @@ def test_second_run_skips_every_stage(first_run: dict[str, Any]) -> None:
 
 
 @pytest.mark.slow
+def test_a_changed_param_reruns_its_stage_and_dvc_decides_after_it(first_run: dict[str, Any], tmp_path: Path) -> None:
+    """`dvc status` spares DVC's start-up only before the first stage that runs: the changed stage and
+    the one reading its output run, and every later stage is still asked of `dvc repro`."""
+    project = tmp_path / "changed"
+    shutil.copytree(first_run["project"], project, symlinks=True)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["performance_rnn"]["train"]["steps"] += 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    state, seen = run_pipeline(project)
+    assert state.is_completed(), state.message
+    status = {result["stage"]: result["status"] for result in state.result()}
+    stages = stage_order(project)
+    first_ran = stages.index("perf_train")
+    assert all(status[stage] == "skipped" for stage in stages[:first_ran])
+    assert all(f"Stage '{stage}' didn't change, skipping (dvc status)" in seen["log"] for stage in stages[:first_ran])
+    assert status["perf_train"] == status["perf_evaluate"] == "ran"
+    assert "performance_rnn.train.steps" in seen["artifacts"]["velocity-run-summary"].data
+
+@pytest.mark.slow
 def test_failing_stage_fails_the_flow_naming_it(first_run: dict[str, Any], tmp_path: Path) -> None:
     project = tmp_path / "broken"
     shutil.copytree(first_run["project"], project, symlinks=True)

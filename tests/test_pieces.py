@@ -117,6 +117,26 @@ def test_batched_pieces_decode_as_each_alone(small_model):
         assert ((predicted >= 0) & (predicted <= 127)).all()
 
 
+def test_batches_side_by_side_on_two_threads_give_what_one_thread_gives(small_model):
+    """`make test` runs torch on one thread; `velocity predict` decodes its batches side by side, one
+    per intra-op thread (velocity.model.runtime.batch_map): the same numbers, in order."""
+    import torch
+
+    from velocity.model.pieces import predict_pieces
+
+    pieces = random_pieces([40, 17, 33], seed=1)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = predict_pieces(small_model, pieces, length=16, step=8, batch_windows=2)
+        torch.set_num_threads(2)
+        two = predict_pieces(small_model, pieces, length=16, step=8, batch_windows=2)
+    finally:
+        torch.set_num_threads(before)
+    for alone, side_by_side in zip(one, two):
+        np.testing.assert_array_equal(alone, side_by_side)
+
+
 def test_each_note_takes_its_owner_windows_greedy_output(small_model):
     import torch
 
