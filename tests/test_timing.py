@@ -192,3 +192,30 @@ def test_sustain_events_reads_cc64_in_seconds_of_the_files_tempo_map(tmp_path):
     times, values = T.sustain_events(path)
     np.testing.assert_allclose(times, [0.25, 0.5])
     assert values.tolist() == [127, 0]
+
+
+def test_the_onset_blend_is_chosen_by_the_renderings_onset_r_not_absolute_error():
+    """A network that spreads chords as the pianist does, at half the size and off by a group-wide
+    shift, against a tree that predicts almost nothing: the tree wins on absolute error, the network
+    on the onset r the rendering is judged by, and the blend follows the r."""
+    import pandas as pd
+
+    from velocity.model.timing_net import ONSET, blend_error, fit_blend, rendered_onset_r
+
+    rng = np.random.default_rng(0)
+    start = np.repeat(np.arange(40.0), 3)  # 40 three-note chords, each performance
+    spread = rng.normal(0, 0.02, size=len(start))
+    notes = pd.DataFrame({
+        "piece_id": np.repeat(["a", "b"], len(start)), "start": np.tile(start, 2),
+        "performance_start": np.tile(start, 2) + np.tile(spread, 2), "onset_deviation": np.tile(spread, 2),
+    })  # fmt: skip
+    shift = np.repeat(rng.normal(0, 0.05, size=80), 3)  # the same for every note of a chord: heard as tempo, not spread
+    network = pd.DataFrame({ONSET: 0.5 * notes["onset_deviation"].to_numpy() + shift})
+    tree = pd.DataFrame({ONSET: rng.normal(0, 0.001, size=len(notes))})
+
+    assert rendered_onset_r(notes["onset_deviation"].to_numpy(), notes) == pytest.approx(1.0)
+    assert rendered_onset_r(network[ONSET].to_numpy(), notes) == pytest.approx(1.0)  # the shift cancels within a chord
+    assert np.abs(network[ONSET] - notes["onset_deviation"]).mean() > np.abs(tree[ONSET] - notes["onset_deviation"]).mean()
+    assert blend_error(ONSET, network[ONSET].to_numpy(), notes) < blend_error(ONSET, tree[ONSET].to_numpy(), notes)
+    others = {"log_pace": 0.0, "articulation": 0.0, "pedal_down": 0.0}
+    assert fit_blend(network.assign(**others), tree.assign(**others), notes.assign(**others))[ONSET] > 0

@@ -100,10 +100,10 @@ def fit_tree_blend(state: dict, validation: pd.DataFrame, tree: pd.DataFrame) ->
     tree = tree.set_axis(validation.index)
     weights = fit_blend(network, tree, validation)
     for name in TIMING_TARGETS:
-        truth, w = validation[name].to_numpy(dtype=float), weights[name]
+        w = weights[name]
         log.info("validation %s: network %.4f, tree %.4f, blend %.4f at network weight %.1f", name,
-                 blend_error(name, network[name].to_numpy(), truth), blend_error(name, tree[name].to_numpy(), truth),
-                 blend_error(name, w * network[name].to_numpy() + (1 - w) * tree[name].to_numpy(), truth), w)  # fmt: skip
+                 blend_error(name, network[name].to_numpy(), validation), blend_error(name, tree[name].to_numpy(), validation),
+                 blend_error(name, w * network[name].to_numpy() + (1 - w) * tree[name].to_numpy(), validation), w)  # fmt: skip
     return weights
 
 

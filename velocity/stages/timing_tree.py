@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         notes = pd.read_parquet(args.aligned_dir / f"{split}.parquet")
         predicted = tree_predictions(trees, notes)
         for name in TIMING_TARGETS:
-            report[f"{split}_{name}_error"] = blend_error(name, predicted[name].to_numpy(), notes[name].to_numpy(dtype=np.float64))
+            report[f"{split}_{name}_error"] = blend_error(name, predicted[name].to_numpy(), notes)  # the onset's: 1 - r
         with atomic_path(args.out_dir / f"{split}.parquet") as tmp:
             predicted.reset_index(drop=True).to_parquet(tmp)
     save_checkpoint(args.out_dir / "trees.pt", {name: tree.to_state() for name, tree in trees.items()})
