@@ -248,23 +248,10 @@ def demo_run(prefect_harness: None, tmp_path_factory: pytest.TempPathFactory) ->
     return {"project": project, "state": state, **seen}
 
 
-# The slowest files first, each a minute or more of real `dvc repro`, torchrun or browsers: the short
-# ones then fill in at the end instead of a long one running alone while the other worker idles.
-SLOW_FILES = PREFECT_FILES + ("tests/test_distributed.py", "tests/test_performance_rnn.py", "tests/test_train.py",
-                              "tests/test_studio.py", "tests/test_pipeline_data.py")  # fmt: skip
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """SLOW_FILES first; every file's tests stay together and in their order."""
-    rank = {name: i for i, name in enumerate(SLOW_FILES)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
-
-
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """`--dist loadfile` (each test file whole on one worker, its module fixtures built once), except
-    that the PREFECT_FILES share one worker, and files are handed out in collection order (SLOW_FILES
-    first), not by their number of tests."""
+    that the PREFECT_FILES share one worker."""
     if config.getvalue("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling
@@ -274,7 +261,6 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             scope = super()._split_scope(nodeid)
             return "prefect" if scope in PREFECT_FILES else scope
 
-    config.option.loadscopereorder = False
     return PrefectFilesTogether(config, log)
 
 
