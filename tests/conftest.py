@@ -248,7 +248,7 @@ def demo_run(prefect_harness: None, tmp_path_factory: pytest.TempPathFactory) ->
     return {"project": project, "state": state, **seen}
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # before pytest-xdist's own; a hook only xdist knows
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """`--dist loadfile` (each test file whole on one worker, its module fixtures built once), except
     that the PREFECT_FILES share one worker."""
