@@ -37,12 +37,6 @@ def project_figures(project: Path) -> list[Path]:
     return figure_paths(project, [out for stage in read_stages(project) for out in stage.outs])
 
 
-@pytest.fixture
-def first_run(demo_run: dict[str, Any]) -> dict[str, Any]:
-    """The demo project's first flow run (every stage ran)."""
-    return demo_run
-
-
 def test_stage_order_follows_dvc_graph(project: Path) -> None:
     order = stage_order(project)
     for upstream, downstream in [("download", "extract"), ("scores", "extract"), ("extract", "bins"), ("bins", "vocab"), ("vocab", "windows")]:
@@ -119,22 +113,22 @@ def test_figures_markdown_embeds_images_downscales_and_keeps_to_its_budget(tmp_p
 
 
 @pytest.mark.slow
-def test_flow_runs_one_task_per_stage_and_publishes_results(first_run: dict[str, Any]) -> None:
-    project = first_run["project"]
-    assert first_run["state"].is_completed(), first_run["state"].message
+def test_flow_runs_one_task_per_stage_and_publishes_results(demo_run: dict[str, Any]) -> None:
+    project = demo_run["project"]
+    assert demo_run["state"].is_completed(), demo_run["state"].message
     stages = stage_order(project)
-    assert [run.name for run in first_run["task_runs"]] == stages
-    assert all(run.state.is_completed() for run in first_run["task_runs"])
-    assert [result["status"] for result in first_run["state"].result()] == ["ran"] * len(stages)
+    assert [run.name for run in demo_run["task_runs"]] == stages
+    assert all(run.state.is_completed() for run in demo_run["task_runs"])
+    assert [result["status"] for result in demo_run["state"].result()] == ["ran"] * len(stages)
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert sorted(lock["stages"]) == sorted(stages)
     # The stages' own output reached the Prefect logs.
-    assert "Running stage 'windows':" in first_run["log"]
+    assert "Running stage 'windows':" in demo_run["log"]
 
-    summary = first_run["artifacts"]["velocity-run-summary"].data
+    summary = demo_run["artifacts"]["velocity-run-summary"].data
     assert all(f"| {stage} | ran |" in summary for stage in stages)
     assert "bins.dstart" in summary  # first run: every param is new since the last run
-    metrics = json.loads(first_run["artifacts"]["velocity-metrics"].data)
+    metrics = json.loads(demo_run["artifacts"]["velocity-metrics"].data)
     assert metrics and all(set(row) == {"file", "metric", "value"} for row in metrics)
     declared = {
         next(iter(entry)) if isinstance(entry, dict) else entry
@@ -146,15 +140,15 @@ def test_flow_runs_one_task_per_stage_and_publishes_results(first_run: dict[str,
     # than FIGURE_MAX_WIDTH_PX).
     figures = project_figures(project)
     assert figures, "evaluate declares plots/evaluate: the run must have drawn figures"
-    embedded = embedded_images(first_run["artifacts"][FIGURES_ARTIFACT].data)
+    embedded = embedded_images(demo_run["artifacts"][FIGURES_ARTIFACT].data)
     assert list(embedded) == [str(path.relative_to(project.resolve())) for path in figures]
     for name, data in embedded.items():
         assert data == (project / name).read_bytes()
 
 
 @pytest.mark.slow
-def test_second_run_skips_every_stage(first_run: dict[str, Any]) -> None:
-    project = first_run["project"]
+def test_second_run_skips_every_stage(demo_run: dict[str, Any]) -> None:
+    project = demo_run["project"]
     state, seen = run_pipeline(project)
     assert state.is_completed(), state.message
     stages = stage_order(project)
@@ -166,11 +160,11 @@ def test_second_run_skips_every_stage(first_run: dict[str, Any]) -> None:
 
 
 @pytest.mark.slow
-def test_a_changed_param_reruns_its_stage_and_dvc_decides_after_it(first_run: dict[str, Any], tmp_path: Path) -> None:
+def test_a_changed_param_reruns_its_stage_and_dvc_decides_after_it(demo_run: dict[str, Any], tmp_path: Path) -> None:
     """`dvc status` spares DVC's start-up only before the first stage that runs: the changed stage and
     the one reading its output run, and every later stage is still asked of `dvc repro`."""
     project = tmp_path / "changed"
-    shutil.copytree(first_run["project"], project, symlinks=True)
+    shutil.copytree(demo_run["project"], project, symlinks=True)
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["performance_rnn"]["train"]["steps"] += 1
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -185,10 +179,11 @@ def test_a_changed_param_reruns_its_stage_and_dvc_decides_after_it(first_run: di
     assert status["perf_train"] == status["perf_evaluate"] == "ran"
     assert "performance_rnn.train.steps" in seen["artifacts"]["velocity-run-summary"].data
 
+
 @pytest.mark.slow
-def test_failing_stage_fails_the_flow_naming_it(first_run: dict[str, Any], tmp_path: Path) -> None:
+def test_failing_stage_fails_the_flow_naming_it(demo_run: dict[str, Any], tmp_path: Path) -> None:
     project = tmp_path / "broken"
-    shutil.copytree(first_run["project"], project, symlinks=True)
+    shutil.copytree(demo_run["project"], project, symlinks=True)
     lock_before = (project / "dvc.lock").read_text()
     pipeline = yaml.safe_load((project / "dvc.yaml").read_text())
     pipeline["stages"]["vocab"]["cmd"] = "python -c \"import sys; sys.exit('vocab is broken on purpose')\""
@@ -208,15 +203,15 @@ def test_failing_stage_fails_the_flow_naming_it(first_run: dict[str, Any], tmp_p
 
 
 @pytest.mark.slow
-def test_velocity_run_command(first_run: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_velocity_run_command(demo_run: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     from velocity.pipeline.cli import main
 
     # Only up to a target: the target and what it depends on, nothing after it.
-    assert main(["run", "--root", str(first_run["project"]), "extract"]) == 0
+    assert main(["run", "--root", str(demo_run["project"]), "extract"]) == 0
     table = capsys.readouterr().out.split()
-    assert [word for word in table if word in stage_order(first_run["project"])] == ["download", "scores", "extract"]
+    assert [word for word in table if word in stage_order(demo_run["project"])] == ["download", "scores", "extract"]
     assert table.count("skipped") == 3
-    assert main(["run", "--root", str(first_run["project"]), "nope"]) == 2
+    assert main(["run", "--root", str(demo_run["project"]), "nope"]) == 2
     assert "no stage named 'nope'" in capsys.readouterr().err
 
 
@@ -230,7 +225,7 @@ LOADED_FIGURES_JS = """count => {
 
 
 @pytest.mark.slow
-def test_figures_show_in_the_prefect_ui(first_run: dict[str, Any], tmp_path: Path) -> None:
+def test_figures_show_in_the_prefect_ui(demo_run: dict[str, Any], tmp_path: Path) -> None:
     """A real server with its UI, the real `velocity run`, the artifact's page in a real headless Chromium:
     every figure is drawn on screen (screenshots compared with the figure files), in both Prefect UIs."""
     from prefect.client.orchestration import get_client
@@ -238,7 +233,7 @@ def test_figures_show_in_the_prefect_ui(first_run: dict[str, Any], tmp_path: Pat
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     chromium = require_chromium("the UI check needs a real browser")
-    project = first_run["project"]
+    project = demo_run["project"]
     names = [str(path.relative_to(project.resolve())) for path in project_figures(project)]
     with prefect_server_process(tmp_path, ui=True) as (api_url, env):
         # Every stage is up to date, so this run only publishes the artifacts, now on a server with a UI.
