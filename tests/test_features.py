@@ -192,8 +192,41 @@ def test_averaging_takes_each_notes_median_over_every_window_holding_it():
     assert (count >= 1).all()  # every note in some window
     expected = median_velocity(total / count[:, None])
     assert (expected[:4] == median_velocity(probs[0, :4])).all()  # notes 0..3 lie in window 0 only
-    velocity = averaged_medians(model, src, np.zeros((n_notes, 0), dtype=np.int64), rows, batch_windows=2)
+    velocity = averaged_medians([model], src, np.zeros((n_notes, 0), dtype=np.int64), rows, batch_windows=2)
     np.testing.assert_array_equal(velocity, expected)
+
+
+def test_an_ensembles_networks_each_read_their_own_windows_and_every_note_hears_each():
+    """`predict_pieces`' averaged decoding of a two-network ensemble: network 1's windows start half
+    a hop after network 0's, and each note takes the median of its distributions averaged over
+    every (network, window) pair holding it, computed here all at once."""
+    from velocity.model.pieces import median_velocity, predict_pieces
+    from velocity.model.stitching import staggered_windows
+    from velocity.model.transformer import Ensemble, ModelConfig, build_model, one_pass_logits
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(src_vocab=30, tgt_vocab=131, layers=1, heads=2, d_model=16, d_ff=32, dropout=0.1, max_len=8, aligned=False,
+                      kind="encoder", features=())
+    networks = [build_model(cfg).eval(), build_model(cfg).eval()]
+    n_notes, length, hop = 29, 8, 6
+    src = np.random.default_rng(0).integers(N_SPECIALS, 30, n_notes)
+    rows, reader = staggered_windows(n_notes, length, hop, members=2)
+    assert rows[reader == 0, 0].tolist() == [0, 6, 12, 18, 21]  # every hop, and one ending at the last note
+    assert rows[reader == 1, 0].tolist() == [0, 3, 9, 15, 21]  # half a hop later, and the first and last windows
+    assert (np.diff(rows[:, 0]) >= 0).all()  # ordered by first note
+    total, count = np.zeros((n_notes, 128)), np.zeros(n_notes)
+    with torch.no_grad():
+        for window, k in zip(rows, reader):
+            probs = one_pass_logits(networks[k], torch.as_tensor(src[window])[None])[0, :, N_SPECIALS:].softmax(dim=-1).double().numpy()
+            total[window] += probs
+            count[window] += 1
+    assert (count >= 2).all()  # every note heard by each network
+    [velocity] = predict_pieces(Ensemble(networks), [src], length, hop, batch_windows=1, decoding="averaged")
+    np.testing.assert_array_equal(velocity, median_velocity(total / count[:, None]))
+    short_rows, short_reader = staggered_windows(5, length, hop, members=2)  # shorter than a window: one padded window each
+    assert short_rows.tolist() == [[0, 1, 2, 3, 4, -1, -1, -1]] * 2 and short_reader.tolist() == [0, 1]
+    with pytest.raises(ValueError, match="hop"):
+        staggered_windows(n_notes, length, length + 1, members=2)
 
 
 def test_calibration_restores_the_spread_it_is_asked_for():

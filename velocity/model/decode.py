@@ -87,6 +87,13 @@ class VelocityModel:
         return dict(self.checkpoint.get("train") or {})
 
     @property
+    def averaged_hop(self) -> int:
+        """Notes between each network's windows in the averaged decodings (`train.averaged_hop` of
+        the window's length); in a file from before that key, the training windows' step."""
+        share = self.train_params.get("averaged_hop")
+        return max(1, round(share * self.length)) if share else self.step
+
+    @property
     def calibration(self) -> Calibration | None:
         found = self.checkpoint.get("calibration")
         return Calibration(**found) if found else None

@@ -7,8 +7,11 @@ of the window in which it sits nearest the centre.
 
 Averaging (`averaged` and `pianist` decodings): instead, every window gives every note it holds a
 velocity distribution from the notes alone (one pass), and each note takes the median of the mean
-of its distributions, so it hears all the context around it. `pianist` then blends with the
-model's tree, if it carries one, and stretches the dynamics (velocity/model/calibration.py).
+of its distributions, so it hears all the context around it. An ensemble's networks each read
+their own windows, every `train.averaged_hop` notes and offset from one another
+(`staggered_windows`): each note still gets a distribution from every network, in a different
+context, for fewer windows than every network reading every window. `pianist` then blends with
+the model's tree, if it carries one, and stretches the dynamics (velocity/model/calibration.py).
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ from velocity.model.decode import VelocityModel, format_version
 from velocity.model.decodings import DEFAULT_BATCH_WINDOWS, default_batch_windows, find_decoding
 from velocity.model.features import feature_ids
 from velocity.model.runtime import batch_map
-from velocity.model.stitching import owned_steps, piece_windows, plan_windows, stitch
-from velocity.model.transformer import EncoderDecoder, VelocityNet, greedy_decode, one_pass_logits
+from velocity.model.stitching import owned_steps, piece_windows, plan_windows, staggered_windows, stitch
+from velocity.model.transformer import EncoderDecoder, Ensemble, VelocityNet, greedy_decode, one_pass_logits
 
 
 def decode_windows(
@@ -70,25 +73,31 @@ def decode_windows(
 
 @torch.inference_mode()
 def averaged_medians(
-    model: VelocityNet, src: np.ndarray, features: np.ndarray, rows: np.ndarray, batch_windows: int = DEFAULT_BATCH_WINDOWS, progress: bool = False,
+    networks: Sequence[VelocityNet], src: np.ndarray, features: np.ndarray, rows: np.ndarray, reader: np.ndarray | None = None,
+    batch_windows: int = DEFAULT_BATCH_WINDOWS, progress: bool = False,
 ) -> np.ndarray:
     """(n_notes,) the median (`median_velocity`) of every note's velocity distribution averaged over
-    every window holding it (each window's from `one_pass_logits`), without an (n_notes, 128) table.
-    `src` (n_notes,) and `features` (n_notes, F) are per note, `rows` (W, length) each window slot's
-    note (-1 = pad); each batch's windows are gathered only when decoded. A note's median is taken
-    once the last window holding it is decoded, so only the notes of the windows in flight are held
-    (a 200,000-note piece: a few MB, not 200 MB of float64)."""
+    every window holding it (each window's from `one_pass_logits` of the network `reader` names;
+    None: all windows read by `networks[0]`), without an (n_notes, 128) table. `src` (n_notes,) and
+    `features` (n_notes, F) are per note, `rows` (W, length) each window slot's note (-1 = pad),
+    windows in order of first note; each batch's windows are gathered only when decoded, about
+    `batch_windows` for each network. A note's median is taken once the last window holding it is
+    decoded, so only the notes of the windows in flight are held (a 200,000-note piece: a few MB,
+    not 200 MB of float64)."""
     from tqdm import tqdm
 
-    device = next(model.parameters()).device
-    model.eval()
+    device = next(networks[0].parameters()).device
+    for network in networks:
+        network.eval()
+    reader = np.zeros(len(rows), dtype=np.int64) if reader is None else reader
+    batch_windows *= len(networks)
     n_notes = len(src)
     velocity = np.zeros(n_notes, dtype=np.int64)
     # open_from[e]: the first note that a window from e on holds; every note before it is complete
     # once windows [0, e) are decoded.
     first_row = np.where(rows >= 0, rows, n_notes).min(axis=1, initial=n_notes)
     open_from = np.append(np.minimum.accumulate(first_row[::-1])[::-1], n_notes)
-    n_velocities = model.cfg.tgt_vocab - N_SPECIALS
+    n_velocities = networks[0].cfg.tgt_vocab - N_SPECIALS
     low = 0  # total[i] and count[i] belong to note low + i
     total = torch.zeros(0, n_velocities, dtype=torch.float64)
     count = torch.zeros(0, dtype=torch.float64)
@@ -100,8 +109,14 @@ def averaged_medians(
         slots = np.maximum(batch_rows, 0)  # as `windowed`: <pad> (0) where a slot holds no note
         batch_src = np.where(pad, PAD, src[slots])
         batch_features = np.where(pad[..., None], PAD, features[slots])
-        logits = one_pass_logits(model, _tensor(batch_src, device), _tensor(batch_features, device))
-        return logits[..., N_SPECIALS:].float().softmax(dim=-1).cpu().double()
+        batch_reader = reader[begin : begin + batch_windows]
+        probs = torch.empty(*batch_rows.shape, n_velocities, dtype=torch.float64)
+        for k, network in enumerate(networks):
+            mine = batch_reader == k
+            if mine.any():
+                logits = one_pass_logits(network, _tensor(batch_src[mine], device), _tensor(batch_features[mine], device))
+                probs[torch.as_tensor(mine)] = logits[..., N_SPECIALS:].float().softmax(dim=-1).cpu().double()
+        return probs
 
     begins = range(0, len(rows), batch_windows)
     decoded = batch_map(probabilities, begins, device)
@@ -145,21 +160,25 @@ def predict_pieces(
     """Predicted velocity (int64, 0..127) of every note of each piece, from each piece's source ids
     in note order (and its (n_notes, F) feature ids): the windows of all pieces are decoded
     together, batch by batch, then each piece is stitched (or its notes' distributions averaged).
+    Windows start every `step` notes (an averaged decoding's: each network's, `staggered_windows`).
     A calibrated decoding gives its velocities before calibration (`calibrated` applies it).
     `batch_windows` None: the decoding's default (`default_batch_windows`)."""
     how = find_decoding(decoding)
     batch_windows = batch_windows or default_batch_windows(decoding)
     if pieces_features is None:
         pieces_features = [np.zeros((len(src), 0), dtype=np.int64) for src in pieces_src]
-    plans = [plan_windows(len(src), length, step) for src in pieces_src]
     n_features = pieces_features[0].shape[1] if pieces_features else 0
     if how.average:  # windows gathered batch by batch (`averaged_medians`), never all at once
+        networks = list(model.members) if isinstance(model, Ensemble) else [model]
         offsets = np.cumsum([0] + [len(src) for src in pieces_src])
-        rows = _stack([np.where(plan.window_rows() >= 0, plan.window_rows() + offset, -1) for plan, offset in zip(plans, offsets)], (0, length))
+        staggered = [staggered_windows(len(src), length, step, len(networks)) for src in pieces_src]
+        rows = _stack([np.where(rows >= 0, rows + offset, -1) for (rows, _), offset in zip(staggered, offsets)], (0, length))
+        reader = _joined([reader for _, reader in staggered], (0,))
         src = _joined(pieces_src, (0,))
         features = _joined(pieces_features, (0, n_features))
-        velocity = averaged_medians(model, src, features, rows, batch_windows, progress)
+        velocity = averaged_medians(networks, src, features, rows, reader, batch_windows, progress)
         return [velocity[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+    plans = [plan_windows(len(src), length, step) for src in pieces_src]
     windows = _stack([piece_windows(src, plan) for src, plan in zip(pieces_src, plans)], (0, length))
     features = _stack([piece_windows(f, plan) for f, plan in zip(pieces_features, plans)], (0, length, n_features))
     # Decode each window only as far as the last note it owns (the centre rule leaves the last
@@ -206,7 +225,8 @@ def decode_notes(
         key = ("average",) if how.average else (how.pick,) if one_pass else (how.pick, how.feed_back)
         if key not in passes:
             passes[key] = predict_pieces(
-                model.model, [src_ids[a:b] for a, b in pieces], model.length, model.step, batch_windows, progress, decoding,
+                model.model, [src_ids[a:b] for a, b in pieces], model.length, model.averaged_hop if how.average else model.step,
+                batch_windows, progress, decoding,
                 [note_features[a:b] for a, b in pieces],
             )
         found[decoding] = calibrated(model, notes, passes[key], pieces) if how.calibrated else _joined(passes[key], (0,))

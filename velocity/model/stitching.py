@@ -11,6 +11,10 @@ has seen the most of the window's own predictions, the encoder the most notes ei
 goes to the earlier window. The distance is measured from the centre of the full window, so in a
 padded short piece every note simply takes its only window. Each note therefore gets exactly one
 prediction; `plan_windows` returns that choice and `stitch` applies it.
+
+The averaged decodings instead average a note's distributions over every window holding it, and an
+ensemble's networks each read their own windows (`staggered_windows`), offset from one another so
+that a note near the edge of one network's window sits near the middle of another's.
 """
 
 from __future__ import annotations
@@ -87,6 +91,27 @@ def piece_windows(values: np.ndarray, plan: WindowPlan) -> np.ndarray:
     """(W, length, ...) per-note values (source ids, or (n_notes, F) feature ids) of a piece's
     windows, <pad> (0) after its last note."""
     return windowed(np.asarray(values, dtype=np.int64), plan.rows)
+
+
+def staggered_windows(n_notes: int, length: int, hop: int, members: int) -> tuple[np.ndarray, np.ndarray]:
+    """The windows that `members` networks read of an `n_notes`-note piece: (W, length) note index
+    of each slot (-1 for pad) and (W,) the network reading each window, ordered by first note.
+    Network k's windows start every `hop` notes from k * hop // members on, beside one window at the
+    first note and one ending at the last, so every network holds every note; network 0's are
+    `plan_windows`'s. A piece shorter than a window is one padded window for each network."""
+    if length < 1 or not 1 <= hop <= length:
+        raise ValueError(f"need 1 <= hop <= length, got length={length}, hop={hop}")
+    if members < 1:
+        raise ValueError(f"need at least one network, got {members}")
+    last = max(n_notes - length, 0)
+    starts, member = [], []
+    for k in range(members if n_notes else 0):
+        found = sorted({0, last, *range(k * hop // members, last + 1, hop)})
+        starts += found
+        member += [k] * len(found)
+    order = np.lexsort((member, starts))
+    slots = np.asarray(starts, dtype=np.int64)[order, None] + np.arange(length, dtype=np.int64)
+    return np.where(slots < n_notes, slots, -1).reshape(-1, length), np.asarray(member, dtype=np.int64)[order]
 
 
 def disjoint_windows(rows: np.ndarray) -> np.ndarray:

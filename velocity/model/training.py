@@ -84,6 +84,10 @@ class TrainConfig:
     # (1: one after another in this process, their curves live in dvclive; else each member's
     # curves are written when it finishes). Ignored under torchrun.
     member_processes: int
+    # The averaged decodings (`velocity predict`'s): each network reads windows every `averaged_hop`
+    # of a window's length, its windows offset from the previous network's by a share of that hop
+    # (velocity/model/stitching.py `staggered_windows`). In (0, 1]; 0.5 is the windows stage's hop.
+    averaged_hop: float
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -91,6 +95,8 @@ class TrainConfig:
         for name in ("batch_size", "accum", "warmup", "eval_every", "checkpoint_every", "nproc_per_node", "ensemble", "member_processes"):
             if getattr(self, name) < 1:
                 raise ParamsError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.averaged_hop <= 1:
+            raise ParamsError(f"train.averaged_hop is a share of a window's length, in (0, 1], got {self.averaged_hop}")
         if self.epochs is not None and not self.epochs > 0:
             raise ParamsError(f"train.epochs must be positive or null, got {self.epochs}")
         if self.epochs is None and self.max_steps is None:
@@ -366,7 +372,7 @@ def loop_config(cfg: TrainConfig, n_train_windows: int, world_size: int = 1, pro
 
 
 # Train params that do not change what is learned: a run may resume with other values of them.
-NOT_FINGERPRINTED = ("checkpoint_every", "device", "nproc_per_node", "compile", "loader_workers", "ensemble", "member_processes")
+NOT_FINGERPRINTED = ("checkpoint_every", "device", "nproc_per_node", "compile", "loader_workers", "ensemble", "member_processes", "averaged_hop")
 
 
 def train(

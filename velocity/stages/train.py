@@ -148,7 +148,7 @@ Under torchrun every process trains; rank 0 writes."""
     if tree_state is not None:
         extra["tree"] = tree_state
     if calibration_notes is not None:
-        extra["calibration"] = calibrate(states, model_cfg, extra, calibration_notes, train_params.min_std_ratio)
+        extra["calibration"] = calibrate(states, model_cfg, extra, calibration_notes, train_params)
     out_path = out_dir / "velocity.pt"
     export_model(out_path, result, model_cfg, train_params, members=states[1:], **extra)
     for r in results:
@@ -162,9 +162,10 @@ def member_curves(curves: Curves, member: int) -> Callable[[dict[str, float]], N
     return lambda point: curves({name if name == "step" else f"member_{member}/{name}": value for name, value in point.items()})
 
 
-def calibrate(states: list[dict], model_cfg: Any, extra: dict, notes_path: Path, min_std_ratio: float) -> dict[str, float]:
+def calibrate(states: list[dict], model_cfg: Any, extra: dict, notes_path: Path, train_params: Any) -> dict[str, float]:
     """Fit the `pianist` decoding's stretch on the notes at `notes_path` with the trained weights
-    (one state dict per ensemble member), after the blend with `extra["tree"]` when there is one."""
+    (one state dict per ensemble member) decoded as the model file will be (`train_params`:
+    TrainConfig), after the blend with `extra["tree"]` when there is one."""
     import pandas as pd
 
     from velocity.model.codec import Vocab
@@ -176,7 +177,7 @@ def calibrate(states: list[dict], model_cfg: Any, extra: dict, notes_path: Path,
 
     net = assemble(model_cfg, states)
     length = model_cfg.max_len
-    model = VelocityModel(net.eval(), extra["bins"], Vocab.from_dict(extra["vocab"]), length, int(extra["windows"]["step"]), {})
+    model = VelocityModel(net.eval(), extra["bins"], Vocab.from_dict(extra["vocab"]), length, int(extra["windows"]["step"]), {"train": asdict(train_params)})
     notes = pd.read_parquet(notes_path)
     played = notes["velocity"].to_numpy() >= 0  # an aligned score's notes no pianist played have -1
     if not played.any():
@@ -188,7 +189,7 @@ def calibrate(states: list[dict], model_cfg: Any, extra: dict, notes_path: Path,
         tree_velocity = TreeEnsemble.from_state(extra["tree"]).predict(notes)
         network_weight = fit_network_weight(predicted[played], tree_velocity[played], true)
         predicted = blend_with_tree(predicted, tree_velocity, network_weight)
-    calibration = fit_calibration(predicted[played], true, notes["piece_id"].to_numpy()[played], min_std_ratio)
+    calibration = fit_calibration(predicted[played], true, notes["piece_id"].to_numpy()[played], train_params.min_std_ratio)
     calibration = replace(calibration, network_weight=network_weight)
     log.info("dynamics calibrated on %d notes of %s: %s", len(notes), notes_path, calibration)
     return asdict(calibration)
