@@ -23,7 +23,6 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 

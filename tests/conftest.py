@@ -173,7 +173,7 @@ DEMO_RUN: dict[str, Any] = {
     "windows": {"length": 64, "step": 32},
     "model": {"layers": 2, "heads": 4, "d_model": 64, "d_ff": 128, "dropout": 0.1, "aligned": True, "kind": "encoder-decoder"},
     "gbt": {"max_iter": 50, "max_train_notes": 1_000_000, "seed": 0},
-    "train": {"batch_size": 32, "warmup": 50, "lr_factor": 0.5, "epochs": None, "max_steps": 200, "input_dropout": 0.75, "eval_every": 100,
+    "train": {"batch_size": 16, "warmup": 50, "lr_factor": 0.5, "epochs": None, "max_steps": 200, "input_dropout": 0.75, "eval_every": 100,
               "checkpoint_every": 200, "device": "cpu", "ensemble": 1, "member_processes": 1},
     "evaluate": {"segments": 2, "segment_notes": 64},
     # The score model as the default one (encoder-only: its four decodings in evaluate take seconds, not minutes).

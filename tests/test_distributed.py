@@ -70,14 +70,22 @@ TINY = {
 
 
 def test_dvc_repro_trains_on_two_processes_and_resumes_after_kill(tmp_path):
+    """`dvc repro train` on a small demo corpus through torchrun; then a retraining (changed params)
+    whose whole process group is killed with SIGKILL mid-way, and whose next `dvc repro` continues
+    from the checkpoint instead of step 0."""
     project = make_project(tmp_path / "project", TINY)
     out = dvc(project, "repro", "train")
     assert "2 processes" in out.stdout + out.stderr  # the stage launched itself through torchrun
     model = load_checkpoint(project / "models" / "velocity.pt")
     assert model["steps_trained"] == 6 and model["train"]["nproc_per_node"] == 2
+    assert model["vocab"] == json.loads((project / "data" / "vocab.json").read_text())
+    assert model["bins"] == json.loads((project / "data" / "bins.json").read_text())
     assert list((project / "models").glob("*.pt")) == [project / "models" / "velocity.pt"]  # rank 0 alone wrote it
     assert steps_logged(project / "dvclive" / "train" / "plots" / "metrics" / "val_loss.tsv") == [3, 6]
     assert json.loads((project / "dvclive" / "train" / "metrics.json").read_text())["step"] == 6
+    shown = json.dumps(json.loads(dvc(project, "metrics", "show", "--json").stdout))
+    assert "val_loss" in shown and "val_mae" in shown
+    assert "up to date" in dvc(project, "repro", "train").stdout.lower()  # nothing changed
 
     # A longer run, its whole `dvc repro` process group killed after a checkpoint.
     set_params(project, {"train": {"max_steps": 90}})
@@ -99,6 +107,7 @@ def test_dvc_repro_trains_on_two_processes_and_resumes_after_kill(tmp_path):
     assert f"resuming from step {killed_at} of 90" in out.stdout + out.stderr
     assert load_checkpoint(project / "models" / "velocity.pt")["steps_trained"] == 90
     assert steps_logged(project / "dvclive" / "train" / "plots" / "metrics" / "val_loss.tsv") == list(range(3, 91, 3))
+    assert "up to date" in dvc(project, "status", "train").stdout.lower()
 
 
 def test_dvc_repro_trains_the_performance_rnn_on_two_processes(tmp_path):

@@ -356,7 +356,7 @@ SMALL_PERF = {
     "performance_rnn": {
         "events": {"window": 64, "step": 32},
         "model": {"hidden_size": 64, "layers": 1},
-        "train": {"epochs": None, "steps": 400, "batch_size": 16, "eval_every": 100, "checkpoint_every": 10, "val_windows": 32, "device": "cpu"},
+        "train": {"epochs": None, "steps": 120, "batch_size": 16, "eval_every": 30, "checkpoint_every": 10, "val_windows": 32, "device": "cpu"},
         "evaluate": {"device": "cpu"},
     },
 }
@@ -380,17 +380,17 @@ def test_dvc_repro_perf_evaluate_resumes_after_kill_9(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     killed_at = load_checkpoint(checkpoint)["step"]
-    assert 0 < killed_at < 400
+    assert 0 < killed_at < 120
     assert not (project / "models" / "performance_rnn.pt").exists()
 
     result = dvc(project, "repro", "perf_evaluate")
-    assert f"resuming from step {killed_at} of 400" in result.stdout + result.stderr
+    assert f"resuming from step {killed_at} of 120" in result.stdout + result.stderr
     metrics = json.loads((project / "metrics" / "performance_rnn.json").read_text())
     assert set(metrics) >= {"nll_per_event", "perplexity", "vocab_size", "untrained_nll_per_event", "untrained_perplexity"}
     assert metrics["vocab_size"] == 413
     assert metrics["nll_per_event"] < metrics["untrained_nll_per_event"] - 0.5
     curve = (project / "dvclive" / "perf_train" / "plots" / "metrics" / "val_loss.tsv").read_text().split()[2::2]
-    assert curve == ["100", "200", "300", "400"]
+    assert curve == ["30", "60", "90", "120"]
     state = load_checkpoint(project / "models" / "performance_rnn.pt")
     assert state["kind"] == "performance_rnn" and state["sustain"] is False
 

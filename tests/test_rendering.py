@@ -4,8 +4,6 @@ out is playable: each key in order, released before it is struck again, pedal ev
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest

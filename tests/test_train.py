@@ -1,5 +1,5 @@
 """Training the Velocity Transformer: determinism, resuming after SIGKILL, stale checkpoints, the
-seed configuration, and the `train` stage through a real `dvc repro`."""
+seed configuration, and the train stage (its `dvc repro`, killed and resumed: tests/test_distributed.py)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from velocity.model.training import (
 from velocity.model.codec import N_SPECIALS, PAD, START
 from velocity.model.transformer import ModelConfig, build_model, decoder_input
 from velocity.stages.train import ModelParams, run_training
-from conftest import ROOT, assert_weights_close, dvc, make_project, params_section, project_env, stage_error
+from conftest import ROOT, assert_weights_close, params_section, stage_error
 
 # The encoder-decoder, teacher forced: the synthetic velocities below follow a per-window level that
 # only the previous velocities reveal.
@@ -282,48 +282,6 @@ def test_missing_windows_name_the_file(tmp_path):
 def test_bad_train_params_are_named():
     with pytest.raises(ValueError, match="train.batch_size"):
         params_section(TrainConfig, "train", batch_size=0)
-
-
-def _velocity_checkpoint(project: Path) -> dict:
-    return torch.load(project / "models" / "velocity.pt", weights_only=True)
-
-
-@pytest.mark.slow
-def test_dvc_repro_trains_and_resumes_after_kill(tmp_path):
-    """`dvc repro train` on a small demo corpus; then a retraining (changed params) killed with
-    SIGKILL mid-way, whose next `dvc repro` continues from the checkpoint instead of step 0."""
-    tiny = {"model": TINY_MODEL, "train": {"batch_size": 8, "epochs": None, "max_steps": 6, "warmup": 10, "eval_every": 3,
-                                           "checkpoint_every": 3, "eval_windows": 16, "device": "cpu", "ensemble": 1}}
-    project = make_project(tmp_path / "project", {"data": {"source": "demo", "demo_pieces": 12}, **tiny})
-    dvc(project, "repro", "train")
-    ckpt = _velocity_checkpoint(project)
-    assert ckpt["kind"] == "velocity-transformer" and ckpt["steps_trained"] == 6
-    assert ckpt["vocab"] == json.loads((project / "data" / "vocab.json").read_text())
-    assert ckpt["bins"] == json.loads((project / "data" / "bins.json").read_text())
-    metrics = json.loads(dvc(project, "metrics", "show", "--json").stdout)
-    assert "val_loss" in json.dumps(metrics) and "val_mae" in json.dumps(metrics)
-    assert "up to date" in dvc(project, "repro", "train").stdout.lower()  # nothing changed
-
-    # Retrain with more steps; kill the whole `dvc repro` process group after a checkpoint.
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["train"]["max_steps"] = 90
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    last = project / "models" / "checkpoints" / "last.pt"
-    old_mtime = last.stat().st_mtime_ns
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "train"], cwd=project, env=project_env(project),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 180
-    while (not last.exists() or last.stat().st_mtime_ns == old_mtime) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed_at = load_checkpoint(last)["step"]
-    assert 0 < killed_at < 90, "the retraining should have been killed part-way"
-
-    out = dvc(project, "repro", "train")
-    assert f"resuming from step {killed_at} of 90" in out.stdout + out.stderr
-    assert _velocity_checkpoint(project)["steps_trained"] == 90
-    assert "up to date" in dvc(project, "status", "train").stdout.lower()
 
 
 def test_warm_start_copies_what_means_the_same():
