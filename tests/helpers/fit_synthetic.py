@@ -1,6 +1,6 @@
 """Train a tiny model of either kind on synthetic windows through velocity/model/harness.py and save this
-process's final weights to OUT/rank{RANK}.pt. Run plainly (one process) or under torchrun; the
-distributed tests compare the files.
+process's final weights to OUT/rank{RANK}.pt. Run plainly (one process), under torchrun, or as
+`main([...])` in the test's own process; the distributed tests compare the files.
 
     python tests/helpers/fit_synthetic.py OUT --task velocity --batch-size 8 --steps 6
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/helpers/fit_synthetic.py OUT --batch-size 4
@@ -50,14 +50,14 @@ def performance_task(batch_size: int) -> tuple[PerformanceTask, torch.nn.Module]
     return PerformanceTask(windows, windows[:8], lr=0.01, val_batch=4), build_rnn(PerformanceRNNConfig(hidden_size=16, layers=1))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
     parser.add_argument("--task", choices=("velocity", "performance"), default="velocity")
     parser.add_argument("--batch-size", type=int, default=8, help="per process")
     parser.add_argument("--accum", type=int, default=1)
     parser.add_argument("--steps", type=int, default=6)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     task, model = (velocity_task if args.task == "velocity" else performance_task)(args.batch_size)
     dist = distributed_from_env()
