@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -26,6 +27,8 @@ from trained_models import DEMO_PIECE, TEST_SCORE
 
 UPLOAD_LIMIT_MB = 1.5  # the test server's limit: an oversized file is cheap to make
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # server and command add their floats alike
+
+
 def has_audio() -> bool:
     from velocity.pipeline.audio import AudioUnavailable, find_renderer
 
@@ -167,11 +170,24 @@ def chunked_upload(base: str, name: str, data: bytes) -> tuple[int, bytes]:
 
 
 def cli_predict(studio: dict, source: Path, out: Path, *options: str) -> str:
-    """`velocity predict` with the studio's models; its log."""
-    proc = velocity(["predict", str(source), "-o", str(out), "--model", str(studio["model"]), "--score-model", str(studio["score_model"]),
-                     "--timing-model", str(studio["timing_model"]), *options], {**velocity_env(studio["tmp"]), **ONE_THREAD}, studio["tmp"])  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stderr
+    """`velocity predict` with the studio's models, through the command's own `main` in this process
+    (the same code as the command, without a Python and torch start-up: tests/test_predict.py runs
+    the command itself); its log."""
+    from velocity.pipeline.cli import main
+
+    log = io.StringIO()
+    handler = logging.StreamHandler(log)
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        assert main(["predict", str(source), "-o", str(out), "--model", str(studio["model"]), "--score-model", str(studio["score_model"]),
+                     "--timing-model", str(studio["timing_model"]), *options]) == 0  # fmt: skip
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    return log.getvalue()
 
 
 def ogg_seconds(data: bytes) -> float:
