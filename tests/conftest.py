@@ -154,12 +154,23 @@ def project(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def prefect_harness() -> Iterator[None]:
-    """A temporary Prefect server and database for the whole test session (no network needed)."""
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
+    """One real `prefect server start` with its UI for the session (`prefect_server_process`): the flow
+    runs of the tests' own process (`prefect_harness`) and of the commands they start report to it."""
+    with prefect_server_process(tmp_path_factory.mktemp("prefect_server"), ui=True) as server:
+        yield server
 
-    with prefect_test_harness(server_startup_timeout=180):
+
+@pytest.fixture(scope="session")
+def prefect_harness(prefect_ui_server: tuple[str, dict[str, str]]) -> Iterator[None]:
+    """Flows run in the tests' own process report to the session's server (no network needed)."""
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    api_url, _ = prefect_ui_server
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
         yield
+        APILogHandler().flush()  # the last logs in before the server stops
 
 
 # --- the demo pipeline, run once through the Prefect flow ------------------------------------------
@@ -187,9 +198,9 @@ DEMO_RUN: dict[str, Any] = {
         "evaluate": {"device": "cpu"},
     },
 }  # fmt: skip
-# The test files that read the demo run or talk to the session's Prefect test server: `make test`
-# runs them on one worker, which starts the server and runs the demo once.
-PREFECT_FILES = ("tests/test_flows.py", "tests/test_evaluate.py", "tests/test_sweep.py")
+# The test files that read the demo run or talk to the session's Prefect servers: `make test` runs
+# them on one worker, which starts the servers and runs the demo once.
+PREFECT_FILES = ("tests/test_flows.py", "tests/test_evaluate.py", "tests/test_sweep.py", "tests/test_serve.py")
 # On 2 cores shared with other processes torch's default thread pool spins against them (the first
 # LSTM call of perf_evaluate took 16 s instead of 2); the stages' subprocesses get one thread.
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 from browser import MAX_DRAWN_MEAN_DIFFERENCE, MIN_DRAWN_CORRELATION, chromium_page, drawn_likeness, open_image, require_chromium, show
-from conftest import ONE_THREAD, prefect_server_process, run_pipeline, velocity
+from conftest import ONE_THREAD, run_pipeline, velocity
 
 from velocity.pipeline.flows import (
     FIGURE_MAX_WIDTH_PX,
@@ -225,7 +225,7 @@ LOADED_FIGURES_JS = """count => {
 
 
 @pytest.mark.slow
-def test_figures_show_in_the_prefect_ui(demo_run: dict[str, Any], tmp_path: Path) -> None:
+def test_figures_show_in_the_prefect_ui(demo_run: dict[str, Any], prefect_ui_server: tuple[str, dict[str, str]], tmp_path: Path) -> None:
     """A real server with its UI, the real `velocity run`, the artifact's page in a real headless Chromium:
     every figure is drawn on screen (screenshots compared with the figure files), in both Prefect UIs."""
     from prefect.client.orchestration import get_client
@@ -235,35 +235,38 @@ def test_figures_show_in_the_prefect_ui(demo_run: dict[str, Any], tmp_path: Path
     chromium = require_chromium("the UI check needs a real browser")
     project = demo_run["project"]
     names = [str(path.relative_to(project.resolve())) for path in project_figures(project)]
-    with prefect_server_process(tmp_path, ui=True) as (api_url, env):
-        # Every stage is up to date, so this run only publishes the artifacts, now on a server with a UI.
-        proc = velocity(["run", "--root", str(project)], {**env, **ONE_THREAD}, tmp_path, timeout_seconds=300)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-        with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
-            [artifact] = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[FIGURES_ARTIFACT])))
-        assert list(embedded_images(artifact.data)) == names
-        ui_url = api_url.removesuffix("/api")
-        # `/` sends a browser to the V2 UI; the V1 UI is still one click away. Both must show the figures.
-        for ui, base in [("v2", f"{ui_url}/v2"), ("v1", ui_url)]:
-            with chromium_page(chromium) as page:
-                page.goto(f"{base}/artifacts/artifact/{artifact.id}")
-                try:
-                    loaded = page.wait_for_function(LOADED_FIGURES_JS, arg=len(names), timeout=90_000).json_value()
-                finally:
-                    page.screenshot(path=tmp_path / f"{ui}-artifact-page.png")
-                assert [image["alt"] for image in loaded] == names, ui
-                text = page.locator("body").inner_text()
-                for image in loaded:
-                    name = image["alt"]
-                    expected = open_image((project / name).read_bytes())  # the stage's file: what we must see
-                    assert (image["naturalWidth"], image["naturalHeight"]) == expected.size, (ui, name)
-                    assert name in text, (ui, name)  # the heading says which file it is
-                    rect = show(page.get_by_alt_text(name, exact=True).first)
-                    assert rect["width"] >= min(expected.width, 400), (ui, name, rect)  # drawn, not a thumbnail
-                    shot = tmp_path / f"{ui}-{Path(name).stem}.png"
-                    page.screenshot(path=shot)
-                    correlation, difference = drawn_likeness(shot, rect, (project / name).read_bytes())
-                    assert correlation >= MIN_DRAWN_CORRELATION and difference <= MAX_DRAWN_MEAN_DIFFERENCE, (
-                        f"{ui}: {name} is not drawn as the file is (r {correlation:.3f}, mean difference "
-                        f"{difference:.1f}); see {shot}"
-                    )
+    api_url, env = prefect_ui_server
+    figures_filter = ArtifactFilter(key=ArtifactFilterKey(any_=[FIGURES_ARTIFACT]))
+    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        earlier = {artifact.id for artifact in client.read_artifacts(artifact_filter=figures_filter)}  # the demo run's and others'
+    # Every stage is up to date, so this run only publishes the artifacts, on the session's server with its UI.
+    proc = velocity(["run", "--root", str(project)], {**env, **ONE_THREAD}, tmp_path, timeout_seconds=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        [artifact] = [artifact for artifact in client.read_artifacts(artifact_filter=figures_filter) if artifact.id not in earlier]
+    assert list(embedded_images(artifact.data)) == names
+    ui_url = api_url.removesuffix("/api")
+    # `/` sends a browser to the V2 UI; the V1 UI is still one click away. Both must show the figures.
+    for ui, base in [("v2", f"{ui_url}/v2"), ("v1", ui_url)]:
+        with chromium_page(chromium) as page:
+            page.goto(f"{base}/artifacts/artifact/{artifact.id}")
+            try:
+                loaded = page.wait_for_function(LOADED_FIGURES_JS, arg=len(names), timeout=90_000).json_value()
+            finally:
+                page.screenshot(path=tmp_path / f"{ui}-artifact-page.png")
+            assert [image["alt"] for image in loaded] == names, ui
+            text = page.locator("body").inner_text()
+            for image in loaded:
+                name = image["alt"]
+                expected = open_image((project / name).read_bytes())  # the stage's file: what we must see
+                assert (image["naturalWidth"], image["naturalHeight"]) == expected.size, (ui, name)
+                assert name in text, (ui, name)  # the heading says which file it is
+                rect = show(page.get_by_alt_text(name, exact=True).first)
+                assert rect["width"] >= min(expected.width, 400), (ui, name, rect)  # drawn, not a thumbnail
+                shot = tmp_path / f"{ui}-{Path(name).stem}.png"
+                page.screenshot(path=shot)
+                correlation, difference = drawn_likeness(shot, rect, (project / name).read_bytes())
+                assert correlation >= MIN_DRAWN_CORRELATION and difference <= MAX_DRAWN_MEAN_DIFFERENCE, (
+                    f"{ui}: {name} is not drawn as the file is (r {correlation:.3f}, mean difference "
+                    f"{difference:.1f}); see {shot}"
+                )

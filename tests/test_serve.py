@@ -6,12 +6,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import free_port, make_project, prefect_server_process, project_env, stop, velocity, velocity_env
+from conftest import free_port, make_project, project_env, stop, velocity, velocity_env
 
 
 def test_serve_without_api_url_says_how_to_start_a_server(tmp_path: Path) -> None:
@@ -41,21 +40,14 @@ def test_bad_schedules_are_refused_before_any_server_is_asked(tmp_path: Path) ->
         create_deployment(tmp_path, interval_seconds=0)
 
 
-@pytest.fixture
-def prefect_server(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    """A real `prefect server start` (API only) for one test."""
-    with prefect_server_process(tmp_path) as server:
-        yield server
-
-
 @pytest.mark.slow
-def test_deployment_schedule_on_a_real_server(prefect_server: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+def test_deployment_schedule_on_a_real_server(prefect_ui_server: tuple[str, dict[str, str]], tmp_path: Path) -> None:
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from velocity.pipeline.serve import check_server, create_deployment
 
-    api_url, env = prefect_server
+    api_url, env = prefect_ui_server
     project = make_project(tmp_path / "project", {"data": {"source": "demo", "demo_pieces": 10}})
     assert check_server(api_url) == api_url
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
