@@ -183,13 +183,13 @@ DEMO_RUN: dict[str, Any] = {
     "vocab": {"velocity_hint": False},
     "windows": {"length": 64, "step": 32},
     "model": {"layers": 2, "heads": 4, "d_model": 64, "d_ff": 128, "dropout": 0.1, "aligned": True, "kind": "encoder-decoder"},
-    "gbt": {"max_iter": 50, "max_train_notes": 1_000_000, "seed": 0},
+    "gbt": {"max_iter": 20, "max_train_notes": 1_000_000, "seed": 0},
     "train": {"batch_size": 16, "warmup": 50, "lr_factor": 0.5, "epochs": None, "max_steps": 200, "input_dropout": 0.75, "eval_every": 100,
               "checkpoint_every": 200, "device": "cpu", "ensemble": 1, "member_processes": 1},
     "evaluate": {"segments": 2, "segment_notes": 64},
     # The score model as the default one (encoder-only: its four decodings in evaluate take seconds, not minutes).
     "score_train": {"model": {"kind": "encoder"}, "train": {"epochs": None, "max_steps": 60, "notation_dropout": 0.25, "ensemble": 2}},
-    "timing_train": {"model": {"layers": 1}, "train": {"epochs": None, "max_steps": 100, "eval_every": 50, "checkpoint_every": 100, "device": "cpu"}},
+    "timing_train": {"model": {"layers": 1}, "train": {"epochs": None, "max_steps": 50, "eval_every": 25, "checkpoint_every": 50, "device": "cpu"}},
     "timing_tree": {"max_iter": 20},
     "performance_rnn": {
         "events": {"window": 32, "step": 32},

@@ -336,9 +336,9 @@ def test_an_ensemble_keeps_every_member_and_averages_their_distributions(tmp_pat
 
     def run(ensemble: int):
         return run_training(root / "data" / "windows", root / "data" / "vocab.json", root / "data" / "bins.json", root / "models",
-                            encoder, replace(TINY_TRAIN, ensemble=ensemble), live_dir=root / "dvclive" / "train")
+                            encoder, replace(TINY_TRAIN, ensemble=ensemble, member_processes=1), live_dir=root / "dvclive" / "train")
 
-    first = run(2)
+    first = run(2)  # in turn, in this process (side by side: the test below)
     ckpt = load_checkpoint(root / "models" / "velocity.pt")
     assert len(ckpt["members"]) == 1 and ckpt["model"].keys() == ckpt["members"][0].keys()
     assert not all(torch.equal(ckpt["model"][k], ckpt["members"][0][k]) for k in ckpt["model"])  # seeds 0 and 1
