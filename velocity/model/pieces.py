@@ -8,7 +8,7 @@ of the window in which it sits nearest the centre.
 Averaging (`averaged` and `pianist` decodings): instead, every window gives every note it holds a
 velocity distribution from the notes alone (one pass), and each note takes the median of the mean
 of its distributions, so it hears all the context around it. An ensemble's networks each read
-their own windows, every `train.averaged_hop` notes and offset from one another
+their own windows, one every `train.averaged_hop` of a window's length, offset from one another
 (`staggered_windows`): each note still gets a distribution from every network, in a different
 context, for fewer windows than every network reading every window. `pianist` then blends with
 the model's tree, if it carries one, and stretches the dynamics (velocity/model/calibration.py).

@@ -86,7 +86,7 @@ class TrainConfig:
     member_processes: int
     # The averaged decodings (`velocity predict`'s): each network reads windows every `averaged_hop`
     # of a window's length, its windows offset from the previous network's by a share of that hop
-    # (velocity/model/stitching.py `staggered_windows`). In (0, 1]; 0.5 is the windows stage's hop.
+    # (velocity/model/stitching.py `staggered_windows`). In (0, 1]; 0.5 is the default windows' hop.
     averaged_hop: float
 
     def __post_init__(self) -> None:
