@@ -19,7 +19,7 @@ repro: setup
 	$(BIN)/dvc repro
 
 # Two workers, each test file whole on one of them (its module fixtures built once; the files that read
-# the demo run and Prefect's test server on one, tests/conftest.py), as most tests wait on single-threaded subprocesses.
+# the demo run or the session's Prefect server on one, tests/conftest.py), as most tests wait on single-threaded subprocesses.
 TEST_WORKERS ?= 2
 
 test: setup

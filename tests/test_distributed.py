@@ -7,6 +7,7 @@ the train stages with `nproc_per_node: 2`.
 from __future__ import annotations
 
 import csv
+import functools
 import importlib.util
 import json
 import os
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -40,12 +42,18 @@ def fit_synthetic(out: Path, *args: str, processes: int = 1) -> dict[int, dict[s
     return {rank: load_checkpoint(out / f"rank{rank}.pt")["model"] for rank in range(processes)}
 
 
-def run_in_this_process(argv: list[str]) -> None:
+@functools.cache
+def fit_helper() -> Any:
+    """tests/helpers/fit_synthetic.py as a module, loaded once."""
     spec = importlib.util.spec_from_file_location("fit_synthetic", FIT)
     helper = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(helper)
+    return helper
+
+
+def run_in_this_process(argv: list[str]) -> None:
     with torch.random.fork_rng(devices=[]):  # leave the test session's random state alone
-        helper.main(argv)
+        fit_helper().main(argv)
 
 
 @pytest.mark.parametrize("task", ["velocity", "performance"])

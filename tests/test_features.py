@@ -192,7 +192,7 @@ def test_averaging_takes_each_notes_median_over_every_window_holding_it():
     assert (count >= 1).all()  # every note in some window
     expected = median_velocity(total / count[:, None])
     assert (expected[:4] == median_velocity(probs[0, :4])).all()  # notes 0..3 lie in window 0 only
-    velocity = averaged_medians([model], src, np.zeros((n_notes, 0), dtype=np.int64), rows, batch_windows=2)
+    velocity = averaged_medians([model], src, np.zeros((n_notes, 0), dtype=np.int64), rows, np.zeros(len(rows), dtype=np.int64), batch_windows=2)
     np.testing.assert_array_equal(velocity, expected)
 
 

@@ -21,12 +21,11 @@ import pytest
 from playwright.sync_api import Download, Page, expect
 
 from browser import MAX_DRAWN_MEAN_DIFFERENCE, MIN_DRAWN_CORRELATION, chromium_page, drawn_likeness, open_image, require_chromium, show
-from conftest import ROOT, free_port, stop, velocity, velocity_env
+from conftest import ONE_THREAD, ROOT, free_port, stop, velocity, velocity_env  # ONE_THREAD: server and command add their floats alike
 from velocity.model.midi import read_midi
 from trained_models import DEMO_PIECE, TEST_SCORE
 
 UPLOAD_LIMIT_MB = 1.5  # the test server's limit: an oversized file is cheap to make
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # server and command add their floats alike
 
 
 def has_audio() -> bool:

@@ -73,12 +73,12 @@ def decode_windows(
 
 @torch.inference_mode()
 def averaged_medians(
-    networks: Sequence[VelocityNet], src: np.ndarray, features: np.ndarray, rows: np.ndarray, reader: np.ndarray | None = None,
+    networks: Sequence[VelocityNet], src: np.ndarray, features: np.ndarray, rows: np.ndarray, reader: np.ndarray,
     batch_windows: int = DEFAULT_BATCH_WINDOWS, progress: bool = False,
 ) -> np.ndarray:
     """(n_notes,) the median (`median_velocity`) of every note's velocity distribution averaged over
-    every window holding it (each window's from `one_pass_logits` of the network `reader` names;
-    None: all windows read by `networks[0]`), without an (n_notes, 128) table. `src` (n_notes,) and
+    every window holding it (each window's from `one_pass_logits` of the network `reader` (W,)
+    names), without an (n_notes, 128) table. `src` (n_notes,) and
     `features` (n_notes, F) are per note, `rows` (W, length) each window slot's note (-1 = pad),
     windows in order of first note; each batch's windows are gathered only when decoded, about
     `batch_windows` for each network. A note's median is taken once the last window holding it is
@@ -89,7 +89,6 @@ def averaged_medians(
     device = next(networks[0].parameters()).device
     for network in networks:
         network.eval()
-    reader = np.zeros(len(rows), dtype=np.int64) if reader is None else reader
     batch_windows *= len(networks)
     n_notes = len(src)
     velocity = np.zeros(n_notes, dtype=np.int64)
