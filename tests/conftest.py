@@ -189,7 +189,7 @@ DEMO_RUN: dict[str, Any] = {
     "evaluate": {"segments": 2, "segment_notes": 64},
     # The score model as the default one (encoder-only: its four decodings in evaluate take seconds, not minutes).
     "score_train": {"model": {"kind": "encoder"}, "train": {"epochs": None, "max_steps": 60, "notation_dropout": 0.25, "ensemble": 2}},
-    "timing_train": {"model": {"layers": 1}, "train": {"epochs": None, "max_steps": 50, "eval_every": 25, "checkpoint_every": 50, "device": "cpu"}},
+    "timing_train": {"model": {"layers": 1}, "train": {"epochs": None, "max_steps": 50, "eval_every": 25, "checkpoint_every": 50, "device": "cpu", "ensemble": 2}},
     "timing_tree": {"max_iter": 20},
     "performance_rnn": {
         "events": {"window": 32, "step": 32},

@@ -127,7 +127,7 @@ def trained_timing_model(demo_data: DemoData, demo_score_windows: Path) -> Path:
             root / "models/timing_checkpoints",
             params_section(TimingModelParams, "timing_train.model", layers=1, heads=2, d_model=32, d_ff=64, dropout=0.0),
             params_section(TimingTrainConfig, "timing_train.train", batch_size=16, warmup=10, lr_factor=2.0, epochs=None, max_steps=20, eval_every=20,
-                           checkpoint_every=20, device="cpu"),
+                           checkpoint_every=20, device="cpu", ensemble=2, member_processes=1),
             WINDOW_LENGTH, WINDOW_STEP, live_dir=None,
         )  # fmt: skip
     return root / "models/timing.pt"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,10 @@ class Curves:
             if name != "step" and math.isfinite(value):
                 self.live.log_metric(name, value)
         self.live.make_summary()
+
+    def member(self, member: int) -> Callable[[dict[str, float]], None]:
+        """Ensemble member `member`'s points, logged beside the first network's as member_<i>/<name>."""
+        return lambda point: self({name if name == "step" else f"member_{member}/{name}": value for name, value in point.items()})
 
     def __enter__(self) -> "Curves":
         return self

@@ -184,6 +184,19 @@ def side_by_side(jobs: Sequence[Callable[[], Any]], processes: int) -> Iterator[
         yield from (future.result() for future in futures)
 
 
+def fit_members(jobs: Sequence[Callable[..., FitResult]], processes: int, log_points: Sequence[Callable[[dict[str, float]], None]]) -> list[FitResult]:
+    """Train an ensemble's networks: each job (taking `log_point=`) in turn with its curves live,
+    or `processes` at a time (`side_by_side`), each one's curves logged once it is done."""
+    if processes <= 1:
+        return [job(log_point=log_point) for job, log_point in zip(jobs, log_points)]
+    results = []
+    for result, log_point in zip(side_by_side(jobs, processes), log_points):
+        for point in result.history:
+            log_point(point)
+        results.append(result)
+    return results
+
+
 def _all_sum(values: Sequence[float], dist: Distributed, device: torch.device) -> list[float]:
     """`values` summed over every process (float64)."""
     if not dist.active:

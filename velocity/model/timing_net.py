@@ -15,6 +15,9 @@ with a Huber loss; the pedal with binary cross-entropy. A note the pianist did n
 onset deviation or articulation (NaN), pad notes no target at all. `TimingTask` plugs it into the harness
 (velocity/model/harness.py) exactly as the Velocity Transformer plugs in.
 
+With `ensemble` > 1 the stage trains that many networks from consecutive seeds and each output is
+the mean of theirs (`TimingEnsemble`), as the score model averages its four.
+
 Like the score model's velocities, each target is then blended with a gradient-boosted tree's
 (the timing_tree stage, on `TREE_FEATURES`): `w * network + (1 - w) * tree`, one weight per target
 fitted on validation (`fit_blend`), kept in the model file with the trees.
@@ -33,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from velocity.model.checkpoint import CheckpointError, load_checkpoint
+from velocity.model.config import ParamsError
 from velocity.model.codec import Vocab, piece_bounds, tokenize
 from velocity.model.decodings import DEFAULT_BATCH_WINDOWS
 from velocity.model.features import GBT_FEATURES, SCORE_GBT_FEATURES, feature_ids, note_features
@@ -111,6 +115,19 @@ class TimingNet(NoteEncoder):
     def forward(self, src: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         """(B, S) source ids, (B, S, F) feature ids -> (B, S, 4): three standardized targets and the pedal logit."""
         return self.generator(self.encode(src, features=features))
+
+
+class TimingEnsemble(nn.Module):
+    """Timing networks trained alike from different seeds: each output (the pedal's logit too) the
+    mean of theirs. One network's tempo curve moves with its seed (docs/experiments.md); the mean of
+    four follows the pianists more closely."""
+
+    def __init__(self, members: list[TimingNet]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, src: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.stack([member(src, features) for member in self.members]).mean(dim=0)
 
 
 def build_timing_net(cfg: ModelConfig) -> TimingNet:
@@ -225,6 +242,13 @@ class TimingTrainConfig:
     seed: int
     device: str
     pedal_weight: float  # the pedal's cross-entropy beside the three Huber losses
+    ensemble: int  # networks from seeds seed, seed + 1, ...; their outputs averaged
+    member_processes: int  # networks trained at once, one process each (1: one after another)
+
+    def __post_init__(self) -> None:
+        for name in ("ensemble", "member_processes"):
+            if getattr(self, name) < 1:
+                raise ParamsError(f"timing_train.train.{name} must be at least 1, got {getattr(self, name)}")
 
 
 class TimingTask:
@@ -270,7 +294,7 @@ class TimingTask:
 class TimingModel:
     """A trained timing network with what it needs to read a new score like its training data."""
 
-    net: TimingNet
+    net: TimingNet | TimingEnsemble
     bins: dict[str, Any]
     vocab: Vocab
     length: int
@@ -294,8 +318,11 @@ def load_timing_model(path: Path | str, device: torch.device | str = "cpu") -> T
 
 def timing_model(state: dict[str, Any], device: torch.device | str = "cpu") -> TimingModel:
     """The timing model a checkpoint's state describes (the file's contents, or the stage's before it writes them)."""
-    net = TimingNet(ModelConfig.from_dict(state["model_config"]))
-    net.load_state_dict(state["model"])
+    nets = []
+    for weights in [state["model"], *state.get("members", [])]:
+        nets.append(TimingNet(ModelConfig.from_dict(state["model_config"])))
+        nets[-1].load_state_dict(weights)
+    net = nets[0] if len(nets) == 1 else TimingEnsemble(nets)
     standardizer = Standardizer(tuple(state["standardizer"]["mean"]), tuple(state["standardizer"]["std"]))
     return TimingModel(net.to(device).eval(), state["bins"], Vocab.from_dict(state["vocab"]), int(state["windows"]["length"]),
                        int(state["windows"]["step"]), standardizer, state)  # fmt: skip

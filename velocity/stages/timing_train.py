@@ -6,9 +6,11 @@ Reads the score windows (the score model's source tokens and score features) and
 window note's row, the aligned notes' timing targets (the align stage's `log_pace`,
 `onset_deviation`, `articulation`, `pedal_down`) and the score's own pedal marks. Trains the timing
 network (velocity/model/timing_net.py) with the project's loop (resumable checkpoints in
-`models/score/timing_checkpoints/`, curves in `dvclive/timing_train/`), keeps the step of the
-lowest validation loss, and writes `models/score/timing.pt`: weights, config, the targets'
-standardization, and the bins, vocabulary and window geometry to read a new score with. With
+`models/score/timing_checkpoints/`, curves in `dvclive/timing_train/`) and keeps the step of the
+lowest validation loss, `ensemble` times from consecutive seeds (`member_processes` at once; the
+later networks' checkpoints in `member_<i>/`, their curves as `member_<i>/...`). It writes
+`models/score/timing.pt`: the networks' weights, config, the targets' standardization, and the
+bins, vocabulary and window geometry to read a new score with. With
 `--blend-trees` (the timing_tree stage's trees.pt and its validation predictions beside it) it also
 fits each target's blend of network and tree on validation and keeps the trees and the weights
 in the model file, as the score model keeps its tree.
@@ -19,7 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,7 +33,9 @@ from velocity import params as params_lib
 from velocity.live import Curves
 
 if TYPE_CHECKING:
-    from velocity.model.timing_net import TimingTrainConfig
+    from velocity.model.harness import FitResult
+    from velocity.model.timing_net import Standardizer, TimingTrainConfig, TimingWindows
+    from velocity.model.transformer import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,18 +54,17 @@ def train_timing(
     model_params: TimingModelParams, train_params: TimingTrainConfig, window_length: int, window_step: int, live_dir: Path | None = None,
     blend_trees: Path | None = None,
 ) -> dict[str, float]:  # fmt: skip
-    """Train the timing network and write `model_path`; the best validation point."""
+    """Train the timing network (`train_params.ensemble` of them) and write `model_path`; the first
+    network's best validation point."""
     from velocity.model.checkpoint import load_checkpoint, save_checkpoint
     from velocity.model.features import feature_sizes
-    from velocity.model.harness import LoopConfig, budget_steps, fingerprint, fit
-    from velocity.model.runtime import seed_everything
-    from velocity.model.timing_net import KIND, PEDAL_FEATURE_IDS, TimingTask, build_timing_net, timing_windows
+    from velocity.model.harness import fingerprint, fit_members
+    from velocity.model.timing_net import KIND, PEDAL_FEATURE_IDS
     from velocity.model.transformer import ModelConfig
 
     vocab = json.loads(vocab_path.read_text())
     bins = json.loads(bins_path.read_text())
-    train, standardizer = timing_windows(windows_dir, pd.read_parquet(aligned_dir / "train.parquet"), "train")
-    validation, _ = timing_windows(windows_dir, pd.read_parquet(aligned_dir / "validation.parquet"), "validation", standardizer)
+    train, validation, standardizer = member_data(windows_dir, aligned_dir)
     log.info("%d train and %d validation windows; targets' train means %s", len(train), len(validation), standardizer.mean)
     sizes = feature_sizes(bins.get("features") or {})
     model_cfg = ModelConfig(src_vocab=len(vocab["src"]), tgt_vocab=len(vocab["tgt"]), layers=model_params.layers, heads=model_params.heads,
@@ -67,17 +72,22 @@ def train_timing(
                             max_len=window_length, aligned=False, kind="encoder", features=(*sizes, PEDAL_FEATURE_IDS))  # fmt: skip
     if train.features.shape[-1] != len(model_cfg.features):
         raise SystemExit(f"timing_train: {windows_dir} has {train.features.shape[-1] - 1} feature columns, {bins_path} {len(sizes)}: rerun score_windows")
-    seed_everything(train_params.seed)
-    net = build_timing_net(model_cfg)
-    steps = budget_steps(train_params.max_steps, train_params.epochs, len(train), train_params.batch_size)
-    loop = LoopConfig(steps=steps, batch_size=train_params.batch_size, accum=1, eval_every=train_params.eval_every,
-                      checkpoint_every=train_params.checkpoint_every, seed=train_params.seed, device=train_params.device)  # fmt: skip
-    run = fingerprint(asdict(model_params), asdict(train_params), standardizer.mean, len(train), len(validation))
+    # Network i trains from seed + i in its own checkpoint folder; its fingerprint leaves out the
+    # ensemble's size, so a larger ensemble keeps the networks already trained.
+    jobs = []
+    for member in range(train_params.ensemble):
+        member_params = replace(train_params, seed=train_params.seed + member)
+        resumable = {k: v for k, v in asdict(member_params).items() if k not in ("ensemble", "member_processes")}
+        run = fingerprint(asdict(model_params), resumable, standardizer.mean, len(train), len(validation))
+        in_process = (train, validation) if train_params.member_processes == 1 else None  # a spawned process reads its own
+        jobs.append(partial(train_member, windows_dir, aligned_dir, model_cfg, member_params, checkpoint_dir / f"member_{member}" if member else checkpoint_dir,
+                            run, data=in_process, label=f"timing_train network {member}" if train_params.ensemble > 1 else "timing_train"))  # fmt: skip
     with Curves(live_dir) as curves:
-        result = fit(TimingTask(model_cfg, train_params, train, validation), net, loop, checkpoint_dir, run, curves)
+        results = fit_members(jobs, train_params.member_processes, [curves] + [curves.member(m) for m in range(1, len(jobs))])
+    result = results[0]
     state = {
-        "kind": KIND, "model": result.best_model, "model_config": model_cfg.to_dict(), "train": asdict(train_params),
-        "standardizer": {"mean": list(standardizer.mean), "std": list(standardizer.std)},
+        "kind": KIND, "model": result.best_model, "members": [r.best_model for r in results[1:]], "model_config": model_cfg.to_dict(),
+        "train": asdict(train_params), "standardizer": {"mean": list(standardizer.mean), "std": list(standardizer.std)},
         "bins": bins, "vocab": vocab, "windows": {"length": window_length, "step": window_step},
         "step": result.best_step, "steps_trained": result.step, "best": result.best, "history": result.history,
     }  # fmt: skip
@@ -86,8 +96,38 @@ def train_timing(
         state["blend"] = fit_tree_blend(state, pd.read_parquet(aligned_dir / "validation.parquet"),
                                         pd.read_parquet(blend_trees.with_name("validation.parquet")))  # fmt: skip
     save_checkpoint(model_path, state)
-    log.info("wrote %s (best validation loss %.4f at step %d of %d)", model_path, result.best["loss"], result.best_step, result.step)
+    for member, r in enumerate(results):
+        log.info("network %d: best validation loss %.4f at step %d of %d", member, r.best["loss"], r.best_step, r.step)
+    log.info("wrote %s (%d network%s)", model_path, len(results), "s" if len(results) > 1 else "")
     return result.best
+
+
+def member_data(windows_dir: Path, aligned_dir: Path) -> tuple[TimingWindows, TimingWindows, Standardizer]:
+    """The train and validation windows with their standardized targets, and the standardization."""
+    from velocity.model.timing_net import timing_windows
+
+    train, standardizer = timing_windows(windows_dir, pd.read_parquet(aligned_dir / "train.parquet"), "train")
+    validation, _ = timing_windows(windows_dir, pd.read_parquet(aligned_dir / "validation.parquet"), "validation", standardizer)
+    return train, validation, standardizer
+
+
+def train_member(windows_dir: Path, aligned_dir: Path, model_cfg: ModelConfig, train_params: TimingTrainConfig, checkpoint_dir: Path,
+                 run_fingerprint: str, data: tuple[TimingWindows, TimingWindows] | None = None, label: str = "timing_train",
+                 log_point: Callable[[dict[str, float]], None] | None = None) -> FitResult:  # fmt: skip
+    """One timing network from `train_params.seed` on `data` (or the windows read from the folders:
+    a job that pickles, for harness.side_by_side); resumes from `checkpoint_dir`."""
+    from velocity.model.harness import LoopConfig, budget_steps, fit
+    from velocity.model.runtime import seed_everything
+    from velocity.model.timing_net import TimingTask, build_timing_net
+
+    train, validation = data or member_data(windows_dir, aligned_dir)[:2]
+    seed_everything(train_params.seed)
+    net = build_timing_net(model_cfg)
+    steps = budget_steps(train_params.max_steps, train_params.epochs, len(train), train_params.batch_size)
+    loop = LoopConfig(steps=steps, batch_size=train_params.batch_size, accum=1, eval_every=train_params.eval_every,
+                      checkpoint_every=train_params.checkpoint_every, seed=train_params.seed, device=train_params.device,
+                      label=label)  # fmt: skip
+    return fit(TimingTask(model_cfg, train_params, train, validation), net, loop, checkpoint_dir, run_fingerprint, log_point)
 
 
 def fit_tree_blend(state: dict, validation: pd.DataFrame, tree: pd.DataFrame) -> dict[str, float]:

@@ -15,7 +15,6 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -74,7 +73,7 @@ With `blend_tree` (a tree stage's tree.pt) the model carries that tree, and cali
 how much of the network's velocity the `pianist` decoding keeps against the tree's.
 Under torchrun every process trains; rank 0 writes."""
     from velocity.model.features import feature_sizes, flat_notation_ids
-    from velocity.model.harness import distributed_from_env, end_process, fingerprint, side_by_side
+    from velocity.model.harness import distributed_from_env, end_process, fingerprint, fit_members
     from velocity.model.checkpoint import CheckpointError, load_checkpoint
     from velocity.model.trees import TreeEnsemble
     from velocity.model.training import NOT_FINGERPRINTED, Windows, WindowsError, export_model, train_from_folder, warm_start
@@ -123,20 +122,10 @@ Under torchrun every process trains; rank 0 writes."""
         jobs.append(partial(train_from_folder, windows_dir, model_cfg, member_params, member_dir, run_fingerprint, dist=dist,
                             flat_notation=flat_notation_ids(bins.get("features") or {}), init_state=init_state,
                             label=f"train member {member}" if train_params.ensemble > 1 else "train"))  # fmt: skip
-    results = []
     try:
         with Curves(live_dir if dist.is_main else None) as curves:
-            log_points = [curves] + [member_curves(curves, member) for member in range(1, len(jobs))]
-            if train_params.member_processes > 1 and not dist.active:
-                for result, log_point in zip(side_by_side(jobs, train_params.member_processes), log_points):
-                    for point in result.history:  # each member's curves once it is done
-                        log_point(point)
-                    results.append(result)
-            else:  # one after another, the curves live
-                for member, (job, log_point) in enumerate(zip(jobs, log_points)):
-                    if member:
-                        log.info("ensemble member %d of %d (seed %d)", member + 1, len(jobs), train_params.seed + member)
-                    results.append(job(log_point=log_point))
+            log_points = [curves] + [curves.member(member) for member in range(1, len(jobs))]
+            results = fit_members(jobs, 1 if dist.active else train_params.member_processes, log_points)
     finally:
         end_process(dist)
     result = results[0]
@@ -155,11 +144,6 @@ Under torchrun every process trains; rank 0 writes."""
         log.info("best of %d steps at step %d: val loss %.4f, val MAE %.2f", r.step, r.best_step, r.best["loss"], r.best["mae"])
     log.info("wrote %s (%d network%s); checkpoints in %s", out_path, len(states), "s" if len(states) > 1 else "", checkpoint_dir)
     return result
-
-
-def member_curves(curves: Curves, member: int) -> Callable[[dict[str, float]], None]:
-    """Ensemble member `member`'s points, logged beside the first network's as member_<i>/<name>."""
-    return lambda point: curves({name if name == "step" else f"member_{member}/{name}": value for name, value in point.items()})
 
 
 def calibrate(states: list[dict], model_cfg: Any, extra: dict, notes_path: Path, train_params: Any) -> dict[str, float]:
