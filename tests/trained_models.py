@@ -8,8 +8,8 @@ scores in ASAP's layout (with the scores' ASAP-only performances), extracted, al
 - `trained_model`: the performance model (notes -> bins, vocab, windows, train);
 - `trained_score_model`: the score model blended with a tree (aligned -> score bins, vocab, score
   windows, tree, train), returned with the folder that holds the scores (`TEST_SCORE` inside it);
-- `trained_timing_model`: the timing network (the same score windows and the aligned notes' timing
-  targets, `timing_train`).
+- `trained_timing_model`: the timing model, two networks (the same score windows and the aligned
+  notes' timing targets, `timing_train`).
 """
 
 from __future__ import annotations
@@ -114,9 +114,10 @@ def trained_score_model(demo_data: DemoData, demo_score_windows: Path) -> tuple[
 
 @pytest.fixture(scope="session")
 def trained_timing_model(demo_data: DemoData, demo_score_windows: Path) -> Path:
-    """A tiny timing network (velocity/model/timing_net.py) trained for 20 steps on the demo data's
-    score windows and its aligned notes' timing targets, through the function `dvc repro
-    timing_train` runs; returns the model file (`models/timing.pt` under the demo data's root)."""
+    """A tiny timing model of two networks (velocity/model/timing_net.py), each trained for 20
+    steps on the demo data's score windows and its aligned notes' timing targets, through the
+    function `dvc repro timing_train` runs; returns the model file (`models/timing.pt` under the
+    demo data's root)."""
     from velocity.stages.timing_train import TimingModelParams, train_timing
     from velocity.model.timing_net import TimingTrainConfig
 

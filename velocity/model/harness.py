@@ -187,9 +187,13 @@ def side_by_side(jobs: Sequence[Callable[[], Any]], processes: int) -> Iterator[
 def fit_members(jobs: Sequence[Callable[..., FitResult]], processes: int, log_points: Sequence[Callable[[dict[str, float]], None]]) -> list[FitResult]:
     """Train an ensemble's networks: each job (taking `log_point=`) in turn with its curves live,
     or `processes` at a time (`side_by_side`), each one's curves logged once it is done."""
-    if processes <= 1:
-        return [job(log_point=log_point) for job, log_point in zip(jobs, log_points)]
     results = []
+    if processes <= 1 or len(jobs) <= 1:
+        for member, (job, log_point) in enumerate(zip(jobs, log_points)):
+            if member:
+                log.info("ensemble member %d of %d", member + 1, len(jobs))
+            results.append(job(log_point=log_point))
+        return results
     for result, log_point in zip(side_by_side(jobs, processes), log_points):
         for point in result.history:
             log_point(point)

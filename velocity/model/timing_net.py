@@ -16,7 +16,7 @@ onset deviation or articulation (NaN), pad notes no target at all. `TimingTask` 
 (velocity/model/harness.py) exactly as the Velocity Transformer plugs in.
 
 With `ensemble` > 1 the stage trains that many networks from consecutive seeds and each output is
-the mean of theirs (`TimingEnsemble`), as the score model averages its four.
+the mean of theirs (`TimingEnsemble`; the pedal's as a logit, as overlapping windows are averaged).
 
 Like the score model's velocities, each target is then blended with a gradient-boosted tree's
 (the timing_tree stage, on `TREE_FEATURES`): `w * network + (1 - w) * tree`, one weight per target
@@ -292,7 +292,7 @@ class TimingTask:
 
 @dataclass(frozen=True)
 class TimingModel:
-    """A trained timing network with what it needs to read a new score like its training data."""
+    """A trained timing network (or ensemble of them) with what it needs to read a new score like its training data."""
 
     net: TimingNet | TimingEnsemble
     bins: dict[str, Any]

@@ -79,7 +79,7 @@ def train_timing(
         member_params = replace(train_params, seed=train_params.seed + member)
         resumable = {k: v for k, v in asdict(member_params).items() if k not in ("ensemble", "member_processes")}
         run = fingerprint(asdict(model_params), resumable, standardizer.mean, len(train), len(validation))
-        in_process = (train, validation) if train_params.member_processes == 1 else None  # a spawned process reads its own
+        in_process = (train, validation) if min(train_params.member_processes, train_params.ensemble) == 1 else None  # a spawned process reads its own
         jobs.append(partial(train_member, windows_dir, aligned_dir, model_cfg, member_params, checkpoint_dir / f"member_{member}" if member else checkpoint_dir,
                             run, data=in_process, label=f"timing_train network {member}" if train_params.ensemble > 1 else "timing_train"))  # fmt: skip
     with Curves(live_dir) as curves:
