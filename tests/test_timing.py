@@ -219,3 +219,35 @@ def test_the_onset_blend_is_chosen_by_the_renderings_onset_r_not_absolute_error(
     assert blend_error(ONSET, network[ONSET].to_numpy(), notes) < blend_error(ONSET, tree[ONSET].to_numpy(), notes)
     others = {"log_pace": 0.0, "articulation": 0.0, "pedal_down": 0.0}
     assert fit_blend(network.assign(**others), tree.assign(**others), notes.assign(**others))[ONSET] > 0
+
+
+def test_the_tempo_levels_blend_is_chosen_by_the_overall_tempo_error_and_keeps_the_curves_shape():
+    """Two performances played 1.5 times slower than written, with a swell. The tree has the swell
+    but not the level, the network the level but a noisy swell: the level's weight goes to the
+    network whatever the per-note blend, and moving a curve to a level keeps its shape."""
+    import pandas as pd
+
+    from velocity.model.timing_net import LEVEL, fit_blend, level_blend_error, with_level
+
+    rng = np.random.default_rng(0)
+    groups = 60
+    swell = 0.2 * np.sin(np.linspace(0, 2 * np.pi, groups))
+    pace = np.log(1.5) + swell
+    clock = np.concatenate([[0.0], np.cumsum(np.exp(pace[:-1]) * 0.5)])  # 0.5 score seconds a group
+    start, played = np.repeat(np.arange(groups) * 0.5, 2), np.repeat(clock, 2)  # two-note chords struck together
+    zeros = {"onset_deviation": 0.0, "articulation": 0.0, "pedal_down": 0.0}
+    notes = pd.DataFrame({"piece_id": np.repeat(["a", "b"], len(start)), "start": np.tile(start, 2), "performance_start": np.tile(played, 2),
+                          "log_pace": np.tile(np.repeat(pace, 2), 2), **zeros})  # fmt: skip
+    network = pd.DataFrame({"log_pace": np.log(1.5) + rng.normal(0, 0.3, size=len(notes)), **zeros})
+    tree = pd.DataFrame({"log_pace": np.tile(np.repeat(swell, 2), 2), **zeros})
+
+    weights = fit_blend(network, tree, notes)
+    assert weights[LEVEL] == 1.0
+    assert level_blend_error(network, tree, notes, weights["log_pace"], 1.0) < 0.05 < 0.4 < level_blend_error(network, tree, notes, weights["log_pace"], 0.0)
+
+    blended = 0.3 * network["log_pace"].to_numpy() + 0.7 * tree["log_pace"].to_numpy()
+    moved = pd.Series(with_level(blended, network["log_pace"].to_numpy(), notes["piece_id"].to_numpy()))
+    by_piece = notes["piece_id"]
+    np.testing.assert_allclose(moved.groupby(by_piece).mean(), network["log_pace"].groupby(by_piece).mean())
+    np.testing.assert_allclose(moved - moved.groupby(by_piece).transform("mean"),
+                               blended - pd.Series(blended).groupby(by_piece).transform("mean"), atol=1e-12)  # fmt: skip

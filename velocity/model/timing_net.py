@@ -43,7 +43,7 @@ from velocity.model.features import GBT_FEATURES, SCORE_GBT_FEATURES, feature_id
 from velocity.model.stitching import piece_windows, plan_windows
 from velocity.model.runtime import batch_map
 from velocity.model.schedule import lr_at
-from velocity.model.timing import TIMING_TARGETS, onset_deviation, onset_groups, pearson
+from velocity.model.timing import TIMING_TARGETS, clock_from_pace, fit_clock, onset_deviation, onset_groups, overall_tempo_error, pearson
 from velocity.model.transformer import ModelConfig, NoteEncoder
 from velocity.model.trees import TreeEnsemble
 
@@ -51,6 +51,7 @@ KIND = "velocity-timing"
 REGRESSION = TIMING_TARGETS[:3]  # standardized, Huber loss
 PEDAL = TIMING_TARGETS[3]  # a logit, binary cross-entropy
 ONSET = TIMING_TARGETS[1]
+LEVEL = "tempo_level"  # the blend of each score's mean `log_pace`: its overall tempo
 PEDAL_FEATURE_IDS = 3  # 0 pad, 1 the score's pedal up at the onset, 2 down
 # The trees' features: the score tree's (the dynamics only relative to the piece) and the score's pedal.
 TREE_FEATURES = GBT_FEATURES + tuple(name for name in SCORE_GBT_FEATURES if name != "notated_velocity")
@@ -96,13 +97,49 @@ def blend_error(name: str, predicted: np.ndarray, notes: pd.DataFrame) -> float:
     return float(np.mean(difference**2 if name == PEDAL else np.abs(difference)))
 
 
+def rendered_level_error(log_pace: np.ndarray, notes: pd.DataFrame) -> float:
+    """The overall tempo error (velocity.model.timing.overall_tempo_error) of the clocks these
+    per-note `log_pace`s give, against each performance's (`piece_id`) own clock; the mean over
+    performances."""
+    errors = []
+    for rows in notes.groupby("piece_id", sort=False).indices.values():
+        start, played = notes["start"].to_numpy()[rows], notes["performance_start"].to_numpy()[rows]
+        if not np.isfinite(played).any():
+            continue
+        group = onset_groups(start)
+        first, last = start.min(), start.max()
+        truth, rendered = fit_clock(start, played, group), clock_from_pace(start, log_pace[rows], group)
+        errors.append(overall_tempo_error(float(rendered(last) - rendered(first)), float(truth(last) - truth(first))))
+    return float(np.nanmean(errors)) if errors else 0.0
+
+
+def with_level(log_pace: np.ndarray, level: np.ndarray, piece_id: np.ndarray) -> np.ndarray:
+    """`log_pace` moved score by score (`piece_id`) to the mean of `level`: its tempo curve's shape
+    with `level`'s overall tempo."""
+    frame = pd.DataFrame({"pace": log_pace, "level": level, "piece": piece_id})
+    means = frame.groupby("piece", sort=False)[["pace", "level"]].transform("mean")
+    return (frame["pace"] - means["pace"] + means["level"]).to_numpy()
+
+
 def fit_blend(network: pd.DataFrame, tree: pd.DataFrame, notes: pd.DataFrame) -> dict[str, float]:
-    """Each target's network weight (`BLEND_STEPS`) with the least validation error of the blend."""
+    """Each target's network weight (`BLEND_STEPS`) with the least validation error of the blend,
+    and the weight of each score's mean `log_pace` (`LEVEL`) with the least overall tempo error
+    once the blended curve is moved to it: a tempo curve's shape and its level are heard, and
+    judged, apart."""
     weights = {}
     for name in TIMING_TARGETS:
         errors = [blend_error(name, w * network[name].to_numpy() + (1 - w) * tree[name].to_numpy(), notes) for w in BLEND_STEPS]
         weights[name] = float(BLEND_STEPS[int(np.argmin(errors))])
+    weights[LEVEL] = float(BLEND_STEPS[int(np.argmin([level_blend_error(network, tree, notes, weights["log_pace"], w) for w in BLEND_STEPS]))])
     return weights
+
+
+def level_blend_error(network: pd.DataFrame, tree: pd.DataFrame, notes: pd.DataFrame, shape_weight: float, level_weight: float) -> float:
+    """`rendered_level_error` of the `log_pace` blend at `shape_weight` moved to the level blend at `level_weight`."""
+    def blend(w: float) -> np.ndarray:
+        return w * network["log_pace"].to_numpy() + (1 - w) * tree["log_pace"].to_numpy()
+
+    return rendered_level_error(with_level(blend(shape_weight), blend(level_weight), notes["piece_id"].to_numpy()), notes)
 
 
 class TimingNet(NoteEncoder):
@@ -370,5 +407,10 @@ def predict_timing(model: TimingModel, notes: pd.DataFrame, batch_windows: int =
     if not blend or weights is None or trees is None:
         return network
     tree = tree_predictions(trees, notes)
-    return pd.DataFrame({name: weights[name] * network[name] + (1 - weights[name]) * tree[name] for name in TIMING_TARGETS})
+    blended = pd.DataFrame({name: weights[name] * network[name] + (1 - weights[name]) * tree[name] for name in TIMING_TARGETS})
+    if LEVEL in weights:  # a model file from before the level's own weight: the blend's own level
+        level = weights[LEVEL] * network["log_pace"] + (1 - weights[LEVEL]) * tree["log_pace"]
+        piece_id = notes["piece_id"].to_numpy() if "piece_id" in notes else np.zeros(len(notes))
+        blended["log_pace"] = with_level(blended["log_pace"].to_numpy(), level.to_numpy(), piece_id)
+    return blended
 

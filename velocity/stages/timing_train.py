@@ -131,9 +131,9 @@ def train_member(windows_dir: Path, aligned_dir: Path, model_cfg: ModelConfig, t
 
 
 def fit_tree_blend(state: dict, validation: pd.DataFrame, tree: pd.DataFrame) -> dict[str, float]:
-    """Each target's network weight against the trees, fitted on the validation notes."""
+    """Each target's network weight against the trees, and the tempo level's, fitted on the validation notes."""
     from velocity.model.timing import TIMING_TARGETS
-    from velocity.model.timing_net import blend_error, fit_blend, predict_timing, timing_model
+    from velocity.model.timing_net import LEVEL, blend_error, fit_blend, level_blend_error, predict_timing, timing_model
 
     model = timing_model(state)
     network = predict_timing(model, validation, blend=False)
@@ -144,6 +144,10 @@ def fit_tree_blend(state: dict, validation: pd.DataFrame, tree: pd.DataFrame) ->
         log.info("validation %s: network %.4f, tree %.4f, blend %.4f at network weight %.1f", name,
                  blend_error(name, network[name].to_numpy(), validation), blend_error(name, tree[name].to_numpy(), validation),
                  blend_error(name, w * network[name].to_numpy() + (1 - w) * tree[name].to_numpy(), validation), w)  # fmt: skip
+    shape = weights["log_pace"]
+    log.info("validation overall tempo error: network's level %.4f, tree's %.4f, the blend's own %.4f, at level weight %.1f %.4f",
+             *(level_blend_error(network, tree, validation, shape, w) for w in (1.0, 0.0, shape)), weights[LEVEL],
+             level_blend_error(network, tree, validation, shape, weights[LEVEL]))  # fmt: skip
     return weights
 
 
