@@ -130,7 +130,8 @@ def fit_blend(network: pd.DataFrame, tree: pd.DataFrame, notes: pd.DataFrame) ->
     for name in TIMING_TARGETS:
         errors = [blend_error(name, w * network[name].to_numpy() + (1 - w) * tree[name].to_numpy(), notes) for w in BLEND_STEPS]
         weights[name] = float(BLEND_STEPS[int(np.argmin(errors))])
-    weights[LEVEL] = float(BLEND_STEPS[int(np.argmin([level_blend_error(network, tree, notes, weights["log_pace"], w) for w in BLEND_STEPS]))])
+    level_errors = [level_blend_error(network, tree, notes, weights["log_pace"], w) for w in BLEND_STEPS]
+    weights[LEVEL] = float(BLEND_STEPS[int(np.argmin(level_errors))])
     return weights
 
 

@@ -12,8 +12,9 @@ later networks' checkpoints in `member_<i>/`, their curves as `member_<i>/...`).
 `models/score/timing.pt`: the networks' weights, config, the targets' standardization, and the
 bins, vocabulary and window geometry to read a new score with. With
 `--blend-trees` (the timing_tree stage's trees.pt and its validation predictions beside it) it also
-fits each target's blend of network and tree on validation and keeps the trees and the weights
-in the model file, as the score model keeps its tree.
+fits each target's blend of network and tree on validation (and the overall tempo's, by the
+overall tempo error) and keeps the trees and the weights in the model file, as the score model
+keeps its tree.
 """
 
 from __future__ import annotations
@@ -75,11 +76,11 @@ def train_timing(
     # Network i trains from seed + i in its own checkpoint folder; its fingerprint leaves out the
     # ensemble's size, so a larger ensemble keeps the networks already trained.
     jobs = []
+    in_process = (train, validation) if min(train_params.member_processes, train_params.ensemble) == 1 else None  # a spawned process reads its own
     for member in range(train_params.ensemble):
         member_params = replace(train_params, seed=train_params.seed + member)
         resumable = {k: v for k, v in asdict(member_params).items() if k not in ("ensemble", "member_processes")}
         run = fingerprint(asdict(model_params), resumable, standardizer.mean, len(train), len(validation))
-        in_process = (train, validation) if min(train_params.member_processes, train_params.ensemble) == 1 else None  # a spawned process reads its own
         jobs.append(partial(train_member, windows_dir, aligned_dir, model_cfg, member_params, checkpoint_dir / f"member_{member}" if member else checkpoint_dir,
                             run, data=in_process, label=f"timing_train network {member}" if train_params.ensemble > 1 else "timing_train"))  # fmt: skip
     with Curves(live_dir) as curves:
@@ -144,10 +145,8 @@ def fit_tree_blend(state: dict, validation: pd.DataFrame, tree: pd.DataFrame) ->
         log.info("validation %s: network %.4f, tree %.4f, blend %.4f at network weight %.1f", name,
                  blend_error(name, network[name].to_numpy(), validation), blend_error(name, tree[name].to_numpy(), validation),
                  blend_error(name, w * network[name].to_numpy() + (1 - w) * tree[name].to_numpy(), validation), w)  # fmt: skip
-    shape = weights["log_pace"]
-    log.info("validation overall tempo error: network's level %.4f, tree's %.4f, the blend's own %.4f, at level weight %.1f %.4f",
-             *(level_blend_error(network, tree, validation, shape, w) for w in (1.0, 0.0, shape)), weights[LEVEL],
-             level_blend_error(network, tree, validation, shape, weights[LEVEL]))  # fmt: skip
+    log.info("validation overall tempo error with the network's level %.4f, the tree's %.4f, the log_pace blend's %.4f: level weight %.1f",
+             *(level_blend_error(network, tree, validation, weights["log_pace"], w) for w in (1.0, 0.0, weights["log_pace"])), weights[LEVEL])  # fmt: skip
     return weights
 
 
