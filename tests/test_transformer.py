@@ -1,4 +1,4 @@
-"""The Velocity Transformer: masks, KV-cached greedy decoding, the loss and the Noam schedule."""
+"""The Velocity Transformer: masks, dropout, KV-cached greedy decoding, the loss and the Noam schedule."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from velocity.model.loss import abs_error_sum, label_smoothed_kl
 from velocity.model.schedule import lr_at
@@ -15,8 +16,11 @@ from velocity.model.transformer import (
     PICKS,
     START,
     ModelConfig,
+    attention,
     build_model,
+    causal_mask,
     decoder_input,
+    dropout,
     greedy_decode,
     pick_velocity,
 )
@@ -75,6 +79,40 @@ def test_padding_does_not_change_real_positions():
     padded = model(src, decoder_input(tgt))
     alone = model(src[:, :7], decoder_input(tgt[:, :7]))
     assert torch.allclose(padded[:, :7], alone, atol=1e-5)
+
+
+def test_cpu_dropout_zeroes_a_share_p_scales_the_rest_and_repeats_with_the_seed():
+    x = torch.rand(64, 4, 32, 32) + 1.0
+    torch.manual_seed(0)
+    y = dropout(x, 0.25, training=True)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.75) < 0.01
+    torch.testing.assert_close(y[kept], (x / 0.75)[kept])
+    torch.manual_seed(0)
+    torch.testing.assert_close(dropout(x, 0.25, training=True), y)  # the same seed, the same mask
+    assert not torch.equal(dropout(x, 0.25, training=True), y)
+    assert dropout(x, 0.25, training=False) is x
+
+    x.requires_grad_(True)
+    torch.manual_seed(1)
+    y = dropout(x, 0.25, training=True)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, (y != 0).float() / 0.75)  # the gradient passes where the value did
+
+
+@pytest.mark.parametrize("mask", ["none", "keys", "causal", "both"])
+def test_attention_written_out_for_cpu_dropout_matches_torchs(mask):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 7, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    keys = torch.ones(3, 1, 1, 7, dtype=torch.bool)
+    keys[1, ..., 5:] = False
+    masks = {"none": None, "keys": keys, "causal": causal_mask(7), "both": causal_mask(7) & keys}
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=masks[mask])
+    # p below the mask's resolution keeps every weight: the written-out path without its dropout
+    torch.testing.assert_close(attention(q, k, v, masks[mask], 1e-9, training=True), expected)
+    torch.manual_seed(0)
+    dropped = attention(q, k, v, masks[mask], 0.5, training=True)
+    assert not torch.allclose(dropped, expected)
 
 
 def test_build_model_is_deterministic_given_the_seed():

@@ -80,6 +80,68 @@ def causal_mask(size: int, device: torch.device | str | None = None) -> torch.Te
 
 
 # ---------------------------------------------------------------------------------------------
+# Dropout
+#
+# torch's CPU dropout draws one Bernoulli sample at a time from its Mersenne Twister: on this
+# project's 2-core machine that was a third of a training step (docs/experiments.md). On the CPU the
+# keep mask is drawn four notes at a time from 64-bit random words of the same seeded generator
+# instead; on a GPU torch's own dropout is fast and stays.
+
+KEEP_STEPS = 1 << 15  # the CPU keep mask's resolution: p is rounded to a multiple of 1/32768
+
+
+def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
+    """A bool tensor of `shape`, each entry True with probability 1 - p (p in steps of 1/KEEP_STEPS),
+    from the global torch generator: each 64-bit random word gives four 15-bit draws."""
+    n = math.prod(shape)
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_().view(torch.int16)[:n]
+    return bits.bitwise_and_(KEEP_STEPS - 1).ge(round(p * KEEP_STEPS)).view(shape)
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """`F.dropout(x, p, training)`: each entry zeroed with probability p, the rest scaled by 1 / (1 - p)."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or not 0.0 < p < 1.0:
+        return F.dropout(x, p, True)
+    return x * keep_mask(x.shape, p).to(x.dtype).mul_(1.0 / (1.0 - p))  # autograd keeps the scaled mask for the backward pass
+
+
+class Dropout(nn.Module):
+    """`nn.Dropout` through `dropout`."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, p: float, training: bool) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d_k)) v over (B, h, T, d_k) heads, the weights through `dropout` when
+    training: torch's fused attention, except for dropout on the CPU, written out for `dropout`'s
+    cheaper mask (the mask as an additive bias, which the score product adds in the same pass)."""
+    if not (training and p > 0.0 and q.device.type == "cpu"):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p if training else 0.0)
+    B, h, T_q, d_k = q.shape
+    T_k = k.shape[2]
+    q, k, v = q.reshape(B * h, T_q, d_k), k.reshape(B * h, T_k, d_k), v.reshape(B * h, T_k, d_k)
+    if mask is None:
+        scores = torch.bmm(q, k.transpose(1, 2)).mul_(1.0 / math.sqrt(d_k))
+    else:
+        bias = torch.zeros(mask.shape, dtype=q.dtype).masked_fill_(~mask, float("-inf"))  # (B or 1, h or 1, T_q or 1, T_k)
+        if bias.shape[0] * bias.shape[1] > 1:
+            bias = bias.expand(B, h, *bias.shape[2:])
+        scores = torch.baddbmm(bias.reshape(-1, *bias.shape[2:]), q, k.transpose(1, 2), alpha=1.0 / math.sqrt(d_k))
+    y = torch.bmm(dropout(scores.softmax(dim=-1), p, True), v)
+    return y.view(B, h, T_q, d_k)
+
+
+# ---------------------------------------------------------------------------------------------
 # Building blocks
 
 
@@ -150,9 +212,7 @@ class MultiHeadAttention(nn.Module):
                     k, v = cache.append(k, v)  # (B, h, T_past + T_q, d_k)
         if mask is not None and mask.dim() == 3:  # The Annotated Transformer's (B, T_q, T_k) masks
             mask = mask.unsqueeze(1)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, h, T_q, d_k)
+        y = attention(q, k, v, mask, self.dropout, self.training)  # (B, h, T_q, d_k)
         y = y.transpose(1, 2).reshape(B, T_q, d_model)  # heads side by side again
         return self.w_o(y)
 
@@ -164,7 +224,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.w_1 = nn.Linear(d_model, d_ff)
         self.w_2 = nn.Linear(d_ff, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w_2(self.dropout(F.relu(self.w_1(x))))
@@ -181,7 +241,7 @@ class Embeddings(nn.Module):
         self.lut = nn.Embedding(vocab, d_model)
         self.features = nn.ModuleList(nn.Embedding(n, d_model) for n in feature_sizes)
         self.d_model = d_model
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         position = torch.arange(max_len, dtype=torch.float32)[:, None]  # (max_len, 1)
         div_term = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * -(math.log(10000.0) / d_model))
         pe = torch.zeros(max_len, d_model)
@@ -213,7 +273,7 @@ class EncoderLayer(nn.Module):
         self.self_attn = MultiHeadAttention(cfg.heads, cfg.d_model, cfg.dropout)
         self.feed_forward = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout)
         self.norm_1, self.norm_2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, src_mask: torch.Tensor | None) -> torch.Tensor:
         h = self.norm_1(x)
@@ -230,7 +290,7 @@ class DecoderLayer(nn.Module):
         self.src_attn = MultiHeadAttention(cfg.heads, cfg.d_model, cfg.dropout)
         self.feed_forward = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout)
         self.norm_1, self.norm_2, self.norm_3 = (nn.LayerNorm(cfg.d_model) for _ in range(3))
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(
         self,
