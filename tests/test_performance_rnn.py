@@ -169,6 +169,16 @@ def test_short_training_lowers_test_nll_well_below_the_untrained_model(trained, 
     assert abs(metrics["untrained_nll_per_event"] - math.log(413)) < 0.2
     assert metrics["nll_per_event"] < metrics["untrained_nll_per_event"] - 1.0
     assert metrics["events"] == sum(len(p) - 1 for p in load_split(tiny_data["events"], "test"))
+    assert metrics["untrained_events"] == metrics["events"]  # a few pieces: the untrained network reads them all
+
+
+def test_the_untrained_network_reads_a_sample_spread_over_the_split():
+    from velocity.stages.perf_evaluate import spread_sample
+
+    pieces = [np.full(n + 1, n) for n in range(96)]
+    assert [p[0] for p in spread_sample(pieces, 16)] == list(range(0, 96, 6))
+    assert [p[0] for p in spread_sample(pieces, 20)] == list(range(0, 96, 5))
+    assert spread_sample(pieces, 0) is pieces and len(spread_sample(pieces, 200)) == 96
 
 
 def test_untrained_model_is_the_network_training_starts_from():

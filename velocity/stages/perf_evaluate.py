@@ -2,7 +2,9 @@
 
 Every test piece is read whole (LSTM state carried across chunks) and every event but its first
 is predicted. The same is measured for an untrained network of the same architecture and init
-seed (the weights training started from), so the metrics show what training bought.
+seed (the weights training started from), so the metrics show what training bought; it reads a
+sample of the pieces spread over the split (`untrained_pieces`), since its loss per event hardly
+varies (about ln 413: nearly uniform) and reading every piece again would double the stage's time.
 
 Usage: python -m velocity.stages.perf_evaluate models/performance_rnn.pt data/perf_events metrics/performance_rnn.json
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +43,12 @@ class PerfEvaluateParams:
     device: str
     batch_pieces: int  # pieces read side by side
     chunk_events: int  # events per forward call (the state carries over)
+    untrained_pieces: int  # pieces the untrained network reads, spread over the split (0: all)
+
+
+def spread_sample(pieces: list[np.ndarray], n: int) -> list[np.ndarray]:
+    """About `n` of `pieces`, every k-th from the first (all of them when n is 0 or reaches their number)."""
+    return pieces if n <= 0 else pieces[:: max(1, math.ceil(len(pieces) / n))]
 
 
 def load_split(events_dir: Path, split: str) -> list[np.ndarray]:
@@ -76,18 +85,19 @@ def evaluate_performance_rnn(
     if n_events == 0:
         raise ValueError("the test split has no events to predict")
     results = {}
-    for name, net in (("trained", model), ("untrained", untrained)):
-        with tqdm(total=n_events, desc=f"evaluate {name}", unit="event", leave=False) as bar:
+    for name, net, read in (("trained", model, pieces), ("untrained", untrained, spread_sample(pieces, params.untrained_pieces))):
+        with tqdm(total=predicted_events(read), desc=f"evaluate {name}", unit="event", leave=False) as bar:
             total, count = sequence_nll(
-                net.to(device), pieces, device, params.batch_pieces, params.chunk_events, progress=bar.update
+                net.to(device), read, device, params.batch_pieces, params.chunk_events, progress=bar.update
             )
-        results[name] = nll_metrics(total, count)
+        results[name] = {**nll_metrics(total, count), "events": count}
     return {
         "nll_per_event": results["trained"]["nll_per_event"],
         "perplexity": results["trained"]["perplexity"],
         "vocab_size": VOCAB_SIZE,
         "untrained_nll_per_event": results["untrained"]["nll_per_event"],
         "untrained_perplexity": results["untrained"]["perplexity"],
+        "untrained_events": int(results["untrained"]["events"]),  # a sample of the pieces (untrained_pieces)
         "events": n_events,
         "pieces": len(pieces),
     }
