@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     task = VelocityTask(cfg, train_cfg, windows, windows)
     total = args.warmup_steps + args.steps
     loop = LoopConfig(steps=total, batch_size=train_cfg.batch_size, accum=train_cfg.accum, eval_every=total, checkpoint_every=total,
-                      seed=0, device=args.device, compile=args.compile, loader_workers=args.loader_workers, progress=False)
+                      seed=0, device=args.device, compile=args.compile, loader_workers=args.loader_workers, progress=False,
+                      ema=train_cfg.ema)  # the weights' moving average is part of a training step
     marks: dict[int, float] = {}
 
     def on_step(step: int) -> None:

@@ -167,7 +167,8 @@ def test_resumes_after_sigkill_from_the_last_checkpoint(tmp_path):
     """Kill a training process with SIGKILL after its first checkpoint; the rerun continues from
     that checkpoint's step and ends with exactly the weights of an uninterrupted run."""
     # The length curriculum ends part-way, so the resumed run must also pick the right data view.
-    cfg = replace(TINY_TRAIN, max_steps=150, accum=1, eval_every=10, checkpoint_every=3, curriculum_steps=20, curriculum_length=4)
+    # The weights' moving average, too, must go on as if never interrupted.
+    cfg = replace(TINY_TRAIN, max_steps=150, accum=1, eval_every=10, checkpoint_every=3, curriculum_steps=20, curriculum_length=4, ema=0.9)
     root = write_windows_project(tmp_path / "killed")
     params = {**yaml.safe_load((ROOT / "params.yaml").read_text()), "model": asdict(params_section(ModelParams, "model", **TINY_MODEL)), "train": asdict(cfg)}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
@@ -193,9 +194,10 @@ def test_resumes_after_sigkill_from_the_last_checkpoint(tmp_path):
     reference_root = write_windows_project(tmp_path / "uninterrupted")
     reference = run_in(reference_root, cfg)
     assert reference.start_step == 0
-    a = load_checkpoint(root / "models" / "checkpoints" / "last.pt")["model"]
-    b = load_checkpoint(reference_root / "models" / "checkpoints" / "last.pt")["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    a = load_checkpoint(root / "models" / "checkpoints" / "last.pt")
+    b = load_checkpoint(reference_root / "models" / "checkpoints" / "last.pt")
+    for state in ("model", "averaged"):
+        assert all(torch.equal(a[state][k], b[state][k]) for k in a[state])
     assert resumed.best == reference.best
 
 
@@ -405,3 +407,39 @@ def test_a_budget_stops_at_whichever_comes_first_epochs_or_steps():
         budget_steps(None, None, 1_395, 16)
     with pytest.raises(ParamsError, match="both null"):
         replace(TINY_TRAIN, epochs=None, max_steps=None)
+
+
+def test_the_moving_average_ramps_up_to_its_decay():
+    """`ema_updater`: each update moves the average a share 1 - min(decay, (1 + n) / (10 + n)) of
+    the way to the current weights, n the updates before it."""
+    from velocity.model.harness import ema_updater
+
+    update = ema_updater(0.95)
+    averaged, expected = [torch.zeros(3)], torch.zeros(3)
+    for n in range(1, 200):
+        current = torch.full((3,), float(n))
+        update(averaged, [current], torch.tensor(n))
+        expected += (1 - min(0.95, (1 + n) / (10 + n))) * (current - expected)
+        assert torch.allclose(averaged[0], expected)
+    assert (1 + 5) / (10 + 5) < 0.95 < (1 + 190) / (10 + 190)  # both regimes were run
+
+
+def test_validation_judges_and_the_model_keeps_the_averaged_weights(tmp_path):
+    """With `train.ema` the raw weights train on; validation, best.pt and the result are their
+    moving average, which last.pt carries so that a resumed run continues it."""
+    data = write_windows_project(tmp_path / "data_root")
+    train_w, val_w = Windows.load(data / "data" / "windows", "train"), Windows.load(data / "data" / "windows", "validation")
+    cfg = replace(TINY_TRAIN, eval_every=8, ema=0.9)  # one validation, at the last step: it is the best
+    averaged_run = train(tiny_config(), cfg, train_w, val_w, tmp_path / "averaged", progress=False)
+    raw_run = train(tiny_config(), replace(cfg, ema=0.0), train_w, val_w, tmp_path / "raw", progress=False)
+    last = load_checkpoint(tmp_path / "averaged" / "last.pt")
+    raw_last = load_checkpoint(tmp_path / "raw" / "last.pt")["model"]
+    assert all(torch.equal(last["model"][k], raw_last[k]) for k in raw_last)  # the average does not steer training
+    average = {k.removeprefix("module."): v for k, v in last["averaged"].items() if k.startswith("module.")}
+    assert all(torch.equal(averaged_run.best_model[k], average[k]) for k in average)
+    assert not all(torch.equal(averaged_run.best_model[k], raw_last[k]) for k in raw_last)
+    assert averaged_run.best["loss"] != raw_run.best["loss"]
+    from velocity.model.config import ParamsError
+
+    with pytest.raises(ParamsError, match="train.ema"):
+        replace(TINY_TRAIN, ema=1.0)

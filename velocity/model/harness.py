@@ -14,6 +14,10 @@ and learning rate); `fit` does the rest, the same for the Velocity Transformer a
 - `last.pt` (atomic) every `checkpoint_every` steps holds weights, optimizer, step, the stream
   position, the best validation so far and the metric history; a run resumes from it with any
   number of processes. `best.pt` holds the weights of the lowest validation loss.
+- With `ema` > 0 the loop keeps an exponential moving average of the weights beside them
+  (`AveragedModel`); validation, `best.pt` and the result are the averaged weights. Late in a run
+  the raw weights wander about as much as validation can tell apart from step to step; their average
+  does not.
 - Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK in the environment) the model is wrapped in
   DistributedDataParallel: gloo on CPU, NCCL on CUDA. Validation is summed over all processes, so
   every rank agrees on "best"; only rank 0 writes files, logs curves and shows progress.
@@ -41,6 +45,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from velocity.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -98,6 +103,19 @@ class LoopConfig:
     loader_workers: int = 0  # DataLoader processes preparing the next steps' batches (0: in this one)
     progress: bool = True
     label: str = "train"  # the progress bar's
+    ema: float = 0.0  # decay of the weights' moving average, at most (0: validate the raw weights)
+
+
+def ema_updater(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor | int], None]:
+    """AveragedModel's `multi_avg_fn` for an exponential moving average whose decay ramps up as
+    (1 + n) / (10 + n) to `decay` after n updates, so the average forgets the first steps' weights
+    early on and spans about 1 / (1 - decay) steps late in a long run."""
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor | int) -> None:
+        n = int(n_averaged)
+        torch._foreach_lerp_(averaged, current, 1.0 - min(decay, (1 + n) / (10 + n)))
+
+    return update
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,6 +380,10 @@ def fit(
     device = setup_process(dist, cfg.device)
     model.to(device)
     optimizer = task.make_optimizer(model)
+    if not 0.0 <= cfg.ema < 1.0:
+        raise ValueError(f"ema must be in [0, 1), got {cfg.ema}")
+    averaged = AveragedModel(model, multi_avg_fn=ema_updater(cfg.ema)) if cfg.ema else None
+    validated = model if averaged is None else averaged.module  # the weights validation judges and `best.pt` keeps
 
     step, sample, history = 0, 0, []
     running_loss, running_count = 0.0, 0.0  # the train loss since the last evaluation
@@ -370,6 +392,8 @@ def fit(
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
+        if averaged is not None:
+            averaged.load_state_dict(resume["averaged"])
         step, sample, best, history = int(resume["step"]), int(resume["sample"]), dict(resume["best"]), list(resume["history"])
         running_loss, running_count = resume["running"]
         if dist.is_main:
@@ -401,7 +425,7 @@ def fit(
         save_checkpoint(checkpoint_dir / LAST, {
             "fingerprint": run_fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "step": step, "sample": sample, "best": best, "history": history, "running": [running_loss, running_count],
-            "world_size": dist.world_size,
+            "world_size": dist.world_size, **({"averaged": averaged.state_dict()} if averaged is not None else {}),
         })  # fmt: skip
 
     batches = StepBatches(task, cfg, dist, step, sample)
@@ -438,6 +462,8 @@ def fit(
                 group["lr"] = lr
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if averaged is not None:
+            averaged.update_parameters(model)
         step += 1
         sample += batches.samples_per_step
         if on_step is not None:
@@ -449,7 +475,7 @@ def fit(
         if step % cfg.eval_every == 0 or step == cfg.steps:
             point = {"step": float(step), "train_loss": running_loss / max(running_count, 1.0)}
             if task.n_validation:
-                val = _validate(task, model, device, dist)
+                val = _validate(task, validated, device, dist)
                 point.update({f"val_{name}": value for name, value in val.items()})
             point["lr"] = float(optimizer.param_groups[0]["lr"])
             running_loss, running_count = 0.0, 0.0
@@ -459,7 +485,7 @@ def fit(
             if not task.n_validation or val_loss < best["loss"]:
                 best = {"step": step, **{k.removeprefix("val_"): v for k, v in point.items() if k.startswith("val_")}, "loss": val_loss}
                 if dist.is_main:
-                    save_checkpoint(checkpoint_dir / BEST, {"fingerprint": run_fingerprint, "model": model.state_dict(), "best": best})
+                    save_checkpoint(checkpoint_dir / BEST, {"fingerprint": run_fingerprint, "model": validated.state_dict(), "best": best})
             if log_point is not None and dist.is_main:
                 log_point(point)
             if dist.is_main:

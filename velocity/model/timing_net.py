@@ -282,6 +282,7 @@ class TimingTrainConfig:
     pedal_weight: float  # the pedal's cross-entropy beside the three Huber losses
     ensemble: int  # networks from seeds seed, seed + 1, ...; their outputs averaged
     member_processes: int  # networks trained at once, one process each (1: one after another)
+    ema: float  # the weights' moving average that validation judges and the model keeps (train.ema)
 
     def __post_init__(self) -> None:
         for name in ("ensemble", "member_processes"):

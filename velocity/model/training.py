@@ -88,6 +88,9 @@ class TrainConfig:
     # of a window's length, its windows offset from the previous network's by a share of that hop
     # (velocity/model/stitching.py `staggered_windows`). In (0, 1]; 0.5 is the default windows' hop.
     averaged_hop: float
+    # Validation judges, and the model keeps, a moving average of the weights over about the last
+    # 1 / (1 - ema) steps (the decay ramps up from the first steps; velocity/model/harness.py); 0: the raw weights.
+    ema: float
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -110,6 +113,8 @@ class TrainConfig:
                 raise ParamsError(f"train.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.loader_workers < 0:
             raise ParamsError(f"train.loader_workers must be >= 0, got {self.loader_workers}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ParamsError(f"train.ema must be in [0, 1), got {self.ema}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ParamsError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
@@ -367,7 +372,7 @@ def loop_config(cfg: TrainConfig, n_train_windows: int, world_size: int = 1, pro
     return LoopConfig(
         steps=total_steps(cfg, n_train_windows, world_size), batch_size=cfg.batch_size, accum=cfg.accum,
         eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, device=cfg.device,
-        compile=cfg.compile, loader_workers=cfg.loader_workers, progress=progress, label=label,
+        compile=cfg.compile, loader_workers=cfg.loader_workers, progress=progress, label=label, ema=cfg.ema,
     )  # fmt: skip
 
 

@@ -61,6 +61,7 @@ class PerfTrainParams:
     val_windows: int  # validation windows per evaluation (the first ones; all if fewer)
     device: str  # auto = CUDA when present
     nproc_per_node: int  # > 1: that many processes through torchrun
+    ema: float  # the weights' moving average that validation judges and the model keeps (train.ema)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "nproc_per_node"):
@@ -103,7 +104,7 @@ def train_performance_rnn(
     cfg = LoopConfig(
         steps=steps, batch_size=train_params.batch_size, accum=1, eval_every=train_params.eval_every,
         checkpoint_every=train_params.checkpoint_every, seed=train_params.seed, device=train_params.device,
-        clip_norm=train_params.clip_norm,
+        clip_norm=train_params.clip_norm, ema=train_params.ema,
     )  # fmt: skip
     seed_everything(train_params.seed)  # the initial weights, as stages.perf_evaluate.untrained_model draws them
     model = build_model(model_params.config())

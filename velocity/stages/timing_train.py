@@ -127,7 +127,7 @@ def train_member(windows_dir: Path, aligned_dir: Path, model_cfg: ModelConfig, t
     steps = budget_steps(train_params.max_steps, train_params.epochs, len(train), train_params.batch_size)
     loop = LoopConfig(steps=steps, batch_size=train_params.batch_size, accum=1, eval_every=train_params.eval_every,
                       checkpoint_every=train_params.checkpoint_every, seed=train_params.seed, device=train_params.device,
-                      label=label)  # fmt: skip
+                      label=label, ema=train_params.ema)  # fmt: skip
     return fit(TimingTask(model_cfg, train_params, train, validation), net, loop, checkpoint_dir, run_fingerprint, log_point)
 
 
