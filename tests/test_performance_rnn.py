@@ -123,6 +123,8 @@ def test_perf_params_errors_name_the_full_key(tmp_path):
         load_perf_params(PerfEventsParams, "events", params)
     with pytest.raises(ParamsError, match="missing section 'performance_rnn.train'"):
         load_perf_params(PerfTrainParams, "train", params)
+    with pytest.raises(ParamsError, match="performance_rnn.train.ema must be in"):
+        params_section(PerfTrainParams, "performance_rnn.train", ema=-0.5)
 
 
 def test_perf_events_writes_memmappable_sequences_that_decode_to_the_notes(tiny_data):

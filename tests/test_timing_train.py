@@ -57,3 +57,5 @@ def test_an_ensemble_of_no_timing_networks_is_refused():
 
     with pytest.raises(ParamsError, match="timing_train.train.ensemble must be at least 1, got 0"):
         params_section(TimingTrainConfig, "timing_train.train", ensemble=0)
+    with pytest.raises(ParamsError, match="timing_train.train.ema must be in"):
+        params_section(TimingTrainConfig, "timing_train.train", ema=1.0)

@@ -288,6 +288,8 @@ class TimingTrainConfig:
         for name in ("ensemble", "member_processes"):
             if getattr(self, name) < 1:
                 raise ParamsError(f"timing_train.train.{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ParamsError(f"timing_train.train.ema must be in [0, 1), got {self.ema}")
 
 
 class TimingTask:

@@ -71,6 +71,8 @@ class PerfTrainParams:
             raise ParamsError(f"performance_rnn.train.epochs must be positive or null, got {self.epochs}")
         if self.epochs is None and self.steps is None:
             raise ParamsError("performance_rnn.train.epochs and .steps are both null: give at least one")
+        if not 0.0 <= self.ema < 1.0:
+            raise ParamsError(f"performance_rnn.train.ema must be in [0, 1), got {self.ema}")
 
 
 def code_files() -> list[Path]:
