@@ -420,8 +420,7 @@ def test_the_moving_average_ramps_up_to_its_decay():
         current = torch.full((3,), float(n))
         update(averaged, [current], torch.tensor(n))
         expected += (1 - min(0.95, (1 + n) / (10 + n))) * (current - expected)
-        assert torch.allclose(averaged[0], expected)
-    assert (1 + 5) / (10 + 5) < 0.95 < (1 + 190) / (10 + 190)  # both regimes were run
+        assert torch.allclose(averaged[0], expected)  # the ramp binds until n = 170, the decay after
 
 
 def test_validation_judges_and_the_model_keeps_the_averaged_weights(tmp_path):
