@@ -194,7 +194,8 @@ DEMO_RUN: dict[str, Any] = {
     "performance_rnn": {
         "events": {"window": 32, "step": 32},
         "model": {"hidden_size": 16, "layers": 1},
-        "train": {"epochs": None, "steps": 4, "batch_size": 4, "eval_every": 4, "checkpoint_every": 4, "val_windows": 4, "device": "cpu"},
+        "train": {"epochs": None, "steps": 4, "batch_size": 4, "eval_every": 4, "checkpoint_every": 4, "val_windows": 4, "device": "cpu",
+                  "nproc_per_node": 1},
         "evaluate": {"device": "cpu"},
     },
 }  # fmt: skip

@@ -50,7 +50,8 @@ WINDOW = 64
 TINY_MODEL = params_section(PerfModelParams, "performance_rnn.model", hidden_size=64, layers=1, dropout=0.0)
 TINY_TRAIN = params_section(
     PerfTrainParams, "performance_rnn.train",
-    seed=0, epochs=None, steps=150, batch_size=16, lr=0.003, clip_norm=3.0, eval_every=50, checkpoint_every=50, val_windows=64, device="cpu"
+    seed=0, epochs=None, steps=150, batch_size=16, lr=0.003, clip_norm=3.0, eval_every=50, checkpoint_every=50, val_windows=64, device="cpu",
+    nproc_per_node=1,
 )
 
 
@@ -125,6 +126,8 @@ def test_perf_params_errors_name_the_full_key(tmp_path):
         load_perf_params(PerfTrainParams, "train", params)
     with pytest.raises(ParamsError, match="performance_rnn.train.ema must be in"):
         params_section(PerfTrainParams, "performance_rnn.train", ema=-0.5)
+    with pytest.raises(ParamsError, match=r"batch_size \(30\) must share out evenly among nproc_per_node \(4\)"):
+        params_section(PerfTrainParams, "performance_rnn.train", batch_size=30, nproc_per_node=4)
 
 
 def test_perf_events_writes_memmappable_sequences_that_decode_to_the_notes(tiny_data):

@@ -172,12 +172,24 @@ def launch_processes(nproc_per_node: int, program: Sequence[str]) -> int:
     return subprocess.run(command, check=False).returncode
 
 
-def relaunch_if_wanted(nproc_per_node: int, module: str, argv: Sequence[str]) -> int | None:
-    """When `nproc_per_node` > 1 and this is not already a torchrun worker, run the stage again
-    under torchrun and return its exit code; else None (train in this process)."""
-    if nproc_per_node <= 1 or "WORLD_SIZE" in os.environ:
+def process_count(nproc_per_node: int, device_name: str) -> int:
+    """How many processes train: `nproc_per_node`, at most one per GPU when the device is CUDA
+    (NCCL refuses two processes on one GPU)."""
+    if pick_device(device_name).type != "cuda":
+        return nproc_per_node
+    processes = min(nproc_per_node, torch.cuda.device_count())
+    if processes < nproc_per_node:
+        log.info("%d processes asked for, %d GPU%s here: training on %d", nproc_per_node, processes, "s" if processes > 1 else "", processes)
+    return processes
+
+
+def relaunch_if_wanted(nproc_per_node: int, device_name: str, module: str, argv: Sequence[str]) -> int | None:
+    """When more than one process should train (`process_count`) and this is not already a
+    torchrun worker, run the stage again under torchrun and return its exit code; else None
+    (train in this process)."""
+    if "WORLD_SIZE" in os.environ or (processes := process_count(nproc_per_node, device_name)) <= 1:
         return None
-    return launch_processes(nproc_per_node, ["-m", module, *argv])
+    return launch_processes(processes, ["-m", module, *argv])
 
 
 def _start_worker(threads: int, log_level: int) -> None:

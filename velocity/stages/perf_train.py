@@ -6,7 +6,9 @@ The loop is the shared one of velocity/model/harness.py, the Velocity Transforme
 checkpoint left off and ends with the same weights as an uninterrupted run (on CPU). The checkpoint
 carries a fingerprint of the params, the training data and the training code: if any changed,
 training starts over (and a finished run of the very same inputs is simply reused).
-`performance_rnn.train.nproc_per_node` > 1 trains as that many processes through torchrun.
+`performance_rnn.train.nproc_per_node` > 1 trains as that many processes through torchrun (one
+per GPU at most), each reading its share of every step's `batch_size` windows: the same windows
+and the same mean gradient as one process, so a run may resume with another process count.
 
 Curves go to dvclive (`train_loss`, `val_loss`, nats per event); on resume the logged history is
 replayed from the checkpoint, so the curves match an uninterrupted run. The model file keeps the
@@ -53,7 +55,7 @@ class PerfTrainParams:
     seed: int  # init weights, data order and dropout
     epochs: float | None  # passes over the train windows; training stops at this or `steps`, whichever comes first
     steps: int | None  # optimizer steps at most
-    batch_size: int  # windows per step (per process)
+    batch_size: int  # windows per step, shared out among the processes
     lr: float  # Adam, constant
     clip_norm: float  # gradient norm clipping
     eval_every: int  # steps between validation losses (one dvclive point each)
@@ -67,6 +69,8 @@ class PerfTrainParams:
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "nproc_per_node"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ParamsError(f"performance_rnn.train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size % self.nproc_per_node:
+            raise ParamsError(f"performance_rnn.train.batch_size ({self.batch_size}) must share out evenly among nproc_per_node ({self.nproc_per_node}) processes")
         if self.epochs is not None and not self.epochs > 0:
             raise ParamsError(f"performance_rnn.train.epochs must be positive or null, got {self.epochs}")
         if self.epochs is None and self.steps is None:
@@ -102,9 +106,11 @@ def train_performance_rnn(
     run_fingerprint = fingerprint({"model": asdict(model_params), "train": train, "data": data_digest}, files=code_files())
     task = PerformanceTask(train_windows, val_windows[: train_params.val_windows], train_params.lr, train_params.batch_size)
     dist = distributed_from_env()
-    steps = budget_steps(train_params.steps, train_params.epochs, len(train_windows), train_params.batch_size * dist.world_size)
+    if train_params.batch_size % dist.world_size:  # fewer GPUs than nproc_per_node
+        raise ParamsError(f"performance_rnn.train.batch_size ({train_params.batch_size}) does not share out among {dist.world_size} processes")
+    steps = budget_steps(train_params.steps, train_params.epochs, len(train_windows), train_params.batch_size)
     cfg = LoopConfig(
-        steps=steps, batch_size=train_params.batch_size, accum=1, eval_every=train_params.eval_every,
+        steps=steps, batch_size=train_params.batch_size // dist.world_size, accum=1, eval_every=train_params.eval_every,
         checkpoint_every=train_params.checkpoint_every, seed=train_params.seed, device=train_params.device,
         clip_norm=train_params.clip_norm, ema=train_params.ema,
     )  # fmt: skip
@@ -130,9 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    model_params = load_perf_params(PerfModelParams, "model")
-    train_params = load_perf_params(PerfTrainParams, "train")
-    exit_code = relaunch_if_wanted(train_params.nproc_per_node, "velocity.stages.perf_train", sys.argv[1:] if argv is None else argv)
+    try:
+        model_params = load_perf_params(PerfModelParams, "model")
+        train_params = load_perf_params(PerfTrainParams, "train")
+    except ParamsError as err:  # one line, no traceback
+        raise SystemExit(f"perf_train: {err}") from None
+    exit_code = relaunch_if_wanted(train_params.nproc_per_node, train_params.device, "velocity.stages.perf_train", sys.argv[1:] if argv is None else argv)
     if exit_code is not None:  # trained by torchrun's processes
         return exit_code
     sustain = bool(value(read_params(), "extract.sustain"))
@@ -145,10 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     val_windows = np.load(val_path, mmap_mode="r")
     log.info("%d train windows, %d validation windows of %d events", len(train_windows), len(val_windows), train_windows.shape[1])
 
-    model, result = train_performance_rnn(
-        train_windows, val_windows, model_params, train_params, args.checkpoint_dir,
-        data_digest=file_digest(train_path, val_path), live_dir=args.live_dir,
-    )  # fmt: skip
+    try:
+        model, result = train_performance_rnn(
+            train_windows, val_windows, model_params, train_params, args.checkpoint_dir,
+            data_digest=file_digest(train_path, val_path), live_dir=args.live_dir,
+        )  # fmt: skip
+    except ParamsError as err:
+        raise SystemExit(f"perf_train: {err}") from None
     if not distributed_from_env().is_main:
         return 0
     val_loss = result.best.get("loss", float("nan"))

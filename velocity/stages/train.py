@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         model_params = params_lib.section(ModelParams, "model", params)
         train_params = params_lib.section(TrainConfig, "train", params)
         sustain = bool(params_lib.value(params, "extract.sustain"))
-        exit_code = relaunch_if_wanted(train_params.nproc_per_node, "velocity.stages.train", sys.argv[1:] if argv is None else argv)
+        exit_code = relaunch_if_wanted(train_params.nproc_per_node, train_params.device, "velocity.stages.train", sys.argv[1:] if argv is None else argv)
         if exit_code is not None:  # trained by torchrun's processes
             return exit_code
         run_training(args.windows_dir, args.vocab, args.bins, args.out_dir, model_params, train_params, live_dir=args.live_dir,
