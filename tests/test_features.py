@@ -229,6 +229,32 @@ def test_an_ensembles_networks_each_read_their_own_windows_and_every_note_hears_
         staggered_windows(n_notes, length, length + 1, members=2)
 
 
+def test_a_long_piece_widens_its_averaged_hop_to_stay_within_max_windows():
+    """`piece_hop`: a piece short enough keeps the hop; a longer one gets the hop that reads it in
+    at most about `max_windows` windows a network (never wider than a window), and `predict_pieces`
+    decodes each piece with its own hop."""
+    from velocity.model.pieces import piece_hop, predict_pieces
+    from velocity.model.transformer import Ensemble, ModelConfig, build_model
+
+    length, hop = 8, 2
+    assert piece_hop(40, length, hop, max_windows=None) == piece_hop(40, length, hop, max_windows=20) == hop
+    assert piece_hop(41, length, hop, max_windows=20) == 3  # 41 notes every 2 would take 21 windows
+    assert piece_hop(10_000, length, hop, max_windows=20) == length
+    torch.manual_seed(0)
+    cfg = ModelConfig(src_vocab=30, tgt_vocab=131, layers=1, heads=2, d_model=16, d_ff=32, dropout=0.1, max_len=length, aligned=False,
+                      kind="encoder", features=())
+    ensemble = Ensemble([build_model(cfg).eval(), build_model(cfg).eval()])
+    rng = np.random.default_rng(0)
+    short, long = rng.integers(N_SPECIALS, 30, 30), rng.integers(N_SPECIALS, 30, 70)
+    capped = predict_pieces(ensemble, [short, long], length, hop, batch_windows=4, decoding="averaged", max_windows=20)
+    [short_alone] = predict_pieces(ensemble, [short], length, hop, batch_windows=4, decoding="averaged")
+    [long_wide] = predict_pieces(ensemble, [long], length, 4, batch_windows=4, decoding="averaged")
+    [long_fine] = predict_pieces(ensemble, [long], length, hop, batch_windows=4, decoding="averaged")
+    np.testing.assert_array_equal(capped[0], short_alone)
+    np.testing.assert_array_equal(capped[1], long_wide)
+    assert not np.array_equal(long_wide, long_fine)  # the hop does change what is heard (the check can fail)
+
+
 def test_calibration_restores_the_spread_it_is_asked_for():
     from velocity.model.calibration import Calibration, fit_calibration
 

@@ -59,7 +59,7 @@ def test_a_missing_or_unknown_key_names_the_key_and_params_yaml(name):
 
 
 @pytest.mark.parametrize(("name", "key", "value"), [
-    ("train", "batch_size", 0), ("train", "loss", "mse"), ("train", "nproc_per_node", 0), ("windows", "tail", "wrap"),
+    ("train", "batch_size", 0), ("train", "loss", "mse"), ("train", "nproc_per_node", 0), ("train", "averaged_max_windows", 0), ("windows", "tail", "wrap"),
     ("performance_rnn.train", "steps", 0), ("performance_rnn.events", "window", 1), ("evaluate", "figures", "beam"),
 ])  # fmt: skip
 def test_an_out_of_range_value_is_the_same_error_naming_the_key(name, key, value):

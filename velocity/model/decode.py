@@ -94,6 +94,12 @@ class VelocityModel:
         return max(1, round(share * self.length)) if share else self.step
 
     @property
+    def averaged_max_windows(self) -> int | None:
+        """The most windows each network reads of one piece in the averaged decodings (None: no bound,
+        a file from before `train.averaged_max_windows`)."""
+        return self.train_params.get("averaged_max_windows")
+
+    @property
     def calibration(self) -> Calibration | None:
         found = self.checkpoint.get("calibration")
         return Calibration(**found) if found else None

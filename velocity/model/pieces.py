@@ -155,11 +155,13 @@ def predict_pieces(
     progress: bool = False,
     decoding: str = "greedy",
     pieces_features: list[np.ndarray] | None = None,
+    max_windows: int | None = None,
 ) -> list[np.ndarray]:
     """Predicted velocity (int64, 0..127) of every note of each piece, from each piece's source ids
     in note order (and its (n_notes, F) feature ids): the windows of all pieces are decoded
     together, batch by batch, then each piece is stitched (or its notes' distributions averaged).
-    Windows start every `step` notes (an averaged decoding's: each network's, `staggered_windows`).
+    Windows start every `step` notes (an averaged decoding's: each network's, `staggered_windows`,
+    at most about `max_windows` of a piece: `piece_hop`).
     A calibrated decoding gives its velocities before calibration (`calibrated` applies it).
     `batch_windows` None: the decoding's default (`default_batch_windows`)."""
     how = find_decoding(decoding)
@@ -170,7 +172,7 @@ def predict_pieces(
     if how.average:  # windows gathered batch by batch (`averaged_medians`), never all at once
         networks = list(model.members) if isinstance(model, Ensemble) else [model]
         offsets = np.cumsum([0] + [len(src) for src in pieces_src])
-        staggered = [staggered_windows(len(src), length, step, len(networks)) for src in pieces_src]
+        staggered = [staggered_windows(len(src), length, piece_hop(len(src), length, step, max_windows), len(networks)) for src in pieces_src]
         rows = _stack([np.where(rows >= 0, rows + offset, -1) for (rows, _), offset in zip(staggered, offsets)], (0, length))
         reader = _joined([reader for _, reader in staggered], (0,))
         src = _joined(pieces_src, (0,))
@@ -189,6 +191,16 @@ def predict_pieces(
         result.append(stitch(velocity[begin : begin + len(plan.starts)], plan))
         begin += len(plan.starts)
     return result
+
+
+def piece_hop(n_notes: int, length: int, hop: int, max_windows: int | None) -> int:
+    """The hop between one network's windows over an `n_notes`-note piece in the averaged
+    decodings: `hop`, widened on a piece so long that it would need more than `max_windows` windows
+    (never beyond the window's `length`): averaging over more windows lowers the error a little
+    (docs/experiments.md), and on a long piece costs time that grows with it."""
+    if max_windows is None:
+        return hop
+    return min(length, max(hop, -(-n_notes // max_windows)))
 
 
 def predict_notes(
@@ -226,7 +238,7 @@ def decode_notes(
             passes[key] = predict_pieces(
                 model.model, [src_ids[a:b] for a, b in pieces], model.length, model.averaged_hop if how.average else model.step,
                 batch_windows, progress, decoding,
-                [note_features[a:b] for a, b in pieces],
+                [note_features[a:b] for a, b in pieces], model.averaged_max_windows,
             )
         found[decoding] = calibrated(model, notes, passes[key], pieces) if how.calibrated else _joined(passes[key], (0,))
     return found

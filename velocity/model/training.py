@@ -88,6 +88,9 @@ class TrainConfig:
     # of a window's length, its windows offset from the previous network's by a share of that hop
     # (velocity/model/stitching.py `staggered_windows`). In (0, 1]; 0.5 is the default windows' hop.
     averaged_hop: float
+    # ... and at most `averaged_max_windows` windows of one piece: a longer piece's hop widens, so
+    # that a long piece's decoding time stops growing with it (`velocity.model.pieces.piece_hop`).
+    averaged_max_windows: int
     # Validation judges, and the model keeps, a moving average of the weights over about the last
     # 1 / (1 - ema) steps (the decay ramps up from the first steps; velocity/model/harness.py); 0: the raw weights.
     ema: float
@@ -95,7 +98,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ParamsError(f"train.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        for name in ("batch_size", "accum", "warmup", "eval_every", "checkpoint_every", "nproc_per_node", "ensemble", "member_processes"):
+        for name in ("batch_size", "accum", "warmup", "eval_every", "checkpoint_every", "nproc_per_node", "ensemble", "member_processes",
+                     "averaged_max_windows"):
             if getattr(self, name) < 1:
                 raise ParamsError(f"train.{name} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.averaged_hop <= 1:
@@ -377,7 +381,8 @@ def loop_config(cfg: TrainConfig, n_train_windows: int, world_size: int = 1, pro
 
 
 # Train params that do not change what is learned: a run may resume with other values of them.
-NOT_FINGERPRINTED = ("checkpoint_every", "device", "nproc_per_node", "compile", "loader_workers", "ensemble", "member_processes", "averaged_hop")
+NOT_FINGERPRINTED = ("checkpoint_every", "device", "nproc_per_node", "compile", "loader_workers", "ensemble", "member_processes", "averaged_hop",
+                     "averaged_max_windows")
 
 
 def train(
