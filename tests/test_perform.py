@@ -19,13 +19,13 @@ from velocity.pipeline.perform import PerformControls, performed_bytes, score_wa
 TPQ = 480
 
 
-def write_score(path: Path, tempo: bool = True, meter: bool = True) -> Path:
-    """A small score: a conductor track, a piano (chords and a melody with a repeated key), a drum
-    track and a string part with its own program."""
+def write_score(path: Path, tempo: bool = True, meter: bool = True, qpm: int = 100) -> Path:
+    """A small score: a conductor track (at `qpm` quarter notes a minute), a piano (chords and a
+    melody with a repeated key), a drum track and a string part with its own program."""
     song = mido.MidiFile(type=1, ticks_per_beat=TPQ)
     conductor = mido.MidiTrack([mido.MetaMessage("track_name", name="conductor", time=0)])
     if tempo:
-        conductor.append(mido.MetaMessage("set_tempo", tempo=600_000, time=0))  # 100 bpm
+        conductor.append(mido.MetaMessage("set_tempo", tempo=60_000_000 // qpm, time=0))
     if meter:
         conductor.append(mido.MetaMessage("time_signature", numerator=3, denominator=4, time=0))
     song.tracks.append(conductor)
@@ -143,6 +143,41 @@ def test_a_score_without_tempo_or_meter_renders_with_a_warning(tmp_path):
     assert len(notes_of(out, tmp_path / "out.mid")) == len(piece.midi.notes)
 
 
-def test_timing_out_of_range_is_refused():
+def test_a_score_at_the_default_120_warns_unless_the_tempo_is_set(tmp_path):
+    default = piece_notes(read_midi(write_score(tmp_path / "default.mid", qpm=120)))
+    [line] = score_warnings(default)
+    assert "120 quarter notes a minute throughout, most often a notation program's default" in line and "--tempo" in line
+    assert score_warnings(default, PerformControls(tempo=90.0)) == []
+    assert score_warnings(piece_notes(read_midi(write_score(tmp_path / "marked.mid", qpm=100)))) == []
+
+
+def test_a_tempo_set_by_the_player_is_the_renderings_mean_tempo(score):
+    """`tempo_stretch` scales the model's clock so that the first onset to the last takes the asked
+    quarter notes a minute; the curve's shape, chord spread and articulation stay the model's."""
+    from velocity.model.score import score_table
+    from velocity.model.timing import clock_from_pace
+    from velocity.pipeline.perform import tempo_stretch
+
+    table = score_table(score)
+    start, beat = table["start"].to_numpy(), table["beat"].to_numpy()
+    predicted = targets(len(table))
+    own = render(score)
+    stretch = tempo_stretch(beat, start, clock_from_pace(start, predicted["log_pace"].to_numpy()), 90.0)
+    slow = render_performance(start, table["end"].to_numpy(), table["pitch"].to_numpy(), predicted, stretch=stretch)
+    first, last = start.min(), start.max()
+    quarters = beat.max() - beat.min()
+    assert 60 * quarters / float(slow.clock(last) - slow.clock(first)) == pytest.approx(90.0)
+    assert float(own.clock(last) - own.clock(first)) * stretch == pytest.approx(float(slow.clock(last) - slow.clock(first)))
+    np.testing.assert_allclose(np.diff(slow.clock.performance), stretch * np.diff(own.clock.performance))  # the same curve, slower
+    # The same notes as written at timing 0 (every onset on the score's grid, 100 quarter notes a minute) at 90.
+    written = render_performance(start, table["end"].to_numpy(), table["pitch"].to_numpy(), predicted, timing=0.0, stretch=100 / 90)
+    np.testing.assert_allclose(written.onset, start * 100 / 90)
+    np.testing.assert_allclose(written.end - written.onset, (table["end"] - table["start"]).to_numpy() * 100 / 90)
+    assert tempo_stretch(np.zeros(3), np.zeros(3), own.clock, 90.0) == 1.0  # one chord: no tempo to set
+
+
+def test_timing_and_tempo_out_of_range_are_refused():
     with pytest.raises(ValueError, match="timing must be between 0 and 2, got 2.5"):
         PerformControls(timing=2.5)
+    with pytest.raises(ValueError, match="tempo must be between 20 and 400, got 0"):
+        PerformControls(tempo=0.0)

@@ -471,6 +471,27 @@ def test_perform_at_timing_zero_gives_the_scores_own_ticks_and_lengths(trained_m
     assert list(mido.MidiFile(out).tracks[0]) == list(mido.MidiFile(score_parts).tracks[0])  # the score's own tempo map
 
 
+def test_perform_at_a_tempo_plays_the_score_at_it(trained_model, trained_score_model, trained_timing_model, score_parts, tmp_path, caplog):
+    """--timing 0 --tempo 60: the score as written, every onset and length slowed to 60 quarter notes a
+    minute (within a tick of rounding)."""
+    from velocity.model.midi import ticks_to_seconds
+
+    score_model, _ = trained_score_model
+    out = tmp_path / "at_60.mid"
+    with caplog.at_level(logging.INFO):
+        assert perform(score_parts, out, trained_model, score_model, trained_timing_model, "--perform", "--timing", "0", "--tempo", "60") == 0
+    assert "played at timing 0, 60 quarter notes a minute" in caplog.text
+    written, played = read_midi(score_parts), read_midi(out)
+    [score_qpm] = set(60e6 / written.tempo_map.microseconds_per_quarter)
+    one_tick = 60 / 60 / played.tempo_map.ticks_per_quarter
+    score, performed = piano_keys(score_parts), piano_keys(out)
+    for pitch, notes in score.items():
+        for column in ("start_tick", "end_tick"):
+            np.testing.assert_allclose(ticks_to_seconds(played.tempo_map, performed[pitch][column].to_numpy()),
+                                       ticks_to_seconds(written.tempo_map, notes[column].to_numpy()) * score_qpm / 60,
+                                       atol=one_tick, err_msg=f"key {pitch} {column}")  # fmt: skip
+
+
 def without_chord_spread(timing_model: Path, path: Path) -> Path:
     """A copy of the timing model that predicts no onset deviation at all (the deviation head's
     output unscaled by standard deviation 0 and mean 0): its rendering puts every onset on the clock."""
@@ -557,8 +578,12 @@ def test_perform_controls_out_of_range_or_without_perform_are_refused(trained_mo
             perform(score_parts, out, trained_model, score_model, trained_timing_model, "--perform", "--timing", bad)
         assert exit_info.value.code == 2
         assert "argument --timing: timing must be between 0 and 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        perform(score_parts, out, trained_model, score_model, trained_timing_model, "--perform", "--tempo", "10")
+    assert "argument --tempo: tempo must be between 20 and 400, got 10" in capsys.readouterr().err
     assert perform(score_parts, out, trained_model, score_model, trained_timing_model, "--tempo-map") == 2
-    assert "--timing, --no-pedal and --tempo-map shape --perform: add --perform" in caplog.text
+    assert perform(score_parts, out, trained_model, score_model, trained_timing_model, "--tempo", "90") == 2
+    assert caplog.text.count("--timing, --tempo, --no-pedal and --tempo-map shape --perform: add --perform") == 2
     assert not out.exists()
 
 
@@ -578,7 +603,8 @@ def test_perform_on_a_score_without_tempo_or_meter_warns_and_renders(trained_sco
                      "--timing-model", str(trained_timing_model), "--perform"], velocity_env(tmp_path), tmp_path)  # fmt: skip
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("WARNING")]
-    assert warnings == [f"WARNING velocity.pipeline.predict: {bare}: no tempo: read at MIDI's default 120 quarter notes per minute",
+    assert warnings == [f"WARNING velocity.pipeline.predict: {bare}: no tempo: read at MIDI's default 120 quarter notes per minute: "
+                        "the overall tempo is the model's guess; set it with the tempo control (--tempo)",
                         f"WARNING velocity.pipeline.predict: {bare}: no time signature: read as 4/4, so the pedal changes on those bars"]  # fmt: skip
     assert f"{bare}: played at timing 1" in proc.stderr
     assert {pitch: len(notes) for pitch, notes in piano_keys(out).items()} == {pitch: len(notes) for pitch, notes in piano_keys(bare).items()}

@@ -330,6 +330,21 @@ def test_the_perform_switch_plays_a_score_like_a_pianist_and_both_downloads_are_
             lengths[name] = ogg_seconds((tmp_path / f"{name}.ogg").read_bytes())
         assert abs(duration - lengths["performed"]) < 0.05 < abs(duration - lengths["score"]), (duration, lengths)
 
+    # A tempo of the player's own: the command's --tempo (unticking "the model's own" frees the slider).
+    expect(page.locator("#tempo")).to_be_disabled()
+    page.locator("#tempo-own").uncheck()
+    move(page, "tempo", 80)
+    for _ in range(2):  # unticking and moving may each make the card anew
+        card = wait_remade(page, card)
+        if card["performed"] == "played at timing 0.5, 80 quarter notes a minute":
+            break
+    assert card["performed"] == "played at timing 0.5, 80 quarter notes a minute", card
+    cli_predict(studio, score, tmp_path / "cli_tempo.mid", "--perform", "--timing", "0.5", "--tempo", "80")
+    assert downloaded_bytes(download(page, "a.download")) == (tmp_path / "cli_tempo.mid").read_bytes()
+    page.locator("#tempo-own").check()
+    card = wait_remade(page, card)
+    assert card["performed"] == "played at timing 0.5", card
+
     # No pedal: the command's --no-pedal.
     page.locator("#pedal").uncheck()
     card = wait_remade(page, card)
@@ -482,6 +497,7 @@ def test_audio_unavailable_is_one_line_in_the_page_config(monkeypatch, trained_m
     assert config["controls"]["strength"] == {"min": 0.0, "max": 1.0, "default": 1.0}
     assert config["controls"]["loudness"] == {"min": 1.0, "max": 127.0, "default": None}
     assert config["controls"]["timing"] == {"min": 0.0, "max": 2.0, "default": 1.0} and config["pedal"] is True
+    assert config["controls"]["tempo"] == {"min": 20.0, "max": 400.0, "default": None}  # the model's own
     assert config["max_upload_bytes"] == 20_000_000 and config["decoding"] == "pianist" and config["input"] == "auto"
 
 
@@ -512,10 +528,13 @@ def test_controls_are_refused_as_the_command_refuses_them(tmp_path):
     assert controls_from({}).perform is None  # off, as without --perform
     assert controls_from({"perform": {}}).perform == PerformControls()  # --perform alone
     assert controls_from({"perform": {"timing": 0.5, "pedal": False}}).perform == PerformControls(0.5, False)  # --timing 0.5 --no-pedal
+    assert controls_from({"perform": {"tempo": 80}}).perform == PerformControls(tempo=80.0)  # --tempo 80
+    assert controls_from({"perform": {"tempo": None}}).perform == PerformControls()  # the model's own
     for bad, why in [({"dynamics": float("inf")}, "dynamics must be at least 0, got inf"), ({"strength": float("nan")}, "strength must be between 0 and 1"),
                      ({"loudness": 0}, "loudness must be between 1 and 127"), ({"volume": 3}, "no control named volume"),
                      ({"decoding": "loud"}, "decoding must be one of pianist"), ({"perform": {"timing": 2.5}}, "timing must be between 0 and 2, got 2.5"),
                      ({"perform": {"tempo_map": True}}, "no perform control named tempo_map"), ({"perform": {"pedal": "no"}}, "pedal must be true or false"),
+                     ({"perform": {"tempo": 10}}, "tempo must be between 20 and 400, got 10"),
                      ({"perform": True}, "perform must be null or")]:  # fmt: skip
         with pytest.raises(ValueError, match=why):
             controls_from(bad)

@@ -332,16 +332,18 @@ class Rendering:
 
 
 def render_performance(score_start: np.ndarray, score_end: np.ndarray, pitch: np.ndarray, targets: pd.DataFrame,
-                       timing: float = 1.0, pedal: bool = True, change: np.ndarray | None = None) -> Rendering:  # fmt: skip
+                       timing: float = 1.0, pedal: bool = True, change: np.ndarray | None = None,
+                       stretch: float = 1.0) -> Rendering:  # fmt: skip
     """A performance of a score from per-note `TIMING_TARGETS` (the pedal as a probability):
     the clock from `log_pace`, each onset off it by `onset_deviation`, each length by
     `articulation`; `timing` scales every one of them (0: exactly as written, 1: as predicted, 2:
-    twice as far from the notation). Keys stay playable: the notes of one key keep their score
-    order, and a note ends before its key is struck again. The pedal (unless `pedal` is False) is
-    held after each group predicted down, changed where `change` (see `pedal_events`)."""
+    twice as far from the notation), and `stretch` multiplies every span of the clock (a tempo the
+    player asks for: 2 plays twice as slow). Keys stay playable: the notes of one key keep their
+    score order, and a note ends before its key is struck again. The pedal (unless `pedal` is
+    False) is held after each group predicted down, changed where `change` (see `pedal_events`)."""
     start, end = _floats(score_start), _floats(score_end)
     group = onset_groups(start)
-    clock = clock_from_pace(start, timing * _floats(targets["log_pace"]), group)
+    clock = clock_from_pace(start, timing * _floats(targets["log_pace"]) + np.log(stretch), group)
     onset, stop = render(clock, start, end, timing * _floats(targets["onset_deviation"]), timing * _floats(targets["articulation"]))
     if len(onset) and onset.min() < 0:  # a chord spread before time 0: everything a little later
         lead = -float(onset.min())

@@ -69,6 +69,7 @@ class PredictError(Exception):
 CONTROL_RANGES: dict[str, tuple[float, float | None]] = {
     "strength": (0.0, 1.0), "loudness": (1.0, 127.0), "dynamics": (0.0, None),
     "timing": (0.0, 2.0),  # --perform: 0 as written, 1 the timing model's, 2 twice as far from the notation
+    "tempo": (20.0, 400.0),  # --perform --tempo: quarter notes a minute (the model's own when not set)
 }  # fmt: skip
 
 
@@ -354,4 +355,4 @@ def performed_file(piece: "PieceNotes", velocity: "np.ndarray", timing: "TimingM
     what the rendering had to assume about the score."""
     from velocity.pipeline.perform import performed_bytes, render_score, score_warnings
 
-    return performed_bytes(piece, velocity, render_score(piece, timing, perform), perform), score_warnings(piece)
+    return performed_bytes(piece, velocity, render_score(piece, timing, perform), perform), score_warnings(piece, perform)

@@ -94,6 +94,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--timing", type=_number("timing"), default=1.0, metavar="0..2",
         help="with --perform: scale every timing deviation from the notation: 0 as written, 1 the model's (default), up to 2",
     )  # fmt: skip
+    parser.add_argument(
+        "--tempo", type=_number("tempo"), default=None, metavar="QPM",
+        help="with --perform: play at QPM quarter notes a minute on average, the model's tempo curve around it "
+        "(default: the model's own tempo, read from the score's; a score at 120 throughout, most often a notation default, warns)",
+    )  # fmt: skip
     parser.add_argument("--no-pedal", action="store_true", help="with --perform: no sustain pedal rendered (the file's own kept)")
     parser.add_argument(
         "--tempo-map", action="store_true",
@@ -203,11 +208,11 @@ def run(args: argparse.Namespace) -> int:
         except AudioUnavailable as err:  # everything else still works: say how to get audio, once
             log.warning("no audio: %s", err)
             audio = False
-    if not args.perform and (args.timing != 1.0 or args.no_pedal or args.tempo_map):
-        log.error("--timing, --no-pedal and --tempo-map shape --perform: add --perform")
+    if not args.perform and (args.timing != 1.0 or args.no_pedal or args.tempo_map or args.tempo is not None):
+        log.error("--timing, --tempo, --no-pedal and --tempo-map shape --perform: add --perform")
         return 2
     models = Models(args.model, args.score_model, args.timing_model)  # each loaded once, when a file first needs it
-    perform = PerformControls(args.timing, not args.no_pedal, args.tempo_map) if args.perform else None
+    perform = PerformControls(args.timing, not args.no_pedal, args.tempo_map, args.tempo) if args.perform else None
     controls = Controls(args.strength, args.loudness, args.dynamics, args.decoding, args.batch_windows, args.input, perform)
     failed = 0
     with logging_redirect_tqdm():

@@ -191,7 +191,7 @@ class Studio:
         except CheckpointError as err:
             perform = str(err)
         ranges = {name: {"min": low, "max": DYNAMICS_SLIDER_MAX if high is None else high,
-                         "default": getattr(perform_defaults if name == "timing" else defaults, name)}
+                         "default": getattr(perform_defaults if name in ("timing", "tempo") else defaults, name)}
                   for name, (low, high) in CONTROL_RANGES.items()}  # fmt: skip
         return {
             "controls": ranges, "decodings": list(OFFERED), "decoding": DEFAULT_DECODING, "inputs": list(INPUT_KINDS),
@@ -253,7 +253,7 @@ class Studio:
             except MidiError as err:
                 raise StudioError(str(err)) from None
             performed = performed_line(perform)
-            notices = score_warnings(piece)
+            notices = score_warnings(piece, perform)
         else:
             performed = KEPT_TIMING if controls.perform is not None else ""
             data = humanized_bytes(upload.midi, velocity)
@@ -264,11 +264,11 @@ class Studio:
 
     def _render(self, upload_id: str, input_kind: str, piece: "PieceNotes", perform: PerformControls) -> "Rendering":
         """The score `piece` played by the timing model under `perform` (velocity/pipeline/perform.py's
-        `render_score`, as the command renders it), kept per upload, input kind, timing and pedal."""
+        `render_score`, as the command renders it), kept per upload, input kind, timing, pedal and tempo."""
         from velocity.model.checkpoint import CheckpointError
         from velocity.pipeline.perform import render_score
 
-        key = (upload_id, input_kind, perform.timing, perform.pedal)
+        key = (upload_id, input_kind, perform.timing, perform.pedal, perform.tempo)
         if (rendering := self._renderings.get(key)) is None:
             with self._predicting:  # the timing network wants the cores too
                 if (rendering := self._renderings.get(key)) is None:
@@ -358,7 +358,8 @@ class Studio:
 def controls_from(values: dict[str, Any]) -> Controls:
     """The page's controls as `Controls`; one not sent keeps the command's default. ValueError (or
     TypeError) naming what is wrong, as the command's options would refuse it. `perform` is null
-    (off, the default) or `{"timing": 0..2, "pedal": true/false}` (`--perform --timing T [--no-pedal]`)."""
+    (off, the default) or `{"timing": 0..2, "pedal": true/false, "tempo": null or 20..400}`
+    (`--perform --timing T [--no-pedal] [--tempo QPM]`)."""
     numbers, choices = ("strength", "loudness", "dynamics"), ("decoding", "input")
     if unknown := sorted(set(values) - set(numbers) - set(choices) - {"perform"}):
         raise ValueError(f"no control named {', '.join(unknown)}")
@@ -367,18 +368,19 @@ def controls_from(values: dict[str, Any]) -> Controls:
 
 
 def perform_from(values: dict[str, Any] | None) -> PerformControls | None:
-    """The perform switch's controls: None when off; else the timing and pedal (the tempo map is a
-    download, not a control)."""
+    """The perform switch's controls: None when off; else the timing, pedal and tempo (null: the
+    model's own; the tempo map is a download, not a control)."""
     if values is None:
         return None
     if not isinstance(values, dict):
-        raise ValueError(f"perform must be null or {{timing, pedal}}, got {values!r}")
-    if unknown := sorted(set(values) - {"timing", "pedal"}):
+        raise ValueError(f"perform must be null or {{timing, pedal, tempo}}, got {values!r}")
+    if unknown := sorted(set(values) - {"timing", "pedal", "tempo"}):
         raise ValueError(f"no perform control named {', '.join(unknown)}")
     pedal = values.get("pedal", PerformControls.pedal)
     if not isinstance(pedal, bool):
         raise ValueError(f"pedal must be true or false, got {pedal!r}")
-    return PerformControls(float(values.get("timing", PerformControls.timing)), pedal)
+    tempo = values.get("tempo")
+    return PerformControls(float(values.get("timing", PerformControls.timing)), pedal, tempo=None if tempo is None else float(tempo))
 
 
 def performed_rolls(result: Result) -> "Figure":
