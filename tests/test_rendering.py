@@ -87,6 +87,22 @@ def test_pedal_events_alternate_and_stop_by_the_last_note():
     assert pedal_events(onset, end, group, np.zeros(len(onset))) == []
 
 
+def test_pedal_events_keep_time_order_in_fast_passages():
+    """Groups closer together than the press's delay (Islamey's runs): a press not due by the next
+    group's release or change is not made, so the events stay strictly increasing and alternating."""
+    onset = np.arange(40) * 0.03  # a group every 30 ms, the pedal wanted on every other one
+    group = np.arange(40)
+    events = pedal_events(onset, onset + 0.5, group, np.arange(40) % 2 == 0, np.arange(40) % 5 == 0)
+    times, values = [t for t, _ in events], [v for _, v in events]
+    assert np.all(np.diff(times) > 0) and values == [127, 0] * (len(values) // 2)
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        onset = np.sort(rng.random(300) * 10)
+        events = pedal_events(onset, onset + 0.2, np.arange(300), rng.random(300) < 0.6, rng.random(300) < 0.2)
+        times, values = [t for t, _ in events], [v for _, v in events]
+        assert np.all(np.diff(times) > 0) and values == [127, 0] * (len(values) // 2) and times[-1] <= onset.max() + 0.2
+
+
 def test_the_demo_performances_carry_rubato_chord_spread_articulation_and_pedal(aligned):
     """What the demo run's timing model can learn: each is there, and it follows the score."""
     played = aligned[aligned["velocity"] >= 0]

@@ -289,9 +289,10 @@ def pedal_events(onset: np.ndarray, end: np.ndarray, group: np.ndarray, down: np
                  change: np.ndarray | None = None) -> list[tuple[float, int]]:  # fmt: skip
     """Sustain pedal events (seconds, CC64 value 127 or 0) for a rendering: the pedal is held
     after each onset group whose notes mostly have `down`, pressed `PEDAL_PRESS_S` after the
-    group's first onset and released at the next group that does not; inside a held stretch it is
-    changed (released and pressed again) at each group where `change` is true (say a downbeat).
-    Down and up alternate, starting with down, and nothing follows the last note's end."""
+    group's first onset and released at the next group that does not (a press not yet due by then
+    is not made); inside a held stretch it is changed (released and pressed again) at each group
+    where `change` is true (say a downbeat). Down and up alternate, starting with down, at strictly
+    increasing times, and nothing follows the last note's end."""
     onset, end = _floats(onset), _floats(end)
     group = np.asarray(group)
     frame = pd.DataFrame({"group": group, "onset": onset, "down": np.asarray(down, dtype=float),
@@ -303,7 +304,10 @@ def pedal_events(onset: np.ndarray, end: np.ndarray, group: np.ndarray, down: np
     for g in groups.itertuples():
         wants = g.down > 0.5
         if held and (not wants or g.change > 0):
-            events.append((float(g.onset), 0))
+            if events[-1][0] >= g.onset:  # the press was not due yet (groups closer than PEDAL_PRESS_S): never made
+                events.pop()
+            else:
+                events.append((float(g.onset), 0))
             held = False
         if wants and not held:
             press = min(float(g.onset) + PEDAL_PRESS_S, last)
