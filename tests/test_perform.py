@@ -135,6 +135,35 @@ def test_a_tempo_map_keeps_the_notes_on_their_score_ticks(score, tmp_path):
     assert np.abs(spread[piano]["start_tick"].to_numpy() - score.midi.notes[piano]["start_tick"].to_numpy()).max() < TPQ / 2
 
 
+def test_a_note_rounded_to_no_length_keeps_its_keys_order(tmp_path):
+    """A score note of no length struck with another of its key (as in ASAP's Beethoven op. 106, third
+    movement), both played within one tick: the file writes press, release, press, so every reader
+    pairs them as played: the score's notes one for one, no key sounding twice at once."""
+    song = mido.MidiFile(type=0, ticks_per_beat=TPQ)
+    song.tracks.append(mido.MidiTrack([
+        mido.MetaMessage("set_tempo", tempo=600_000, time=0), mido.Message("note_on", note=48, velocity=60, time=0),
+        mido.Message("note_on", note=60, velocity=60, time=TPQ), mido.Message("note_off", note=60, time=0),  # no length
+        mido.Message("note_on", note=60, velocity=60, time=0), mido.Message("note_off", note=60, time=TPQ),
+        mido.Message("note_on", note=60, velocity=60, time=0), mido.Message("note_off", note=60, time=TPQ),
+        mido.Message("note_off", note=48, time=0),
+    ]))  # fmt: skip
+    song.save(tmp_path / "zero.mid")
+    piece = piece_notes(read_midi(tmp_path / "zero.mid"))
+    start, end = piece.notes["start"].to_numpy(), piece.notes["end"].to_numpy()
+    key = np.flatnonzero(piece.notes["pitch"].to_numpy() == 60)
+    onset, stop = start + 0.3, end + 0.3
+    stop[key[0]] = onset[key[0]] + 0.0002  # gaps well inside one tick (1.25 ms): all three events on one tick
+    onset[key[1]] = onset[key[0]] + 0.0005
+    rendering = render_performance(start, end, piece.notes["pitch"].to_numpy(), targets(len(start)), timing=0.0, pedal=False)
+    rendering = type(rendering)(onset, stop, [], rendering.clock)
+    after = notes_of(performed_bytes(piece, piece.midi.notes["velocity"].to_numpy(), rendering, PerformControls(pedal=False)),
+                     tmp_path / "out.mid")  # fmt: skip
+    played = after[after["pitch"] == 60].sort_values("start_tick", kind="stable")
+    assert len(after) == len(piece.midi.notes) and len(played) == 3
+    assert (played["end_tick"].to_numpy()[:-1] <= played["start_tick"].to_numpy()[1:]).all()  # one press at a time
+    assert played["end_tick"].iloc[0] == played["start_tick"].iloc[0] == played["start_tick"].iloc[1]
+
+
 def test_a_score_without_tempo_or_meter_renders_with_a_warning(tmp_path):
     piece = piece_notes(read_midi(write_score(tmp_path / "bare.mid", tempo=False, meter=False)))
     lines = score_warnings(piece)

@@ -106,7 +106,10 @@ def retimed_bytes(midi: MidiFile, rows: np.ndarray, onset: np.ndarray, end: np.n
                 waiting = sounding.get((message.channel, message.note))
                 row = waiting.pop(0) if waiting else None
                 if row is not None and row in moved:
-                    events.append((moved[row][1], 0, order, message))
+                    new_on, new_off, _ = moved[row]
+                    # A release sorts first at its tick, unless it is its own note's tick too (a note
+                    # rounded to no length): then after its note-on, in the file's order.
+                    events.append((new_off, 2 if new_off == new_on else 0, order, message))
                     continue
             events.append((tick, 3 if message.type == "end_of_track" else 1, order, message))
         if next_note != len(track_rows):
