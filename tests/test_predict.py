@@ -524,7 +524,7 @@ def test_perform_at_a_tempo_plays_the_score_at_it(trained_model, trained_score_m
     assert "played at timing 0, 60 quarter notes a minute" in caplog.text
     written, played = read_midi(score_parts), read_midi(out)
     [score_qpm] = set(60e6 / written.tempo_map.microseconds_per_quarter)
-    one_tick = 60 / 60 / played.tempo_map.ticks_per_quarter
+    one_tick = 1 / played.tempo_map.ticks_per_quarter  # seconds, at 60 quarter notes a minute
     score, performed = piano_keys(score_parts), piano_keys(out)
     for pitch, notes in score.items():
         for column in ("start_tick", "end_tick"):

@@ -48,22 +48,20 @@ def performed_line(controls: PerformControls) -> str:
             + (", the tempo as the file's tempo map" if controls.tempo_map else "") + ("" if controls.pedal else ", no pedal"))  # fmt: skip
 
 
-# A score file that says 120 quarter notes a minute throughout most often carries its notation
-# program's default, not the piece's tempo: pianists played such scores of the shared archives at
-# 0.4 to 1.4 times that speed, scores with a tempo of their own at 0.75 to 1.2 (docs/timing.md).
-DEFAULT_QPM = 120.0
-
-
 def score_warnings(piece: "PieceNotes", controls: PerformControls | None = None) -> list[str]:
     """What a score lacks that the rendering assumes (the MIDI file's defaults), one line each; a
-    tempo that is most likely a default says so unless the player set `controls.tempo`."""
+    tempo that is most likely a default says so unless the player set `controls.tempo`: a file at
+    MIDI's default 120 quarter notes a minute throughout most often carries its notation program's,
+    not the piece's tempo (pianists played such scores of the shared archives at 0.4 to 1.4 times
+    that speed, scores with a tempo of their own at 0.75 to 1.2: docs/timing.md)."""
+    from velocity.model.midi import DEFAULT_MICROSECONDS_PER_QUARTER
+
     midi, lines = piece.midi, []
     tempo_set = controls is not None and controls.tempo is not None
     guess = "" if tempo_set else ": the overall tempo is the model's guess; set it with the tempo control (--tempo)"
-    tempos = 60e6 / np.asarray(midi.tempo_map.microseconds_per_quarter, dtype=np.float64)
-    if len(tempos) == 0:
+    if len(midi.tempo_map.ticks) == 0:
         lines.append(f"{midi.path}: no tempo: read at MIDI's default 120 quarter notes per minute{guess}")
-    elif guess and np.allclose(tempos, DEFAULT_QPM, atol=0.5):
+    elif guess and np.allclose(midi.tempo_map.microseconds_per_quarter, DEFAULT_MICROSECONDS_PER_QUARTER, rtol=0.5 / 120):
         lines.append(f"{midi.path}: 120 quarter notes a minute throughout, most often a notation program's default{guess}")
     if len(midi.time_signatures) == 0:
         lines.append(f"{midi.path}: no time signature: read as 4/4, so the pedal changes on those bars")
