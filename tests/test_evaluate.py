@@ -153,6 +153,7 @@ def test_dvc_repro_evaluate_beats_the_baselines_on_the_demo_corpus(demo_run):
     assert metrics["velocity_mae_score"] < metrics["velocity_mae_performance_model_score"]  # a score is not a performance
     assert abs(metrics["velocity_mae_score_remapped"] - metrics["velocity_mae_score"]) < 0.5  # relative dynamics only
     assert 0 <= metrics["score_network_weight"] <= 1  # fitted on validation: the networks' share against the tree's
+    assert 0 <= metrics["score_unmarked_network_weight"] <= 1  # ... and on validation read without its markings
 
     # Timing: the rendered scores against the pianists, beside the score as written and the trees (the
     # other pianists' consensus needs 2+ MAESTRO test performances of a score, which the demo has not).
@@ -180,7 +181,7 @@ SCORE_KEYS = {
     f"velocity_{what}_{kind}" for kind in ("score", "score_flat_input", "score_remapped") for what in ("mae", "r", "std_ratio", "mae_centred")
 } | {"velocity_mae_flat64_score", "velocity_mae_notated_score", "velocity_mae_performance_model_score", "velocity_mae_gbt_score",
      "velocity_r_gbt_score", "velocity_std_ratio_gbt_score", "score_notes", "score_performances",
-     "velocity_mae_score_network", "velocity_mae_score_tree", "score_network_weight"} | {
+     "velocity_mae_score_network", "velocity_mae_score_tree", "score_network_weight", "score_unmarked_network_weight"} | {
     f"{key}_all" for key in ("velocity_mae_score", "velocity_r_score", "velocity_std_ratio_score", "velocity_mae_score_flat_input",
                              "velocity_mae_gbt_score", "velocity_mae_flat64_score", "score_notes", "score_performances")
 }  # fmt: skip

@@ -1,5 +1,7 @@
 """Fitted trees as plain arrays (velocity/model/trees.py), and the score model's blend of its networks with one."""
 
+from dataclasses import asdict
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -94,6 +96,7 @@ def test_the_score_model_plays_its_networks_blended_with_its_tree(trained_score_
     model_path, _ = trained_score_model
     model = load_velocity_model(model_path)
     assert model.tree is not None and 0 <= model.calibration.network_weight <= 1
+    del model.checkpoint["calibration_unmarked"]  # one calibration for every piece (the next test: two)
     notes = pd.read_parquet(model_path.parents[1] / "aligned/validation.parquet")
     averaged = predict_notes(model, notes, decoding="averaged")
     blended = model.calibration.network_weight * averaged + (1 - model.calibration.network_weight) * model.tree.predict(notes)
@@ -104,6 +107,31 @@ def test_the_score_model_plays_its_networks_blended_with_its_tree(trained_score_
     networks_only = np.concatenate([model.calibration.apply(averaged[piece_id == p]) for p in pd.unique(piece_id)])
     assert not np.array_equal(played, networks_only)
 
+
+def test_a_score_without_markings_plays_with_a_calibration_of_its_own(trained_score_model):
+    """score_train fits a second blend and stretch on the validation scores read with one notated
+    velocity; `pianist` plays a score without markings with it, a marked score with the first."""
+    from velocity.model.calibration import Calibration
+    from velocity.model.decode import load_velocity_model
+    from velocity.model.pieces import predict_notes
+
+    model_path, _ = trained_score_model
+    model = load_velocity_model(model_path)
+    assert model.unmarked_calibration is not None and 0 <= model.unmarked_calibration.network_weight <= 1
+    # A calibration unlike the fitted one, so the test tells which of the two plays each piece.
+    unmarked = Calibration(centre=50.0, between=2.0, within=1.5, network_weight=0.25)
+    model.checkpoint["calibration_unmarked"] = asdict(unmarked)
+    notes = pd.read_parquet(model_path.parents[1] / "aligned/validation.parquet")
+    first, second = pd.unique(notes["piece_id"])[:2]
+    notes = notes[notes["piece_id"].isin([first, second])].reset_index(drop=True)
+    flat = notes["piece_id"].to_numpy() == second
+    notes["notated_velocity"] = np.where(flat, 80, 40 + 10 * (notes["score_note"] // 16 % 5))  # the first piece marked p to f, the second not at all
+    averaged = predict_notes(model, notes, decoding="averaged")
+    tree = model.tree.predict(notes)
+    played = predict_notes(model, notes, decoding="pianist")
+    for rows, calibration in ((~flat, model.calibration), (flat, unmarked)):
+        blended = calibration.network_weight * averaged[rows] + (1 - calibration.network_weight) * tree[rows]
+        np.testing.assert_array_equal(played[rows], calibration.apply(blended))
 
 
 def test_decodings_that_share_a_network_pass_give_what_each_gives_alone(trained_score_model):

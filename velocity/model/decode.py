@@ -8,7 +8,8 @@ notes like its training data (bins, vocabulary, window geometry) and about the `
 "model_config" (ModelConfig as a dict), "vocab" ({"src", "tgt"}), "bins" (data/bins.json),
 "windows" (data/windows/stats.json: length, step, ...), "train" (train params), "step",
 "best_val_loss", "val_mae", "calibration" (the `pianist` decoding's stretch), "format_version", and
-with `train.ensemble` > 1 "members": the state dicts of the networks trained beside "model"'s.
+with `train.ensemble` > 1 "members": the state dicts of the networks trained beside "model"'s. The
+score model also carries "tree" and "calibration_unmarked" (the stretch for scores without markings).
 """
 
 from __future__ import annotations
@@ -102,6 +103,12 @@ class VelocityModel:
     @property
     def calibration(self) -> Calibration | None:
         found = self.checkpoint.get("calibration")
+        return Calibration(**found) if found else None
+
+    @property
+    def unmarked_calibration(self) -> Calibration | None:
+        """The score model's blend and stretch for scores without dynamics markings (None: `calibration` serves every piece)."""
+        found = self.checkpoint.get("calibration_unmarked")
         return Calibration(**found) if found else None
 
     @property

@@ -234,7 +234,7 @@ def score_features(notes: pd.DataFrame) -> dict[str, np.ndarray]:
     f["downbeat"] = (np.abs(bar_position) < 1e-6).astype(np.float64)
     f["beat_phase"] = np.mod(bar_position, 1.0)
     notated = notes["notated_velocity"].to_numpy(dtype=np.float64)
-    flat = len(np.unique(notated)) <= 1
+    flat = unmarked(notated)
     f["notated_velocity"] = notated
     f["notated_flat"] = np.full(len(notated), float(flat))
     f["notated_rank"] = (_average_rank(notated) - 0.5) / len(notated)
@@ -281,6 +281,11 @@ def learn_feature_edges(train_notes: pd.DataFrame, counts: dict[str, int], secti
             if len(edges[name]) < 2:  # a constant feature: one bin holds everything
                 edges[name] = [edges[name][0], edges[name][0] + 1.0]
     return edges
+
+
+def unmarked(notated_velocity: np.ndarray) -> bool:
+    """True for a piece whose notes all have one notated velocity: a score without dynamics markings."""
+    return len(np.unique(notated_velocity)) <= 1
 
 
 # What a score without dynamics markings reads as (one velocity throughout): the notation dropout's

@@ -23,12 +23,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from velocity.model.calibration import blend_with_tree
+from velocity.model.calibration import Calibration, blend_with_tree
 from velocity.model.checkpoint import CheckpointError
 from velocity.model.codec import N_SPECIALS, PAD, id_to_velocity, piece_bounds, tokenize
 from velocity.model.decode import VelocityModel, format_version
 from velocity.model.decodings import DEFAULT_BATCH_WINDOWS, default_batch_windows, find_decoding
-from velocity.model.features import feature_ids
+from velocity.model.features import feature_ids, unmarked
 from velocity.model.runtime import batch_map
 from velocity.model.stitching import owned_steps, piece_windows, plan_windows, staggered_windows, stitch
 from velocity.model.transformer import EncoderDecoder, Ensemble, VelocityNet, greedy_decode, one_pass_logits
@@ -246,14 +246,27 @@ def decode_notes(
 
 def calibrated(model: VelocityModel, notes: pd.DataFrame, predicted: list[np.ndarray], pieces: list[tuple[int, int]]) -> np.ndarray:
     """The `pianist` decoding of each piece's averaged velocities: blended with the model's tree,
-    if it carries one, then stretched as calibrated (velocity/model/calibration.py)."""
+    if it carries one, then stretched as calibrated (velocity/model/calibration.py). A score
+    without dynamics markings takes the model's calibration for such scores, where it has one."""
     if not predicted:
         return np.zeros(0, dtype=np.int64)
-    calibration, tree = model.calibration, model.tree
-    if tree is not None:
-        blended = blend_with_tree(np.concatenate(predicted), tree.predict(notes), calibration.network_weight)
-        predicted = [blended[a:b] for a, b in pieces]
-    return np.concatenate([calibration.apply(velocity) for velocity in predicted])
+    tree = model.tree
+    tree_velocity = tree.predict(notes) if tree is not None else None
+    played = []
+    for (a, b), velocity in zip(pieces, predicted):
+        calibration = piece_calibration(model, notes.iloc[a:b])
+        if tree_velocity is not None:
+            velocity = blend_with_tree(velocity, tree_velocity[a:b], calibration.network_weight)
+        played.append(calibration.apply(velocity))
+    return np.concatenate(played)
+
+
+def piece_calibration(model: VelocityModel, piece: pd.DataFrame) -> Calibration:
+    """The calibration that plays `piece`: the model's own, or its `unmarked_calibration` for a score without markings."""
+    unmarked_calibration = model.unmarked_calibration
+    if unmarked_calibration is not None and "notated_velocity" in piece and unmarked(piece["notated_velocity"].to_numpy()):
+        return unmarked_calibration
+    return model.calibration
 
 
 def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:

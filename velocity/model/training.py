@@ -65,6 +65,9 @@ class TrainConfig:
     # The `pianist` decoding's stretch is fitted on the validation notes so that its predictions
     # spread at least this share of the true velocities' standard deviation (velocity/model/pieces.py).
     min_std_ratio: float
+    # ... and for scores without dynamics markings, whose stretch the score model fits apart (on the
+    # validation scores read with one notated velocity): the performance model has none.
+    min_std_ratio_unmarked: float
     # Pitch-transpose augmentation: each training window moves by a random -n..n semitones (0: off),
     # unless that would push a note off the keyboard. Timing features do not change with pitch.
     transpose: int
@@ -382,7 +385,7 @@ def loop_config(cfg: TrainConfig, n_train_windows: int, world_size: int = 1, pro
 
 # Train params that do not change what is learned: a run may resume with other values of them.
 NOT_FINGERPRINTED = ("checkpoint_every", "device", "nproc_per_node", "compile", "loader_workers", "ensemble", "member_processes", "averaged_hop",
-                     "averaged_max_windows")
+                     "averaged_max_windows", "min_std_ratio_unmarked")
 
 
 def train(

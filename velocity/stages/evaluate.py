@@ -22,7 +22,8 @@ split's scores, each score read as exported, the pianist's velocity as truth): t
 (`pianist` decoding, as `velocity predict` plays a score: its networks blended with its tree, then
 stretched; the parts alone: `velocity_mae_score_network`, the networks' `averaged` decoding, and
 `velocity_mae_score_tree`, with the blend's `score_network_weight`); the same scores with every velocity 64
-(`_score_flat_input`: no markings) and through another notation program's dynamics curve
+(`_score_flat_input`: no markings, played with the blend and stretch for such scores, whose weight is
+`score_unmarked_network_weight`) and through another notation program's dynamics curve
 (`_score_remapped`); and the baselines on the same notes: flat 64 (`velocity_mae_flat64_score`),
 the notated velocities linearly rescaled on train (`_notated_score`), the performance model fed the
 score (`_performance_model_score`), the tree on score features (`_gbt_score`) and, on the notes
@@ -318,6 +319,8 @@ def evaluate_scores(
     if (tree := score_model.tree) is not None:
         metrics["velocity_mae_score_tree"] = mae(tree.predict(test)[keep], true[keep])
         metrics["score_network_weight"] = score_model.calibration.network_weight
+        if (unmarked_calibration := score_model.unmarked_calibration) is not None:
+            metrics["score_unmarked_network_weight"] = unmarked_calibration.network_weight
     remapped = predict(score_model, test.assign(notated_velocity=remap_dynamics(test["notated_velocity"])), "another dynamics curve", rows=headline)
     metrics.update(scores(remapped, "score_remapped", keep))
     as_performance = predict(performance_model, test, "the performance model fed the score", rows=headline)

@@ -137,7 +137,7 @@ Under torchrun every process trains; rank 0 writes."""
     if tree_state is not None:
         extra["tree"] = tree_state
     if calibration_notes is not None:
-        extra["calibration"] = calibrate(states, model_cfg, extra, calibration_notes, train_params)
+        extra.update(calibrate(states, model_cfg, extra, calibration_notes, train_params))
     out_path = out_dir / "velocity.pt"
     export_model(out_path, result, model_cfg, train_params, members=states[1:], **extra)
     for r in results:
@@ -146,37 +146,50 @@ Under torchrun every process trains; rank 0 writes."""
     return result
 
 
-def calibrate(states: list[dict], model_cfg: Any, extra: dict, notes_path: Path, train_params: Any) -> dict[str, float]:
+def calibrate(states: list[dict], model_cfg: Any, extra: dict, notes_path: Path, train_params: Any) -> dict[str, dict[str, float]]:
     """Fit the `pianist` decoding's stretch on the notes at `notes_path` with the trained weights
     (one state dict per ensemble member) decoded as the model file will be (`train_params`:
-    TrainConfig), after the blend with `extra["tree"]` when there is one."""
+    TrainConfig), after the blend with `extra["tree"]` when there is one. Returns the model file's
+    "calibration", and for scores also "calibration_unmarked": the blend and stretch fitted on the
+    same notes read without their dynamics markings (every notated velocity one value)."""
     import pandas as pd
 
     from velocity.model.codec import Vocab
     from velocity.model.decode import assemble
-    from velocity.model.calibration import blend_with_tree, fit_calibration, fit_network_weight
     from velocity.model.decode import VelocityModel
-    from velocity.model.pieces import predict_notes
-    from velocity.model.trees import TreeEnsemble
 
     net = assemble(model_cfg, states)
     length = model_cfg.max_len
     model = VelocityModel(net.eval(), extra["bins"], Vocab.from_dict(extra["vocab"]), length, int(extra["windows"]["step"]), {"train": asdict(train_params)})
     notes = pd.read_parquet(notes_path)
-    played = notes["velocity"].to_numpy() >= 0  # an aligned score's notes no pianist played have -1
-    if not played.any():
+    if not (notes["velocity"].to_numpy() >= 0).any():  # an aligned score's notes no pianist played have -1
         raise SystemExit(f"{notes_path}: no notes to calibrate the dynamics on (the validation split is empty)")
+    fitted = {"calibration": fit_pianist(model, notes, extra.get("tree"), train_params.min_std_ratio)}
+    log.info("dynamics calibrated on %d notes of %s: %s", len(notes), notes_path, fitted["calibration"])
+    if "notated_velocity" in notes:
+        fitted["calibration_unmarked"] = fit_pianist(model, notes.assign(notated_velocity=64), extra.get("tree"),
+                                                     train_params.min_std_ratio_unmarked)  # fmt: skip
+        log.info("... and read without their dynamics markings: %s", fitted["calibration_unmarked"])
+    return {name: asdict(calibration) for name, calibration in fitted.items()}
+
+
+def fit_pianist(model: Any, notes: Any, tree_state: dict | None, min_std_ratio: float) -> Any:
+    """The `pianist` decoding's `Calibration` of least error on the played `notes` (velocity >= 0):
+    the networks' share against the tree (`tree_state`, if any), then the stretch."""
+    from velocity.model.calibration import blend_with_tree, fit_calibration, fit_network_weight
+    from velocity.model.pieces import predict_notes
+    from velocity.model.trees import TreeEnsemble
+
+    played = notes["velocity"].to_numpy() >= 0
     predicted = predict_notes(model, notes, decoding="averaged")
     true = notes["velocity"].to_numpy()[played]
     network_weight = 1.0
-    if "tree" in extra:
-        tree_velocity = TreeEnsemble.from_state(extra["tree"]).predict(notes)
+    if tree_state is not None:
+        tree_velocity = TreeEnsemble.from_state(tree_state).predict(notes)
         network_weight = fit_network_weight(predicted[played], tree_velocity[played], true)
         predicted = blend_with_tree(predicted, tree_velocity, network_weight)
-    calibration = fit_calibration(predicted[played], true, notes["piece_id"].to_numpy()[played], train_params.min_std_ratio)
-    calibration = replace(calibration, network_weight=network_weight)
-    log.info("dynamics calibrated on %d notes of %s: %s", len(notes), notes_path, calibration)
-    return asdict(calibration)
+    calibration = fit_calibration(predicted[played], true, notes["piece_id"].to_numpy()[played], min_std_ratio)
+    return replace(calibration, network_weight=network_weight)
 
 
 def with_overrides(params: dict[str, Any], section: str | None) -> dict[str, Any]:
