@@ -9,8 +9,8 @@ the same notes as training data, in the same order, the same warnings about dama
 rule for which notes are the piano (GM programs 0-7, off the drum channel, keys 21..108). Those
 notes are quantized as the model file says (bins, note features, vocabulary), cut into the model's
 windows and decoded in batches (`decoding`, default pianist: distributions averaged over windows,
-blended with the score model's tree on a score, then the dynamics stretched as calibrated;
-velocity/model/pieces.py). Only the velocity byte of those notes' note-on messages changes: the output is the
+blended with the score model's tree on a score, then the dynamics stretched as calibrated, a score
+without dynamics markings by its own blend and stretch; velocity/model/pieces.py). Only the velocity byte of those notes' note-on messages changes: the output is the
 input's bytes with those bytes replaced, so note timing in ticks, the tempo map, pedals, other tracks
 and programs, controllers, meta and system-exclusive events, the drum channel and any damage the file
 had stay exactly as they were.
