@@ -207,7 +207,7 @@ def test_the_onset_blend_is_chosen_by_the_renderings_onset_r_not_absolute_error(
     spread = rng.normal(0, 0.02, size=len(start))
     notes = pd.DataFrame({
         "piece_id": np.repeat(["a", "b"], len(start)), "start": np.tile(start, 2),
-        "performance_start": np.tile(start, 2) + np.tile(spread, 2), "onset_deviation": np.tile(spread, 2),
+        "performance_start": np.tile(start, 2) + np.tile(spread, 2), "onset_deviation": np.tile(spread, 2), "tempo": 90.0,
     })  # fmt: skip
     shift = np.repeat(rng.normal(0, 0.05, size=80), 3)  # the same for every note of a chord: heard as tempo, not spread
     network = pd.DataFrame({ONSET: 0.5 * notes["onset_deviation"].to_numpy() + shift})
@@ -237,7 +237,7 @@ def test_the_tempo_levels_blend_is_chosen_by_the_overall_tempo_error_and_keeps_t
     start, played = np.repeat(np.arange(groups) * 0.5, 2), np.repeat(clock, 2)  # two-note chords struck together
     zeros = {"onset_deviation": 0.0, "articulation": 0.0, "pedal_down": 0.0}
     notes = pd.DataFrame({"piece_id": np.repeat(["a", "b"], len(start)), "start": np.tile(start, 2), "performance_start": np.tile(played, 2),
-                          "log_pace": np.tile(np.repeat(pace, 2), 2), **zeros})  # fmt: skip
+                          "log_pace": np.tile(np.repeat(pace, 2), 2), "tempo": 90.0, **zeros})  # fmt: skip
     network = pd.DataFrame({"log_pace": np.log(1.5) + rng.normal(0, 0.3, size=len(notes)), **zeros})
     tree = pd.DataFrame({"log_pace": np.tile(np.repeat(swell, 2), 2), **zeros})
 
@@ -251,3 +251,31 @@ def test_the_tempo_levels_blend_is_chosen_by_the_overall_tempo_error_and_keeps_t
     np.testing.assert_allclose(moved.groupby(by_piece).mean(), network["log_pace"].groupby(by_piece).mean())
     np.testing.assert_allclose(moved - moved.groupby(by_piece).transform("mean"),
                                blended - pd.Series(blended).groupby(by_piece).transform("mean"), atol=1e-12)  # fmt: skip
+
+
+def test_a_score_without_a_tempo_of_its_own_gets_the_curve_scale_validation_chose():
+    """Two scores with the same swell predicted: the pianist plays the one at 120 throughout (a
+    notation default) flat and the one marked 90 with the swell. Validation then scales the curves
+    of scores without a tempo of their own to nothing, and a marked score's curve stays as it is."""
+    import pandas as pd
+
+    from velocity.model.timing_net import UNSTATED_SHAPE, fit_blend, tempo_unstated, with_unstated_scale
+
+    groups = 60
+    swell = 0.2 * np.sin(np.linspace(0, 2 * np.pi, groups))
+    start = np.repeat(np.arange(groups) * 0.5, 2)  # two-note chords, 0.5 score seconds apart
+    flat_clock = np.repeat(np.arange(groups) * 0.5, 2)
+    swell_clock = np.repeat(np.concatenate([[0.0], np.cumsum(np.exp(swell[:-1]) * 0.5)]), 2)
+    zeros = {"onset_deviation": 0.0, "articulation": 0.0, "pedal_down": 0.0}
+    notes = pd.DataFrame({"piece_id": np.repeat(["at120", "marked"], len(start)), "start": np.tile(start, 2),
+                          "performance_start": np.concatenate([flat_clock, swell_clock]), "tempo": np.repeat([120.0, 90.0], len(start)),
+                          "log_pace": np.concatenate([np.zeros(len(start)), np.repeat(swell, 2)]), **zeros})  # fmt: skip
+    predicted = pd.DataFrame({"log_pace": np.tile(np.repeat(swell, 2), 2), **zeros})
+
+    assert tempo_unstated(np.full(5, 120.0)) and not tempo_unstated(np.array([120.0, 90.0]))
+    assert fit_blend(predicted, predicted, notes)[UNSTATED_SHAPE] == 0.0
+    scaled = with_unstated_scale(predicted["log_pace"].to_numpy(), notes, 0.5)
+    at120 = notes["piece_id"].to_numpy() == "at120"
+    np.testing.assert_allclose(scaled[at120] - scaled[at120].mean(), 0.5 * (predicted["log_pace"][at120] - predicted["log_pace"][at120].mean()), atol=1e-12)
+    np.testing.assert_array_equal(scaled[~at120], predicted["log_pace"][~at120])
+    assert fit_blend(predicted, predicted, notes.assign(tempo=90.0))[UNSTATED_SHAPE] == 1.0  # no such score on validation: as predicted

@@ -43,7 +43,8 @@ from velocity.model.features import GBT_FEATURES, SCORE_GBT_FEATURES, feature_id
 from velocity.model.stitching import piece_windows, plan_windows
 from velocity.model.runtime import batch_map
 from velocity.model.schedule import lr_at
-from velocity.model.timing import TIMING_TARGETS, clock_from_pace, fit_clock, onset_deviation, onset_groups, overall_tempo_error, pearson
+from velocity.model.timing import (TIMING_TARGETS, clock_from_pace, fit_clock, onset_deviation, onset_groups, overall_tempo_error, pearson,
+                                   tempo_curve, tempo_grid, tempo_shape_error)
 from velocity.model.transformer import ModelConfig, NoteEncoder
 from velocity.model.trees import TreeEnsemble
 
@@ -52,6 +53,11 @@ REGRESSION = TIMING_TARGETS[:3]  # standardized, Huber loss
 PEDAL = TIMING_TARGETS[3]  # a logit, binary cross-entropy
 ONSET = TIMING_TARGETS[1]
 LEVEL = "tempo_level"  # the blend of each score's mean `log_pace`: its overall tempo
+# The tempo curve's scale around its mean for a score with no tempo of its own (`tempo_unstated`),
+# chosen on validation among `UNSTATED_SCALES` (pianists play such scores, mostly Bach, nearly flat).
+UNSTATED_SHAPE = "tempo_shape_unstated"
+UNSTATED_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
+MIDI_DEFAULT_QPM = 120.0
 PEDAL_FEATURE_IDS = 3  # 0 pad, 1 the score's pedal up at the onset, 2 down
 # The trees' features: the score tree's (the dynamics only relative to the piece) and the score's pedal.
 TREE_FEATURES = GBT_FEATURES + tuple(name for name in SCORE_GBT_FEATURES if name != "notated_velocity")
@@ -125,22 +131,66 @@ def fit_blend(network: pd.DataFrame, tree: pd.DataFrame, notes: pd.DataFrame) ->
     """Each target's network weight (`BLEND_STEPS`) with the least validation error of the blend,
     and the weight of each score's mean `log_pace` (`LEVEL`) with the least overall tempo error
     once the blended curve is moved to it: a tempo curve's shape and its level are heard, and
-    judged, apart."""
+    judged, apart. Then the scale of the curve of a score with no tempo of its own
+    (`UNSTATED_SHAPE`) with the least tempo shape error on such validation scores (1 without any)."""
     weights = {}
     for name in TIMING_TARGETS:
         errors = [blend_error(name, w * network[name].to_numpy() + (1 - w) * tree[name].to_numpy(), notes) for w in BLEND_STEPS]
         weights[name] = float(BLEND_STEPS[int(np.argmin(errors))])
     level_errors = [level_blend_error(network, tree, notes, weights["log_pace"], w) for w in BLEND_STEPS]
     weights[LEVEL] = float(BLEND_STEPS[int(np.argmin(level_errors))])
+    log_pace = with_level(pace_blend(network, tree, weights["log_pace"]), pace_blend(network, tree, weights[LEVEL]), notes["piece_id"].to_numpy())
+    unstated = unstated_rows(notes)
+    if unstated.any():
+        shape_errors = [rendered_shape_error(with_unstated_scale(log_pace, notes, scale)[unstated], notes[unstated]) for scale in UNSTATED_SCALES]
+        weights[UNSTATED_SHAPE] = float(UNSTATED_SCALES[int(np.argmin(shape_errors))])
+    else:
+        weights[UNSTATED_SHAPE] = 1.0
     return weights
+
+
+def tempo_unstated(tempo: np.ndarray) -> bool:
+    """True for a score at MIDI's default 120 quarter notes a minute throughout (the notated `tempo`
+    of its notes): a file without a tempo of its own, most often a notation program's default."""
+    return bool(np.allclose(tempo, MIDI_DEFAULT_QPM, rtol=0.5 / MIDI_DEFAULT_QPM))
+
+
+def unstated_rows(notes: pd.DataFrame) -> np.ndarray:
+    """True for the rows of the scores (`piece_id`; one score without) with no tempo of their own."""
+    piece_id = notes["piece_id"].to_numpy() if "piece_id" in notes else np.zeros(len(notes))
+    return notes.groupby(piece_id, sort=False)["tempo"].transform(tempo_unstated).to_numpy(dtype=bool)
+
+
+def with_unstated_scale(log_pace: np.ndarray, notes: pd.DataFrame, scale: float) -> np.ndarray:
+    """`log_pace` with the tempo curve of each score without a tempo of its own scaled by `scale` around its mean."""
+    piece_id = notes["piece_id"].to_numpy() if "piece_id" in notes else np.zeros(len(notes))
+    mean = pd.Series(log_pace).groupby(piece_id, sort=False).transform("mean").to_numpy()
+    return np.where(unstated_rows(notes), mean + scale * (log_pace - mean), log_pace)
+
+
+def rendered_shape_error(log_pace: np.ndarray, notes: pd.DataFrame) -> float:
+    """The tempo shape error (velocity.model.timing.tempo_shape_error) of the clocks these per-note
+    `log_pace`s give, against each performance's (`piece_id`) own clock; the mean over performances."""
+    errors = []
+    for rows in notes.groupby("piece_id", sort=False).indices.values():
+        start, played = notes["start"].to_numpy()[rows], notes["performance_start"].to_numpy()[rows]
+        if not np.isfinite(played).any():
+            continue
+        group = onset_groups(start)
+        grid = tempo_grid(float(start.min()), float(start.max()))
+        truth, rendered = fit_clock(start, played, group), clock_from_pace(start, log_pace[rows], group)
+        errors.append(tempo_shape_error(tempo_curve(rendered, grid), tempo_curve(truth, grid)))
+    return float(np.mean(errors)) if errors else 0.0
+
+
+def pace_blend(network: pd.DataFrame, tree: pd.DataFrame, network_weight: float) -> np.ndarray:
+    """`log_pace`, `network_weight` of the network's and the rest of the tree's."""
+    return network_weight * network["log_pace"].to_numpy() + (1 - network_weight) * tree["log_pace"].to_numpy()
 
 
 def level_blend_error(network: pd.DataFrame, tree: pd.DataFrame, notes: pd.DataFrame, shape_weight: float, level_weight: float) -> float:
     """`rendered_level_error` of the `log_pace` blend at `shape_weight` moved to the level blend at `level_weight`."""
-    def blend(w: float) -> np.ndarray:
-        return w * network["log_pace"].to_numpy() + (1 - w) * tree["log_pace"].to_numpy()
-
-    return rendered_level_error(with_level(blend(shape_weight), blend(level_weight), notes["piece_id"].to_numpy()), notes)
+    return rendered_level_error(with_level(pace_blend(network, tree, shape_weight), pace_blend(network, tree, level_weight), notes["piece_id"].to_numpy()), notes)
 
 
 class TimingNet(NoteEncoder):
@@ -416,5 +466,7 @@ def predict_timing(model: TimingModel, notes: pd.DataFrame, batch_windows: int =
         level = weights[LEVEL] * network["log_pace"] + (1 - weights[LEVEL]) * tree["log_pace"]
         piece_id = notes["piece_id"].to_numpy() if "piece_id" in notes else np.zeros(len(notes))
         blended["log_pace"] = with_level(blended["log_pace"].to_numpy(), level.to_numpy(), piece_id)
+    if UNSTATED_SHAPE in weights:  # a model file from before it: every curve as blended
+        blended["log_pace"] = with_unstated_scale(blended["log_pace"].to_numpy(), notes, weights[UNSTATED_SHAPE])
     return blended
 

@@ -132,9 +132,10 @@ def train_member(windows_dir: Path, aligned_dir: Path, model_cfg: ModelConfig, t
 
 
 def fit_tree_blend(state: dict, validation: pd.DataFrame, tree: pd.DataFrame) -> dict[str, float]:
-    """Each target's network weight against the trees, and the tempo level's, fitted on the validation notes."""
+    """Each target's network weight against the trees, the tempo level's, and the tempo curve's scale
+    for scores without a tempo of their own, fitted on the validation notes."""
     from velocity.model.timing import TIMING_TARGETS
-    from velocity.model.timing_net import LEVEL, blend_error, fit_blend, level_blend_error, predict_timing, timing_model
+    from velocity.model.timing_net import LEVEL, UNSTATED_SHAPE, blend_error, fit_blend, level_blend_error, predict_timing, timing_model, unstated_rows
 
     model = timing_model(state)
     network = predict_timing(model, validation, blend=False)
@@ -147,6 +148,8 @@ def fit_tree_blend(state: dict, validation: pd.DataFrame, tree: pd.DataFrame) ->
                  blend_error(name, w * network[name].to_numpy() + (1 - w) * tree[name].to_numpy(), validation), w)  # fmt: skip
     log.info("validation overall tempo error with the network's level %.4f, the tree's %.4f, the log_pace blend's %.4f: level weight %.1f",
              *(level_blend_error(network, tree, validation, weights["log_pace"], w) for w in (1.0, 0.0, weights["log_pace"])), weights[LEVEL])  # fmt: skip
+    log.info("validation scores without a tempo of their own: %d performances, their tempo curves scaled by %.2f",
+             validation.loc[unstated_rows(validation), "piece_id"].nunique(), weights[UNSTATED_SHAPE])
     return weights
 
 
