@@ -25,6 +25,7 @@ fitted on validation (`fit_blend`), kept in the model file with the trees.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from velocity.model.features import GBT_FEATURES, SCORE_GBT_FEATURES, feature_id
 from velocity.model.stitching import piece_windows, plan_windows
 from velocity.model.runtime import batch_map
 from velocity.model.schedule import lr_at
-from velocity.model.timing import (TIMING_TARGETS, clock_from_pace, fit_clock, onset_deviation, onset_groups, overall_tempo_error, pearson,
+from velocity.model.timing import (TIMING_TARGETS, Clock, clock_from_pace, fit_clock, onset_deviation, onset_groups, overall_tempo_error, pearson,
                                    tempo_curve, tempo_grid, tempo_shape_error)
 from velocity.model.transformer import ModelConfig, NoteEncoder
 from velocity.model.trees import TreeEnsemble
@@ -103,19 +104,22 @@ def blend_error(name: str, predicted: np.ndarray, notes: pd.DataFrame) -> float:
     return float(np.mean(difference**2 if name == PEDAL else np.abs(difference)))
 
 
-def rendered_level_error(log_pace: np.ndarray, notes: pd.DataFrame) -> float:
-    """The overall tempo error (velocity.model.timing.overall_tempo_error) of the clocks these
-    per-note `log_pace`s give, against each performance's (`piece_id`) own clock; the mean over
-    performances."""
-    errors = []
+def rendered_clocks(log_pace: np.ndarray, notes: pd.DataFrame) -> Iterator[tuple[np.ndarray, Clock, Clock]]:
+    """Each played performance's (`piece_id`) score onsets, its own clock and the clock these
+    per-note `log_pace`s give."""
     for rows in notes.groupby("piece_id", sort=False).indices.values():
         start, played = notes["start"].to_numpy()[rows], notes["performance_start"].to_numpy()[rows]
         if not np.isfinite(played).any():
             continue
         group = onset_groups(start)
-        first, last = start.min(), start.max()
-        truth, rendered = fit_clock(start, played, group), clock_from_pace(start, log_pace[rows], group)
-        errors.append(overall_tempo_error(float(rendered(last) - rendered(first)), float(truth(last) - truth(first))))
+        yield start, fit_clock(start, played, group), clock_from_pace(start, log_pace[rows], group)
+
+
+def rendered_level_error(log_pace: np.ndarray, notes: pd.DataFrame) -> float:
+    """The overall tempo error (velocity.model.timing.overall_tempo_error) of the clocks these
+    per-note `log_pace`s give, against each performance's own clock; the mean over performances."""
+    errors = [overall_tempo_error(float(rendered(start.max()) - rendered(start.min())), float(truth(start.max()) - truth(start.min())))
+              for start, truth, rendered in rendered_clocks(log_pace, notes)]  # fmt: skip
     return float(np.nanmean(errors)) if errors else 0.0
 
 
@@ -170,15 +174,10 @@ def with_unstated_scale(log_pace: np.ndarray, notes: pd.DataFrame, scale: float)
 
 def rendered_shape_error(log_pace: np.ndarray, notes: pd.DataFrame) -> float:
     """The tempo shape error (velocity.model.timing.tempo_shape_error) of the clocks these per-note
-    `log_pace`s give, against each performance's (`piece_id`) own clock; the mean over performances."""
+    `log_pace`s give, against each performance's own clock; the mean over performances."""
     errors = []
-    for rows in notes.groupby("piece_id", sort=False).indices.values():
-        start, played = notes["start"].to_numpy()[rows], notes["performance_start"].to_numpy()[rows]
-        if not np.isfinite(played).any():
-            continue
-        group = onset_groups(start)
+    for start, truth, rendered in rendered_clocks(log_pace, notes):
         grid = tempo_grid(float(start.min()), float(start.max()))
-        truth, rendered = fit_clock(start, played, group), clock_from_pace(start, log_pace[rows], group)
         errors.append(tempo_shape_error(tempo_curve(rendered, grid), tempo_curve(truth, grid)))
     return float(np.mean(errors)) if errors else 0.0
 
