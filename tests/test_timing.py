@@ -279,3 +279,5 @@ def test_a_score_without_a_tempo_of_its_own_gets_the_curve_scale_validation_chos
     np.testing.assert_allclose(scaled[at120] - scaled[at120].mean(), 0.5 * (predicted["log_pace"][at120] - predicted["log_pace"][at120].mean()), atol=1e-12)
     np.testing.assert_array_equal(scaled[~at120], predicted["log_pace"][~at120])
     assert fit_blend(predicted, predicted, notes.assign(tempo=90.0))[UNSTATED_SHAPE] == 1.0  # no such score on validation: as predicted
+    unplayed = notes.assign(performance_start=np.where(at120, np.nan, notes["performance_start"]))
+    assert fit_blend(predicted, predicted, unplayed)[UNSTATED_SHAPE] == 1.0  # nothing to judge by: as predicted

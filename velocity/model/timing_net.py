@@ -146,8 +146,9 @@ def fit_blend(network: pd.DataFrame, tree: pd.DataFrame, notes: pd.DataFrame) ->
     log_pace = with_level(pace_blend(network, tree, weights["log_pace"]), pace_blend(network, tree, weights[LEVEL]), notes["piece_id"].to_numpy())
     unstated = unstated_rows(notes)
     if unstated.any():
-        shape_errors = [rendered_shape_error(with_unstated_scale(log_pace, notes, scale)[unstated], notes[unstated]) for scale in UNSTATED_SCALES]
-        weights[UNSTATED_SHAPE] = float(UNSTATED_SCALES[int(np.argmin(shape_errors))])
+        scales = UNSTATED_SCALES[::-1]  # a tie (no played performance to judge by) keeps the curve as predicted
+        shape_errors = [rendered_shape_error(with_unstated_scale(log_pace, notes, scale)[unstated], notes[unstated]) for scale in scales]
+        weights[UNSTATED_SHAPE] = float(scales[int(np.argmin(shape_errors))])
     else:
         weights[UNSTATED_SHAPE] = 1.0
     return weights
