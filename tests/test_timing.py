@@ -259,7 +259,8 @@ def test_a_score_without_a_tempo_of_its_own_gets_the_curve_scale_validation_chos
     of scores without a tempo of their own to nothing, and a marked score's curve stays as it is."""
     import pandas as pd
 
-    from velocity.model.timing_net import UNSTATED_SHAPE, fit_blend, tempo_unstated, with_unstated_scale
+    from velocity.model.midi import at_default_tempo
+    from velocity.model.timing_net import UNSTATED_SHAPE, fit_blend, with_unstated_scale
 
     groups = 60
     swell = 0.2 * np.sin(np.linspace(0, 2 * np.pi, groups))
@@ -272,7 +273,7 @@ def test_a_score_without_a_tempo_of_its_own_gets_the_curve_scale_validation_chos
                           "log_pace": np.concatenate([np.zeros(len(start)), np.repeat(swell, 2)]), **zeros})  # fmt: skip
     predicted = pd.DataFrame({"log_pace": np.tile(np.repeat(swell, 2), 2), **zeros})
 
-    assert tempo_unstated(np.full(5, 120.0)) and not tempo_unstated(np.array([120.0, 90.0]))
+    assert at_default_tempo(np.full(5, 120.0)) and not at_default_tempo(np.array([120.0, 90.0]))
     assert fit_blend(predicted, predicted, notes)[UNSTATED_SHAPE] == 0.0
     scaled = with_unstated_scale(predicted["log_pace"].to_numpy(), notes, 0.5)
     at120 = notes["piece_id"].to_numpy() == "at120"

@@ -35,6 +35,13 @@ import pandas as pd
 DRUM_CHANNEL = 9  # channel 10 in 1-based numbering
 SUSTAIN_CONTROL = 64
 DEFAULT_MICROSECONDS_PER_QUARTER = 500_000  # 120 bpm, the MIDI default before any tempo event
+DEFAULT_QPM = 60e6 / DEFAULT_MICROSECONDS_PER_QUARTER
+
+
+def at_default_tempo(quarters_per_minute: np.ndarray) -> bool:
+    """True for tempos all at MIDI's default 120 quarter notes a minute (within half a beat a
+    minute): in a score, most often its notation program's default rather than the piece's tempo."""
+    return bool(np.allclose(quarters_per_minute, DEFAULT_QPM, rtol=0.5 / DEFAULT_QPM))
 
 # Data bytes after a channel status byte, by its high nibble.
 _CHANNEL_DATA_BYTES = {0x80: 2, 0x90: 2, 0xA0: 2, 0xB0: 2, 0xC0: 1, 0xD0: 1, 0xE0: 2}

@@ -41,6 +41,7 @@ from velocity.model.config import ParamsError
 from velocity.model.codec import Vocab, piece_bounds, tokenize
 from velocity.model.decodings import DEFAULT_BATCH_WINDOWS
 from velocity.model.features import GBT_FEATURES, SCORE_GBT_FEATURES, feature_ids, note_features
+from velocity.model.midi import at_default_tempo
 from velocity.model.stitching import piece_windows, plan_windows
 from velocity.model.runtime import batch_map
 from velocity.model.schedule import lr_at
@@ -54,11 +55,10 @@ REGRESSION = TIMING_TARGETS[:3]  # standardized, Huber loss
 PEDAL = TIMING_TARGETS[3]  # a logit, binary cross-entropy
 ONSET = TIMING_TARGETS[1]
 LEVEL = "tempo_level"  # the blend of each score's mean `log_pace`: its overall tempo
-# The tempo curve's scale around its mean for a score with no tempo of its own (`tempo_unstated`),
+# The tempo curve's scale around its mean for a score with no tempo of its own (`unstated_rows`),
 # chosen on validation among `UNSTATED_SCALES` (pianists play such scores, mostly Bach, nearly flat).
 UNSTATED_SHAPE = "tempo_shape_unstated"
 UNSTATED_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
-MIDI_DEFAULT_QPM = 120.0
 PEDAL_FEATURE_IDS = 3  # 0 pad, 1 the score's pedal up at the onset, 2 down
 # The trees' features: the score tree's (the dynamics only relative to the piece) and the score's pedal.
 TREE_FEATURES = GBT_FEATURES + tuple(name for name in SCORE_GBT_FEATURES if name != "notated_velocity")
@@ -154,22 +154,19 @@ def fit_blend(network: pd.DataFrame, tree: pd.DataFrame, notes: pd.DataFrame) ->
     return weights
 
 
-def tempo_unstated(tempo: np.ndarray) -> bool:
-    """True for a score at MIDI's default 120 quarter notes a minute throughout (the notated `tempo`
-    of its notes): a file without a tempo of its own, most often a notation program's default."""
-    return bool(np.allclose(tempo, MIDI_DEFAULT_QPM, rtol=0.5 / MIDI_DEFAULT_QPM))
+def piece_ids(notes: pd.DataFrame) -> np.ndarray:
+    """Each row's `piece_id`; a table without one is one piece."""
+    return notes["piece_id"].to_numpy() if "piece_id" in notes else np.zeros(len(notes))
 
 
 def unstated_rows(notes: pd.DataFrame) -> np.ndarray:
-    """True for the rows of the scores (`piece_id`; one score without) with no tempo of their own."""
-    piece_id = notes["piece_id"].to_numpy() if "piece_id" in notes else np.zeros(len(notes))
-    return notes.groupby(piece_id, sort=False)["tempo"].transform(tempo_unstated).to_numpy(dtype=bool)
+    """True for the rows of the scores whose notated `tempo` is MIDI's default throughout: no tempo of their own."""
+    return notes.groupby(piece_ids(notes), sort=False)["tempo"].transform(at_default_tempo).to_numpy(dtype=bool)
 
 
 def with_unstated_scale(log_pace: np.ndarray, notes: pd.DataFrame, scale: float) -> np.ndarray:
     """`log_pace` with the tempo curve of each score without a tempo of its own scaled by `scale` around its mean."""
-    piece_id = notes["piece_id"].to_numpy() if "piece_id" in notes else np.zeros(len(notes))
-    mean = pd.Series(log_pace).groupby(piece_id, sort=False).transform("mean").to_numpy()
+    mean = pd.Series(log_pace).groupby(piece_ids(notes), sort=False).transform("mean").to_numpy()
     return np.where(unstated_rows(notes), mean + scale * (log_pace - mean), log_pace)
 
 
@@ -464,8 +461,7 @@ def predict_timing(model: TimingModel, notes: pd.DataFrame, batch_windows: int =
     blended = pd.DataFrame({name: weights[name] * network[name] + (1 - weights[name]) * tree[name] for name in TIMING_TARGETS})
     if LEVEL in weights:  # a model file from before the level's own weight: the blend's own level
         level = weights[LEVEL] * network["log_pace"] + (1 - weights[LEVEL]) * tree["log_pace"]
-        piece_id = notes["piece_id"].to_numpy() if "piece_id" in notes else np.zeros(len(notes))
-        blended["log_pace"] = with_level(blended["log_pace"].to_numpy(), level.to_numpy(), piece_id)
+        blended["log_pace"] = with_level(blended["log_pace"].to_numpy(), level.to_numpy(), piece_ids(notes))
     if UNSTATED_SHAPE in weights:  # a model file from before it: every curve as blended
         blended["log_pace"] = with_unstated_scale(blended["log_pace"].to_numpy(), notes, weights[UNSTATED_SHAPE])
     return blended

@@ -54,14 +54,14 @@ def score_warnings(piece: "PieceNotes", controls: PerformControls | None = None)
     MIDI's default 120 quarter notes a minute throughout most often carries its notation program's,
     not the piece's tempo (pianists played such scores of the shared archives at 0.4 to 1.4 times
     that speed, scores with a tempo of their own at 0.75 to 1.2: docs/timing.md)."""
-    from velocity.model.midi import DEFAULT_MICROSECONDS_PER_QUARTER
+    from velocity.model.midi import at_default_tempo
 
     midi, lines = piece.midi, []
     tempo_set = controls is not None and controls.tempo is not None
     guess = "" if tempo_set else ": the overall tempo is the model's guess; set it with the tempo control (--tempo)"
     if len(midi.tempo_map.ticks) == 0:
         lines.append(f"{midi.path}: no tempo: read at MIDI's default 120 quarter notes per minute{guess}")
-    elif guess and np.allclose(midi.tempo_map.microseconds_per_quarter, DEFAULT_MICROSECONDS_PER_QUARTER, rtol=0.5 / 120):
+    elif guess and at_default_tempo(60e6 / np.asarray(midi.tempo_map.microseconds_per_quarter, dtype=np.float64)):
         lines.append(f"{midi.path}: 120 quarter notes a minute throughout, most often a notation program's default{guess}")
     if len(midi.time_signatures) == 0:
         lines.append(f"{midi.path}: no time signature: read as 4/4, so the pedal changes on those bars")
