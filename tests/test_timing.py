@@ -282,3 +282,31 @@ def test_a_score_without_a_tempo_of_its_own_gets_the_curve_scale_validation_chos
     assert fit_blend(predicted, predicted, notes.assign(tempo=90.0))[UNSTATED_SHAPE] == 1.0  # no such score on validation: as predicted
     unplayed = notes.assign(performance_start=np.where(at120, np.nan, notes["performance_start"]))
     assert fit_blend(predicted, predicted, unplayed)[UNSTATED_SHAPE] == 1.0  # nothing to judge by: as predicted
+
+
+def test_a_tempo_drift_the_pianist_does_not_play_is_taken_out_of_the_curve():
+    """A predicted curve with the pianist's bends every 4 score seconds plus a slow drift over the
+    whole piece: where the pianist plays no drift, validation scales the slow part to nothing and
+    keeps the bends; where they play it too, the curve stays as predicted."""
+    import pandas as pd
+
+    from velocity.model.timing_net import SLOW_SHAPE, fit_blend, slow_pace, with_slow_scale
+
+    start = np.arange(240) * 0.25  # one note every quarter of a score second, 60 s
+    bends = 0.15 * np.sin(2 * np.pi * start / 4.0)
+    drift = 0.3 * np.sin(2 * np.pi * start / 60.0)
+    zeros = {"onset_deviation": 0.0, "articulation": 0.0, "pedal_down": 0.0}
+
+    def played(log_pace: np.ndarray) -> np.ndarray:
+        return np.concatenate([[0.0], np.cumsum(np.exp(log_pace[:-1]) * 0.25)])
+
+    predicted = pd.DataFrame({"log_pace": bends + drift, **zeros})
+    inside = (start >= 4) & (start <= 56)  # 8 s around: two whole bends, nothing slower left
+    assert np.abs(slow_pace(bends, pd.DataFrame({"start": start}))[inside]).max() < 0.01
+    for truth, scale in ((bends, 0.0), (bends + drift, 1.0)):
+        notes = pd.DataFrame({"piece_id": "p", "start": start, "performance_start": played(truth), "tempo": 90.0, "log_pace": truth, **zeros})
+        assert fit_blend(predicted, predicted, notes)[SLOW_SHAPE] == scale
+    notes = pd.DataFrame({"piece_id": "p", "start": start})
+    without_drift = with_slow_scale(predicted["log_pace"].to_numpy(), notes, 0.0)
+    assert np.abs(without_drift - bends)[inside].max() < 0.02  # the bends as predicted, the drift gone
+    np.testing.assert_array_equal(with_slow_scale(predicted["log_pace"].to_numpy(), notes, 1.0), predicted["log_pace"])

@@ -56,9 +56,14 @@ PEDAL = TIMING_TARGETS[3]  # a logit, binary cross-entropy
 ONSET = TIMING_TARGETS[1]
 LEVEL = "tempo_level"  # the blend of each score's mean `log_pace`: its overall tempo
 # The tempo curve's scale around its mean for a score with no tempo of its own (`unstated_rows`),
-# chosen on validation among `UNSTATED_SCALES` (pianists play such scores, mostly Bach, nearly flat).
+# chosen on validation among `SHAPE_SCALES` (pianists play such scores, mostly Bach, nearly flat).
 UNSTATED_SHAPE = "tempo_shape_unstated"
-UNSTATED_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
+SHAPE_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
+# A tempo curve's slow part, its mean over `SLOW_SPAN` score seconds around each onset group (a
+# passage's tempo, beyond what a 128-note window sees well), scaled around the score's mean by a
+# factor chosen on validation; the faster bends (a phrase's end, a held chord) stay as predicted.
+SLOW_SHAPE = "tempo_slow_scale"
+SLOW_SPAN = 8.0
 PEDAL_FEATURE_IDS = 3  # 0 pad, 1 the score's pedal up at the onset, 2 down
 # The trees' features: the score tree's (the dynamics only relative to the piece) and the score's pedal.
 TREE_FEATURES = GBT_FEATURES + tuple(name for name in SCORE_GBT_FEATURES if name != "notated_velocity")
@@ -136,7 +141,8 @@ def fit_blend(network: pd.DataFrame, tree: pd.DataFrame, notes: pd.DataFrame) ->
     and the weight of each score's mean `log_pace` (`LEVEL`) with the least overall tempo error
     once the blended curve is moved to it: a tempo curve's shape and its level are heard, and
     judged, apart. Then the scale of the curve of a score with no tempo of its own
-    (`UNSTATED_SHAPE`) with the least tempo shape error on such validation scores (1 without any)."""
+    (`UNSTATED_SHAPE`) with the least tempo shape error on such validation scores (1 without any),
+    and last the scale of every curve's slow part (`SLOW_SHAPE`) with the least tempo shape error."""
     weights = {}
     for name in TIMING_TARGETS:
         errors = [blend_error(name, w * network[name].to_numpy() + (1 - w) * tree[name].to_numpy(), notes) for w in BLEND_STEPS]
@@ -146,11 +152,15 @@ def fit_blend(network: pd.DataFrame, tree: pd.DataFrame, notes: pd.DataFrame) ->
     log_pace = with_level(pace_blend(network, tree, weights["log_pace"]), pace_blend(network, tree, weights[LEVEL]), notes["piece_id"].to_numpy())
     unstated = unstated_rows(notes)
     if unstated.any():
-        scales = UNSTATED_SCALES[::-1]  # a tie (no played performance to judge by) keeps the curve as predicted
+        scales = SHAPE_SCALES[::-1]  # a tie (no played performance to judge by) keeps the curve as predicted
         shape_errors = [rendered_shape_error(with_unstated_scale(log_pace, notes, scale)[unstated], notes[unstated]) for scale in scales]
         weights[UNSTATED_SHAPE] = float(scales[int(np.argmin(shape_errors))])
     else:
         weights[UNSTATED_SHAPE] = 1.0
+    log_pace = with_unstated_scale(log_pace, notes, weights[UNSTATED_SHAPE])
+    scales = SHAPE_SCALES[::-1]  # a tie keeps the curve as predicted
+    slow_errors = [rendered_shape_error(with_slow_scale(log_pace, notes, scale), notes) for scale in scales]
+    weights[SLOW_SHAPE] = float(scales[int(np.argmin(slow_errors))])
     return weights
 
 
@@ -168,6 +178,35 @@ def with_unstated_scale(log_pace: np.ndarray, notes: pd.DataFrame, scale: float)
     """`log_pace` with the tempo curve of each score without a tempo of its own scaled by `scale` around its mean."""
     mean = pd.Series(log_pace).groupby(piece_ids(notes), sort=False).transform("mean").to_numpy()
     return np.where(unstated_rows(notes), mean + scale * (log_pace - mean), log_pace)
+
+
+def slow_pace(log_pace: np.ndarray, notes: pd.DataFrame, span: float = SLOW_SPAN) -> np.ndarray:
+    """Each note's `log_pace` averaged over the onset groups within `span` / 2 score seconds either
+    side of its own (each group's mean, weighted by the score time it carries to the next group, as
+    the clock integrates it; the last group by the mean gap): the tempo curve's slow part."""
+    log_pace = np.asarray(log_pace, dtype=np.float64)
+    slow = np.empty(len(log_pace))
+    for rows in notes.groupby(piece_ids(notes), sort=False).indices.values():
+        start = notes["start"].to_numpy()[rows]
+        group = onset_groups(start)  # 0, 1, ... in score order
+        knots = pd.DataFrame({"group": group, "score": start, "pace": log_pace[rows]}).groupby("group").agg(score=("score", "min"), pace=("pace", "mean"))
+        score, pace = knots["score"].to_numpy(), knots["pace"].to_numpy()
+        gaps = np.diff(score)
+        carried = np.append(gaps, gaps.mean() if len(gaps) else 1.0)
+        time, paced = np.concatenate([[0.0], np.cumsum(carried)]), np.concatenate([[0.0], np.cumsum(carried * pace)])
+        first = np.searchsorted(score, score - span / 2, side="left")
+        last = np.searchsorted(score, score + span / 2, side="right")
+        slow[rows] = ((paced[last] - paced[first]) / (time[last] - time[first]))[group]
+    return slow
+
+
+def with_slow_scale(log_pace: np.ndarray, notes: pd.DataFrame, scale: float) -> np.ndarray:
+    """`log_pace` with each score's slow part (`slow_pace`) scaled by `scale` around the score's mean."""
+    if scale == 1.0:
+        return np.asarray(log_pace, dtype=np.float64)
+    slow = slow_pace(log_pace, notes)
+    mean = pd.Series(log_pace).groupby(piece_ids(notes), sort=False).transform("mean").to_numpy()
+    return mean + scale * (slow - mean) + (log_pace - slow)
 
 
 def rendered_shape_error(log_pace: np.ndarray, notes: pd.DataFrame) -> float:
@@ -464,5 +503,7 @@ def predict_timing(model: TimingModel, notes: pd.DataFrame, batch_windows: int =
         blended["log_pace"] = with_level(blended["log_pace"].to_numpy(), level.to_numpy(), piece_ids(notes))
     if UNSTATED_SHAPE in weights:  # a model file from before it: every curve as blended
         blended["log_pace"] = with_unstated_scale(blended["log_pace"].to_numpy(), notes, weights[UNSTATED_SHAPE])
+    if SLOW_SHAPE in weights:  # a model file from before it: the slow part as predicted
+        blended["log_pace"] = with_slow_scale(blended["log_pace"].to_numpy(), notes, weights[SLOW_SHAPE])
     return blended
 

@@ -132,10 +132,10 @@ def train_member(windows_dir: Path, aligned_dir: Path, model_cfg: ModelConfig, t
 
 
 def fit_tree_blend(state: dict, validation: pd.DataFrame, tree: pd.DataFrame) -> dict[str, float]:
-    """Each target's network weight against the trees, the tempo level's, and the tempo curve's scale
-    for scores without a tempo of their own, fitted on the validation notes."""
+    """Each target's network weight against the trees, the tempo level's, the tempo curve's scale
+    for scores without a tempo of their own and its slow part's, fitted on the validation notes."""
     from velocity.model.timing import TIMING_TARGETS
-    from velocity.model.timing_net import LEVEL, UNSTATED_SHAPE, blend_error, fit_blend, level_blend_error, predict_timing, timing_model, unstated_rows
+    from velocity.model.timing_net import LEVEL, SLOW_SHAPE, SLOW_SPAN, UNSTATED_SHAPE, blend_error, fit_blend, level_blend_error, predict_timing, timing_model, unstated_rows
 
     model = timing_model(state)
     network = predict_timing(model, validation, blend=False)
@@ -150,6 +150,7 @@ def fit_tree_blend(state: dict, validation: pd.DataFrame, tree: pd.DataFrame) ->
              *(level_blend_error(network, tree, validation, weights["log_pace"], w) for w in (1.0, 0.0, weights["log_pace"])), weights[LEVEL])  # fmt: skip
     log.info("validation scores without a tempo of their own: %d performances, their tempo curves scaled by %.2f",
              validation.loc[unstated_rows(validation), "piece_id"].nunique(), weights[UNSTATED_SHAPE])
+    log.info("validation tempo curves: their slow part (means over %g score seconds) scaled by %.2f", SLOW_SPAN, weights[SLOW_SHAPE])
     return weights
 
 
