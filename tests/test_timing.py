@@ -310,3 +310,26 @@ def test_a_tempo_drift_the_pianist_does_not_play_is_taken_out_of_the_curve():
     without_drift = with_slow_scale(predicted["log_pace"].to_numpy(), notes, 0.0)
     assert np.abs(without_drift - bends)[inside].max() < 0.02  # the bends as predicted, the drift gone
     np.testing.assert_array_equal(with_slow_scale(predicted["log_pace"].to_numpy(), notes, 1.0), predicted["log_pace"])
+
+
+def test_the_slow_part_weighs_each_onset_group_by_the_score_time_it_carries():
+    """Chords at uneven gaps in two scores: a span wider than a score gives each note its score's
+    time-weighted mean pace (the last group carries the mean gap), whatever the chord's size; scaling
+    the slow part keeps each score's mean."""
+    import pandas as pd
+
+    from velocity.model.timing_net import slow_pace, with_slow_scale
+
+    rng = np.random.default_rng(0)
+    tables, expected = [], []
+    for piece in ("a", "b"):
+        onsets = np.cumsum(rng.uniform(0.1, 1.0, 12))
+        pace = rng.normal(0.0, 0.2, 12)
+        size = rng.integers(1, 4, 12)  # notes per chord
+        tables.append(pd.DataFrame({"piece_id": piece, "start": np.repeat(onsets, size), "log_pace": np.repeat(pace, size)}))
+        carried = np.append(np.diff(onsets), np.diff(onsets).mean())
+        expected.append(np.full(size.sum(), np.average(pace, weights=carried)))
+    notes = pd.concat(tables, ignore_index=True)
+    np.testing.assert_allclose(slow_pace(notes["log_pace"].to_numpy(), notes, span=1000.0), np.concatenate(expected))
+    scaled = with_slow_scale(notes["log_pace"].to_numpy(), notes, 0.5)
+    np.testing.assert_allclose(pd.Series(scaled).groupby(notes["piece_id"]).mean(), notes.groupby("piece_id")["log_pace"].mean())

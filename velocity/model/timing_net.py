@@ -25,7 +25,7 @@ fitted on validation (`fit_blend`), kept in the model file with the trees.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,17 +151,18 @@ def fit_blend(network: pd.DataFrame, tree: pd.DataFrame, notes: pd.DataFrame) ->
     weights[LEVEL] = float(BLEND_STEPS[int(np.argmin(level_errors))])
     log_pace = with_level(pace_blend(network, tree, weights["log_pace"]), pace_blend(network, tree, weights[LEVEL]), notes["piece_id"].to_numpy())
     unstated = unstated_rows(notes)
-    if unstated.any():
-        scales = SHAPE_SCALES[::-1]  # a tie (no played performance to judge by) keeps the curve as predicted
-        shape_errors = [rendered_shape_error(with_unstated_scale(log_pace, notes, scale)[unstated], notes[unstated]) for scale in scales]
-        weights[UNSTATED_SHAPE] = float(scales[int(np.argmin(shape_errors))])
-    else:
-        weights[UNSTATED_SHAPE] = 1.0
+    weights[UNSTATED_SHAPE] = least_error_scale(lambda scale: rendered_shape_error(with_unstated_scale(log_pace, notes, scale)[unstated], notes[unstated]))
     log_pace = with_unstated_scale(log_pace, notes, weights[UNSTATED_SHAPE])
-    scales = SHAPE_SCALES[::-1]  # a tie keeps the curve as predicted
-    slow_errors = [rendered_shape_error(with_slow_scale(log_pace, notes, scale), notes) for scale in scales]
-    weights[SLOW_SHAPE] = float(scales[int(np.argmin(slow_errors))])
+    slow = slow_pace(log_pace, notes)
+    weights[SLOW_SHAPE] = least_error_scale(lambda scale: rendered_shape_error(with_slow_scale(log_pace, notes, scale, slow), notes))
     return weights
+
+
+def least_error_scale(error: Callable[[float], float]) -> float:
+    """The scale among `SHAPE_SCALES` of the least `error`; a tie (say no played performance to judge
+    by: every error 0) keeps the curve as predicted, 1."""
+    scales = SHAPE_SCALES[::-1]
+    return float(scales[int(np.argmin([error(scale) for scale in scales]))])
 
 
 def piece_ids(notes: pd.DataFrame) -> np.ndarray:
@@ -174,23 +175,29 @@ def unstated_rows(notes: pd.DataFrame) -> np.ndarray:
     return notes.groupby(piece_ids(notes), sort=False)["tempo"].transform(at_default_tempo).to_numpy(dtype=bool)
 
 
+def piece_mean(values: np.ndarray, notes: pd.DataFrame) -> np.ndarray:
+    """Each row's mean of `values` over its score (`piece_ids`)."""
+    return pd.Series(values).groupby(piece_ids(notes), sort=False).transform("mean").to_numpy()
+
+
 def with_unstated_scale(log_pace: np.ndarray, notes: pd.DataFrame, scale: float) -> np.ndarray:
     """`log_pace` with the tempo curve of each score without a tempo of its own scaled by `scale` around its mean."""
-    mean = pd.Series(log_pace).groupby(piece_ids(notes), sort=False).transform("mean").to_numpy()
+    mean = piece_mean(log_pace, notes)
     return np.where(unstated_rows(notes), mean + scale * (log_pace - mean), log_pace)
 
 
 def slow_pace(log_pace: np.ndarray, notes: pd.DataFrame, span: float = SLOW_SPAN) -> np.ndarray:
     """Each note's `log_pace` averaged over the onset groups within `span` / 2 score seconds either
     side of its own (each group's mean, weighted by the score time it carries to the next group, as
-    the clock integrates it; the last group by the mean gap): the tempo curve's slow part."""
+    the clock integrates it; the last group by the mean gap): the tempo curve's slow part. A group
+    without a pace counts as played as written (0), as `clock_from_pace` plays it."""
     log_pace = np.asarray(log_pace, dtype=np.float64)
-    slow = np.empty(len(log_pace))
+    slow = np.full(len(log_pace), np.nan)
     for rows in notes.groupby(piece_ids(notes), sort=False).indices.values():
         start = notes["start"].to_numpy()[rows]
         group = onset_groups(start)  # 0, 1, ... in score order
         knots = pd.DataFrame({"group": group, "score": start, "pace": log_pace[rows]}).groupby("group").agg(score=("score", "min"), pace=("pace", "mean"))
-        score, pace = knots["score"].to_numpy(), knots["pace"].to_numpy()
+        score, pace = knots["score"].to_numpy(), knots["pace"].fillna(0.0).to_numpy()
         gaps = np.diff(score)
         carried = np.append(gaps, gaps.mean() if len(gaps) else 1.0)
         time, paced = np.concatenate([[0.0], np.cumsum(carried)]), np.concatenate([[0.0], np.cumsum(carried * pace)])
@@ -200,13 +207,14 @@ def slow_pace(log_pace: np.ndarray, notes: pd.DataFrame, span: float = SLOW_SPAN
     return slow
 
 
-def with_slow_scale(log_pace: np.ndarray, notes: pd.DataFrame, scale: float) -> np.ndarray:
-    """`log_pace` with each score's slow part (`slow_pace`) scaled by `scale` around the score's mean."""
+def with_slow_scale(log_pace: np.ndarray, notes: pd.DataFrame, scale: float, slow: np.ndarray | None = None) -> np.ndarray:
+    """`log_pace` with each score's slow part (`slow`, by default `slow_pace`) scaled by `scale`
+    around its mean over the score, so the score's mean `log_pace` stays as it is."""
+    log_pace = np.asarray(log_pace, dtype=np.float64)
     if scale == 1.0:
-        return np.asarray(log_pace, dtype=np.float64)
-    slow = slow_pace(log_pace, notes)
-    mean = pd.Series(log_pace).groupby(piece_ids(notes), sort=False).transform("mean").to_numpy()
-    return mean + scale * (slow - mean) + (log_pace - slow)
+        return log_pace
+    slow = slow_pace(log_pace, notes) if slow is None else slow
+    return log_pace - (1.0 - scale) * (slow - piece_mean(slow, notes))
 
 
 def rendered_shape_error(log_pace: np.ndarray, notes: pd.DataFrame) -> float:
