@@ -269,15 +269,21 @@ def group_pace(clock: Clock, score_start: np.ndarray, group: np.ndarray) -> np.n
     return per_group.loc[np.asarray(group)].to_numpy()
 
 
+def pace_knots(score_start: np.ndarray, log_pace: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each onset group's score onset and its notes' mean `log_pace`, in score order (a group
+    without any: 0, as written)."""
+    frame = pd.DataFrame({"group": np.asarray(group), "score": _floats(score_start), "log_pace": _floats(log_pace)})
+    knots = frame.groupby("group", sort=False).agg(score=("score", "min"), log_pace=("log_pace", "mean")).sort_values("score", kind="stable")
+    return knots["score"].to_numpy(), knots["log_pace"].fillna(0.0).to_numpy()
+
+
 def clock_from_pace(score_start: np.ndarray, log_pace: np.ndarray, group: np.ndarray | None = None) -> Clock:
     """The clock that `group_pace` describes: each onset group's notes' mean `log_pace` carries
     the time on to the next group; the first group sounds at its score time times its pace (the
     silence before it stretched alike). `log_pace` 0 throughout is the score as written."""
     start = _floats(score_start)
-    group = onset_groups(start) if group is None else np.asarray(group)
-    frame = pd.DataFrame({"group": group, "score": start, "log_pace": _floats(log_pace)})
-    knots = frame.groupby("group", sort=False).agg(score=("score", "min"), log_pace=("log_pace", "mean")).sort_values("score", kind="stable")
-    score, pace = knots["score"].to_numpy(), np.exp(knots["log_pace"].fillna(0.0).to_numpy())  # a group without any: as written
+    score, log_group_pace = pace_knots(start, log_pace, onset_groups(start) if group is None else group)
+    pace = np.exp(log_group_pace)
     performance = score[0] * pace[0] + np.concatenate([[0.0], np.cumsum(np.diff(score) * pace[:-1])])
     return Clock(score, performance, float(pace[0]), float(pace[-1]))
 

@@ -45,7 +45,7 @@ from velocity.model.midi import at_default_tempo
 from velocity.model.stitching import piece_windows, plan_windows
 from velocity.model.runtime import batch_map
 from velocity.model.schedule import lr_at
-from velocity.model.timing import (TIMING_TARGETS, Clock, clock_from_pace, fit_clock, onset_deviation, onset_groups, overall_tempo_error, pearson,
+from velocity.model.timing import (TIMING_TARGETS, Clock, clock_from_pace, fit_clock, onset_deviation, onset_groups, overall_tempo_error, pace_knots, pearson,
                                    tempo_curve, tempo_grid, tempo_shape_error)
 from velocity.model.transformer import ModelConfig, NoteEncoder
 from velocity.model.trees import TreeEnsemble
@@ -195,9 +195,8 @@ def slow_pace(log_pace: np.ndarray, notes: pd.DataFrame, span: float = SLOW_SPAN
     slow = np.full(len(log_pace), np.nan)
     for rows in notes.groupby(piece_ids(notes), sort=False).indices.values():
         start = notes["start"].to_numpy()[rows]
-        group = onset_groups(start)  # 0, 1, ... in score order
-        knots = pd.DataFrame({"group": group, "score": start, "pace": log_pace[rows]}).groupby("group").agg(score=("score", "min"), pace=("pace", "mean"))
-        score, pace = knots["score"].to_numpy(), knots["pace"].fillna(0.0).to_numpy()
+        group = onset_groups(start)  # 0, 1, ... in score order, as the knots
+        score, pace = pace_knots(start, log_pace[rows], group)
         gaps = np.diff(score)
         carried = np.append(gaps, gaps.mean() if len(gaps) else 1.0)
         time, paced = np.concatenate([[0.0], np.cumsum(carried)]), np.concatenate([[0.0], np.cumsum(carried * pace)])
@@ -507,8 +506,7 @@ def predict_timing(model: TimingModel, notes: pd.DataFrame, batch_windows: int =
     tree = tree_predictions(trees, notes)
     blended = pd.DataFrame({name: weights[name] * network[name] + (1 - weights[name]) * tree[name] for name in TIMING_TARGETS})
     if LEVEL in weights:  # a model file from before the level's own weight: the blend's own level
-        level = weights[LEVEL] * network["log_pace"] + (1 - weights[LEVEL]) * tree["log_pace"]
-        blended["log_pace"] = with_level(blended["log_pace"].to_numpy(), level.to_numpy(), piece_ids(notes))
+        blended["log_pace"] = with_level(blended["log_pace"].to_numpy(), pace_blend(network, tree, weights[LEVEL]), piece_ids(notes))
     if UNSTATED_SHAPE in weights:  # a model file from before it: every curve as blended
         blended["log_pace"] = with_unstated_scale(blended["log_pace"].to_numpy(), notes, weights[UNSTATED_SHAPE])
     if SLOW_SHAPE in weights:  # a model file from before it: the slow part as predicted
